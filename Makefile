@@ -1,0 +1,29 @@
+# Two commands do all set-up on a fresh clone:  make demo  |  make test
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+OUT := demo-output
+
+.PHONY: demo test install clean
+
+install: $(STAMP)
+
+# torch is installed first and pinned (CPU wheel): a bare torch requirement would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "torch==2.13.0"
+	$(BIN)/python -m pip install --quiet -e ".[export,test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/cseg make-checkpoint --size tiny --seed 0 --out $(OUT)/checkpoint
+	$(BIN)/cseg segment --model $(OUT)/checkpoint/conceptseg-r1 --sam3 $(OUT)/checkpoint/sam3 \
+		sample:astronaut "astronaut" --out $(OUT)/overlay.png --json
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(OUT) $(VENV)

@@ -1,0 +1,21 @@
+"""cseg: ConceptSeg-R1 (a Qwen2.5-VL reasoner that prompts a frozen SAM 3) for edge and workstation GPUs.
+
+The package is split the way the work flows: `cseg.export` (PyTorch reference, checkpoints, ONNX export),
+`cseg.calib` (calibration, quantization), `cseg.engines` (per-target builds), `cseg.runtime` (torch-free serving).
+This top-level package holds only what all of them share and imports neither torch nor transformers.
+"""
+
+from cseg.errors import BundleError, CheckpointError, CsegError, InvalidInputError
+from cseg.segmentation import Instances, Segmentation
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BundleError",
+    "CheckpointError",
+    "CsegError",
+    "Instances",
+    "InvalidInputError",
+    "Segmentation",
+    "__version__",
+]

@@ -1,0 +1,135 @@
+"""`cseg` command line: one subcommand per step of the workflow.
+
+    cseg make-checkpoint --size tiny --seed 0 --out ckpt/
+    cseg segment --model ckpt/conceptseg-r1 --sam3 ckpt/sam3 sample:astronaut "astronaut" --out overlay.png --json
+
+Errors a user can cause (bad paths, bad images, broken checkpoints) print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from cseg.errors import CsegError, InvalidInputError
+
+
+def _make_checkpoint(args) -> int:
+    from cseg.export.checkpoint_sizes import SIZES
+    from cseg.export.make_checkpoint import make_checkpoint
+
+    if args.size not in SIZES:
+        raise InvalidInputError(f"unknown --size {args.size!r}; choose one of {', '.join(SIZES)}")
+    start = time.perf_counter()
+    model_dir, sam3_dir = make_checkpoint(args.size, args.seed, args.out)
+    size_mb = sum(f.stat().st_size for f in Path(args.out).rglob("*") if f.is_file()) / 1e6
+    print(f"wrote {args.size} checkpoints (seed {args.seed}) in {time.perf_counter() - start:.1f} s, {size_mb:.1f} MB:")
+    print(f"  ConceptSeg-R1: {model_dir}\n  SAM 3:         {sam3_dir}")
+    print(f"next: cseg segment --model {model_dir} --sam3 {sam3_dir} sample:astronaut \"astronaut\" --out overlay.png")
+    return 0
+
+
+def _parse_boxes(text: str | None) -> list[list[float]]:
+    if not text:
+        return []
+    try:
+        boxes = [[float(v) for v in box.split(",")] for box in text.split(";") if box.strip()]
+    except ValueError:
+        raise InvalidInputError(f"--boxes {text!r}: expected 'x1,y1,x2,y2;x1,y1,x2,y2'") from None
+    if any(len(box) != 4 for box in boxes):
+        raise InvalidInputError(f"--boxes {text!r}: every box needs 4 numbers x1,y1,x2,y2")
+    return boxes
+
+
+def _segment(args) -> int:
+    from PIL import Image
+
+    from cseg import samples
+    from cseg.images import load_image
+    from cseg.overlay import overlay
+
+    if args.boxes and len(args.boxes) != len(args.demo):
+        raise InvalidInputError(f"{len(args.boxes)} --boxes given for {len(args.demo)} --demo images: pair them")
+    boxes = args.boxes or [None] * len(args.demo)
+    demos = [(samples.resolve(d), _parse_boxes(b)) for d, b in zip(args.demo, boxes)]
+    image = load_image(samples.resolve(args.image))
+
+    from cseg.export.reference import ReferencePipeline
+
+    pipeline = ReferencePipeline.from_pretrained(args.model, args.sam3)
+    result = pipeline.segment(image, args.prompt, demos or None, route=args.route, max_new_tokens=args.max_new_tokens)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        overlay(image, result, args.prompt).save(args.out)
+    if args.json:
+        print(json.dumps(_as_json(result, args.out), indent=2))
+    else:
+        said = f", answer {result.answer!r}" if result.route == "full" else ""
+        print(f"{result.route} path{said}: {result.area} px, {len(result.instances)} instances, "
+              f"presence {result.presence:.3f}, {sum(v for v in result.timings.values()):.0f} ms")  # fmt: skip
+        if args.out:
+            print(f"overlay: {args.out}")
+    return 0
+
+
+def _as_json(result, overlay_path) -> dict:
+    return {
+        "route": result.route,
+        "route_by": result.route_by,
+        "route_score": result.route_score,
+        "presence": result.presence,
+        "answer": result.answer,
+        "rule": result.rule,
+        "think": result.think,
+        "bbox": result.bbox,
+        "text": result.text,
+        "area": result.area,
+        "mask_shape": list(result.mask.shape),
+        "instances": [
+            {"box": [round(float(v), 2) for v in box], "score": round(float(score), 4)}
+            for box, score in zip(result.instances.boxes, result.instances.scores)
+        ],
+        "timings_ms": {k: round(v, 2) for k, v in result.timings.items()},
+        "overlay": overlay_path,
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cseg", description="ConceptSeg-R1 export and serving")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    make = sub.add_parser("make-checkpoint", help="write seeded random-init checkpoints in the published layouts")
+    make.add_argument("--size", default="tiny", help="tiny | tiny-alt | small | full (default tiny)")
+    make.add_argument("--seed", type=int, default=0)
+    make.add_argument("--out", required=True, help="folder to write conceptseg-r1/ and sam3/ into")
+    make.set_defaults(run=_make_checkpoint)
+
+    seg = sub.add_parser("segment", help="segment one image (PyTorch reference: --model and --sam3)")
+    seg.add_argument("image", help="image path, or sample:NAME for a photograph bundled with scikit-image")
+    seg.add_argument("prompt", help="the concept or question to segment")
+    seg.add_argument("--model", required=True, help="ConceptSeg-R1 checkpoint directory")
+    seg.add_argument("--sam3", required=True, help="SAM 3 checkpoint directory")
+    seg.add_argument("--demo", action="append", default=[], help="demonstration image (repeat for up to 4)")
+    seg.add_argument("--boxes", action="append", help="boxes on the matching --demo: 'x1,y1,x2,y2;...' in pixels")
+    seg.add_argument("--route", default="auto", choices=["auto", "shortcut", "full"])
+    seg.add_argument("--max-new-tokens", type=int, default=None, help="generation budget (default: research 2816 total)")
+    seg.add_argument("--out", help="write the overlay PNG here")
+    seg.add_argument("--json", action="store_true", help="print the result as JSON")
+    seg.set_defaults(run=_segment)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except CsegError as exc:
+        print(f"cseg {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

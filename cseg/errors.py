@@ -1,0 +1,21 @@
+"""The one exception hierarchy of cseg.
+
+Every error a user can cause names the problem and the fix. Catch `CsegError` to catch them all;
+`InvalidInputError` is also a `ValueError` so generic input-validation code keeps working.
+"""
+
+
+class CsegError(Exception):
+    """Base class of every error cseg raises on purpose."""
+
+
+class InvalidInputError(CsegError, ValueError):
+    """An image, prompt or demonstration that cseg cannot segment (wrong type, shape, dtype, empty, unreadable)."""
+
+
+class CheckpointError(CsegError):
+    """A model directory that is missing, incomplete, or does not have the published ConceptSeg-R1/SAM 3 layout."""
+
+
+class BundleError(CsegError):
+    """A bundle that is incomplete, tampered with, or built for another target, GPU or TensorRT version."""

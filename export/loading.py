@@ -1,0 +1,134 @@
+"""Loading the two published checkpoints: ConceptSeg-R1 (Qwen2.5-VL + concept head) and SAM 3.
+
+These are the functions users call with the real weights, and the ones the tests call with locally generated
+checkpoints. They refuse, with a CheckpointError that names the problem, anything that would otherwise load with
+silently random weights: missing or misnamed tensors, wrong shapes, a config without `num_of_query`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase, Sam3Model
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+from cseg.errors import CheckpointError
+from cseg.export.modeling import CONCEPT_HEAD_PREFIXES, ConceptSegR1ForConditionalGeneration, num_queries
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+
+
+@dataclass
+class ConceptSegCheckpoint:
+    model: ConceptSegR1ForConditionalGeneration
+    tokenizer: PreTrainedTokenizerBase
+    image_processor: Qwen2VLImageProcessorPil
+    generation_config: GenerationConfig
+    path: Path
+
+    @property
+    def num_queries(self) -> int:
+        return num_queries(self.model.config)
+
+
+@dataclass
+class Sam3Checkpoint:
+    model: Sam3Model
+    tokenizer: PreTrainedTokenizerBase
+    path: Path
+
+    @property
+    def image_size(self) -> int:
+        return int(self.model.config.vision_config.backbone_config.image_size)
+
+
+def resolve_checkpoint_dir(path_or_id: str | os.PathLike, what: str) -> Path:
+    """A local directory as is; a hub id ("org/name") through the Hugging Face cache, where a hub is reachable."""
+    path = Path(path_or_id)
+    if path.is_dir():
+        return path
+    text = os.fspath(path_or_id)
+    if not _HUB_ID.match(text) or path.exists():
+        raise CheckpointError(f"{what} directory {text!r} does not exist; pass the folder that holds config.json")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(text))
+    except Exception as exc:  # any hub failure (offline, 404, auth) means the same thing to the user
+        raise CheckpointError(
+            f"{what} {text!r} is not a local directory and could not be fetched from the Hugging Face hub "
+            f"({type(exc).__name__}). Download it on a machine with network access "
+            f"(huggingface-cli download {text} --local-dir DIR) and pass DIR."
+        ) from None
+
+
+def _require_files(path: Path, what: str) -> None:
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"{what} directory {path} has no config.json")
+    if not any((path / name).is_file() for name in _WEIGHT_FILES):
+        raise CheckpointError(f"{what} directory {path} has no safetensors weights ({' or '.join(_WEIGHT_FILES)})")
+
+
+def _check_loading_info(info: dict, path: Path, what: str) -> None:
+    missing, unexpected = sorted(info.get("missing_keys", [])), sorted(info.get("unexpected_keys", []))
+    mismatched = sorted(info.get("mismatched_keys", []))
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} weights missing (they would be random): {', '.join(missing[:8])}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unknown weights (misnamed?): {', '.join(unexpected[:8])}")
+    if mismatched:
+        shapes = [f"{key} is {tuple(found)} in the file, {tuple(expected)} in config.json" for key, found, expected
+                  in mismatched[:4]]  # fmt: skip
+        problems.append(f"{len(mismatched)} weights with another shape than config.json says: {'; '.join(shapes)}")
+    if problems:
+        raise CheckpointError(f"{what} checkpoint {path} does not match the architecture: " + "; ".join(problems))
+
+
+def load_conceptseg(model_dir: str | os.PathLike, dtype: torch.dtype = torch.float32) -> ConceptSegCheckpoint:
+    """Load ConceptSeg-R1 (Qwen2.5-VL + concept head), its tokenizer, image processor and generation config."""
+    path = resolve_checkpoint_dir(model_dir, "ConceptSeg-R1")
+    _require_files(path, "ConceptSeg-R1")
+    try:
+        model, info = ConceptSegR1ForConditionalGeneration.from_pretrained(
+            # mismatches are reported (then refused) by _check_loading_info, with names and shapes
+            path, dtype=dtype, output_loading_info=True, attn_implementation="sdpa", ignore_mismatched_sizes=True
+        )
+    except (ValueError, RuntimeError) as exc:  # config problems, e.g. num_of_query missing (raised by num_queries)
+        raise CheckpointError(f"ConceptSeg-R1 checkpoint {path} could not be loaded: {exc}") from None
+    _check_loading_info(info, path, "ConceptSeg-R1")
+    head_keys = [k for k in model.state_dict() if k.startswith(CONCEPT_HEAD_PREFIXES)]
+    if not head_keys:  # cannot happen with this class; guards against a refactor dropping the head silently
+        raise CheckpointError(f"ConceptSeg-R1 checkpoint {path}: the concept head was not built")
+    model.eval()
+    return ConceptSegCheckpoint(
+        model=model,
+        tokenizer=AutoTokenizer.from_pretrained(path),
+        image_processor=Qwen2VLImageProcessorPil.from_pretrained(path),
+        generation_config=GenerationConfig.from_pretrained(path),
+        path=path,
+    )
+
+
+def load_sam3(sam3_dir: str | os.PathLike, dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa"):
+    """Load SAM 3 (transformers' Sam3Model reads the published facebook/sam3 weights) and its CLIP tokenizer.
+
+    attn_implementation="eager" is what the ONNX exporter needs for the detector side (see DESIGN).
+    """
+    path = resolve_checkpoint_dir(sam3_dir, "SAM 3")
+    _require_files(path, "SAM 3")
+    try:
+        model, info = Sam3Model.from_pretrained(
+            path, dtype=dtype, output_loading_info=True, attn_implementation=attn_implementation,
+            ignore_mismatched_sizes=True,
+        )
+    except (ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"SAM 3 checkpoint {path} could not be loaded: {exc}") from None
+    _check_loading_info(info, path, "SAM 3")
+    model.eval()
+    return Sam3Checkpoint(model=model, tokenizer=AutoTokenizer.from_pretrained(path), path=path)

@@ -1,0 +1,257 @@
+"""`ReferencePipeline`: ConceptSeg-R1 in PyTorch, as the research inference script computes it.
+
+This is the oracle every exported graph and the runtime are compared with. It follows
+src/eval/inference_single_example.py step by step: 600x600 VLM image (a demonstration image with red boxes first),
+the research prompt through the checkpoint's chat template, greedy generate() under the checkpoint's generation
+config with max_length 2816, the <answer> phrase, a second full forward for the last-layer hidden states of the
+completion, the concept head, SAM 3 with text ⊕ concept tokens, the semantic logits upsampled bilinearly and
+thresholded at 0. The seed Shortcut Router (word count vs presence) decides whether SAM 3 alone suffices.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from cseg import prompting
+from cseg.errors import InvalidInputError
+from cseg.export.loading import ConceptSegCheckpoint, Sam3Checkpoint, load_conceptseg, load_sam3
+from cseg.export.sam3_prompt import sam3_prompt
+from cseg.images import check_demos, load_image, render_demonstrations, sam3_pixels, vlm_image
+from cseg.segmentation import Instances, Segmentation
+
+RESEARCH_MAX_LENGTH = 2048 + 768  # generate(max_length=...) in the research script: prompt + completion tokens
+SAM3_TEXT_LENGTH = 32
+# SAM 3's own instance threshold (Meta's Sam3Processor confidence_threshold=0.5) on sigmoid(class) * presence;
+# instance masks are binarised at sigmoid > 0.5, i.e. logit > 0.
+INSTANCE_SCORE_THRESHOLD = 0.5
+ROUTE_CHOICES = ("auto", "shortcut", "full")
+
+
+@dataclass
+class Sam3Result:
+    """SAM 3's answer for one prompt, at SAM 3's own resolution."""
+
+    semantic_logits: torch.Tensor  # [1, 1, h, w]
+    presence_logit: torch.Tensor  # [1, 1]
+    pred_logits: torch.Tensor  # [1, N]
+    pred_boxes: torch.Tensor  # [1, N, 4] normalised xyxy
+    pred_masks: torch.Tensor  # [1, N, h, w] logits
+
+    @property
+    def presence(self) -> float:
+        return float(torch.sigmoid(self.presence_logit).reshape(()))
+
+
+@dataclass
+class Reasoning:
+    """What the full path produced before SAM 3: the completion, its tags, and the concept tokens."""
+
+    completion_ids: torch.Tensor  # [1, T] generated tokens (including <|im_end|> when generation stopped on it)
+    text: str
+    parsed: prompting.ParsedAnswer
+    hidden_states: torch.Tensor  # [1, T, H] last-layer, post-norm, from a teacher-forced second forward
+    concept_tokens: torch.Tensor  # [1, Q, 256]
+
+
+class ReferencePipeline:
+    """The PyTorch oracle: `segment(image, prompt, demos=None)` with the same signature as the runtime."""
+
+    def __init__(self, vlm: ConceptSegCheckpoint, sam3: Sam3Checkpoint, *, max_length: int = RESEARCH_MAX_LENGTH):
+        self.vlm = vlm
+        self.sam3 = sam3
+        self.max_length = max_length
+
+    @classmethod
+    def from_pretrained(cls, model_dir, sam3_dir, *, dtype: torch.dtype = torch.float32, **kwargs):
+        """Load both checkpoints (local directories, or hub ids where a hub is reachable).
+
+        dtype=torch.bfloat16 reproduces the research numerics; float32 is what exported graphs are compared with.
+        """
+        return cls(load_conceptseg(model_dir, dtype=dtype), load_sam3(sam3_dir, dtype=dtype), **kwargs)
+
+    # --- the public call ---------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def segment(self, image, prompt: str, demos=None, *, route: str = "auto", max_new_tokens: int | None = None,
+                bgr: bool = False) -> Segmentation:  # fmt: skip
+        if route not in ROUTE_CHOICES:
+            raise InvalidInputError(f"route must be one of {ROUTE_CHOICES}, got {route!r}")
+        if max_new_tokens is not None and (not isinstance(max_new_tokens, int) or max_new_tokens < 1):
+            raise InvalidInputError(f"max_new_tokens must be a positive integer or None, got {max_new_tokens!r}")
+        timings: dict[str, float] = {}
+        with _timed(timings, "preprocess"):
+            question = prompting.check_prompt(prompt)
+            pil = load_image(image, bgr=bgr)
+            demos = check_demos(demos)
+            pixels = torch.from_numpy(sam3_pixels(pil, self.sam3.image_size)).to(self._sam3_dtype)
+        with _timed(timings, "sam3_vision"):
+            vision = self.sam3_vision(pixels)
+        size = (pil.height, pil.width)
+
+        route_score = None
+        if route == "shortcut" or (route == "auto" and prompting.shortcut_worth_trying(question)):
+            shortcut = self.sam3_segment(vision, question, None, timings)
+            route_score = shortcut.presence
+            if route == "shortcut" or prompting.shortcut_accepts(question, route_score):
+                with _timed(timings, "postprocess"):
+                    return self._result(shortcut, size, "shortcut", route, route_score, timings)
+
+        with _timed(timings, "vlm_preprocess"):
+            inputs = self.vlm_inputs(pil, question, demos)
+        reasoning = self.reason(inputs, max_new_tokens, timings)
+        final = self.sam3_segment(vision, reasoning.parsed.answer, reasoning.concept_tokens, timings)
+        with _timed(timings, "postprocess"):
+            return self._result(final, size, "full", route, route_score, timings, reasoning)
+
+    # --- building blocks, also used by export parity checks ---------------------------------------------------
+
+    @property
+    def _sam3_dtype(self) -> torch.dtype:
+        return self.sam3.model.dtype
+
+    def sam3_vision(self, pixels: torch.Tensor):
+        return self.sam3.model.get_vision_features(pixel_values=pixels)
+
+    def sam3_text(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """SAM 3 text features [1, 32, 256] and attention mask [1, 32] (1 = token) for a phrase."""
+        tokens = self.sam3.tokenizer(
+            [text], padding="max_length", max_length=SAM3_TEXT_LENGTH, truncation=True, return_tensors="pt"
+        )
+        out = self.sam3.model.get_text_features(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
+        return out.pooler_output, tokens.attention_mask
+
+    def sam3_decode(self, vision, text_features, text_mask, concept_tokens=None) -> Sam3Result:
+        features, mask = sam3_prompt(text_features, text_mask, concept_tokens)
+        out = self.sam3.model(
+            vision_embeds=vision, text_embeds=BaseModelOutputWithPooling(pooler_output=features), attention_mask=mask
+        )
+        return Sam3Result(out.semantic_seg, out.presence_logits, out.pred_logits, out.pred_boxes, out.pred_masks)
+
+    def sam3_segment(self, vision, text: str, concept_tokens, timings: dict) -> Sam3Result:
+        with _timed(timings, "sam3_text"):
+            features, mask = self.sam3_text(text)
+        with _timed(timings, "sam3_decoder"):
+            return self.sam3_decode(vision, features, mask, concept_tokens)
+
+    def vlm_inputs(self, image, question: str, demos=()) -> dict[str, torch.Tensor]:
+        """Token ids, pixel patches and grids for the VLM, as the research script builds them with the processor."""
+        images = [vlm_image(image)]
+        boxes_drawn = True
+        if demos:
+            reference, boxes_drawn = render_demonstrations(demos)
+            images.insert(0, reference)
+        problem = prompting.build_question(question, n_references=len(images) - 1, boxes_drawn=boxes_drawn)
+        tokenizer, processor = self.vlm.tokenizer, self.vlm.image_processor
+        text = tokenizer.apply_chat_template(
+            prompting.build_messages(problem, len(images)), tokenize=False, add_generation_prompt=True
+        )
+        vision = processor(images=images, return_tensors="pt")
+        # What Qwen2_5_VLProcessor does (it cannot be built here: its video half needs torchvision): expand each
+        # image placeholder to one token per merged 2x2 patch group.
+        pad = "<|image_pad|>"
+        pieces = text.split(pad)
+        if len(pieces) != len(images) + 1:
+            raise InvalidInputError(f"the chat template produced {len(pieces) - 1} image slots for {len(images)} images")
+        per_image = (vision["image_grid_thw"].prod(-1) // processor.merge_size**2).tolist()
+        text = pieces[0] + "".join(pad * n + piece for n, piece in zip(per_image, pieces[1:]))
+        input_ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
+        if input_ids.shape[1] >= self.max_length:
+            raise InvalidInputError(
+                f"the prompt is {input_ids.shape[1]} tokens, leaving no room to generate within {self.max_length}"
+            )
+        return {
+            "input_ids": input_ids,
+            "attention_mask": torch.ones_like(input_ids),
+            "mm_token_type_ids": (input_ids == self.vlm.model.config.image_token_id).int(),
+            "pixel_values": vision["pixel_values"].to(self.vlm.model.dtype),
+            "image_grid_thw": vision["image_grid_thw"],
+        }
+
+    def reason(self, inputs: dict, max_new_tokens: int | None, timings: dict) -> Reasoning:
+        model, tokenizer = self.vlm.model, self.vlm.tokenizer
+        prompt_length = inputs["input_ids"].shape[1]
+        # The research call: generate(max_length=2816, use_cache=True, do_sample=False) on top of the checkpoint's
+        # generation_config.json, whose other settings (repetition_penalty, eos ids) stay in force.
+        config = copy.deepcopy(self.vlm.generation_config)
+        config.update(do_sample=False, use_cache=True, max_length=self.max_length, max_new_tokens=max_new_tokens)
+        with _timed(timings, "generate"):
+            full_ids = model.generate(**inputs, generation_config=config)
+        completion = full_ids[:, prompt_length:]
+        text = tokenizer.batch_decode(completion, skip_special_tokens=True)[0]
+        with _timed(timings, "hidden_states"):
+            hidden = self.completion_hidden_states(inputs, full_ids)
+        with _timed(timings, "concept_head"):
+            concept = model.concept_tokens(hidden)
+        return Reasoning(completion, text, prompting.parse_completion(text), hidden, concept)
+
+    def completion_hidden_states(self, inputs: dict, full_ids: torch.Tensor) -> torch.Tensor:
+        """The research second forward: last-layer (post-norm) states at every completion position.
+
+        As in the research script, pad-token positions get attention mask 0 (Qwen's pad id is <|endoftext|>).
+        """
+        prompt_length = inputs["input_ids"].shape[1]
+        attention_mask = torch.ones_like(full_ids)
+        attention_mask[full_ids == self.vlm.generation_config.pad_token_id] = 0
+        token_types = torch.zeros_like(full_ids, dtype=inputs["mm_token_type_ids"].dtype)
+        token_types[:, :prompt_length] = inputs["mm_token_type_ids"]
+        out = self.vlm.model(
+            input_ids=full_ids,
+            attention_mask=attention_mask,
+            mm_token_type_ids=token_types,
+            pixel_values=inputs["pixel_values"],
+            image_grid_thw=inputs["image_grid_thw"],
+            output_hidden_states=True,
+            use_cache=False,
+        )
+        return out.hidden_states[-1][:, prompt_length:]
+
+    # --- result -------------------------------------------------------------------------------------------------
+
+    def _result(self, sam: Sam3Result, size, path: str, route: str, route_score, timings,
+                reasoning: Reasoning | None = None) -> Segmentation:  # fmt: skip
+        height, width = size
+        semantic = F.interpolate(sam.semantic_logits.float(), size=size, mode="bilinear", align_corners=False)
+        scores = (torch.sigmoid(sam.pred_logits.float()) * torch.sigmoid(sam.presence_logit.float()))[0]
+        keep = scores > INSTANCE_SCORE_THRESHOLD
+        if keep.any():
+            masks = F.interpolate(sam.pred_masks[:, keep].float(), size=size, mode="bilinear", align_corners=False)
+            scale = torch.tensor([width, height, width, height], dtype=torch.float32)
+            instances = Instances(
+                masks=(masks[0] > 0).numpy(),
+                boxes=(sam.pred_boxes[0, keep].float() * scale).numpy().astype(np.float32),
+                scores=scores[keep].numpy().astype(np.float32),
+            )
+        else:
+            instances = Instances.empty(height, width)
+        parsed = reasoning.parsed if reasoning else prompting.ParsedAnswer("", "", "", None)
+        return Segmentation(
+            mask=(semantic[0, 0] > 0).numpy(),
+            instances=instances,
+            presence=sam.presence,
+            route=path,
+            route_by="heuristic" if route == "auto" else "user",
+            route_score=route_score,
+            answer=parsed.answer,
+            rule=parsed.rule,
+            think=parsed.think,
+            bbox=parsed.bbox,
+            text=reasoning.text if reasoning else "",
+            timings=timings,
+        )
+
+
+@contextmanager
+def _timed(timings: dict, stage: str):
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] = timings.get(stage, 0.0) + (time.perf_counter() - start) * 1000.0

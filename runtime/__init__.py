@@ -1,0 +1,1 @@
+"""cseg.runtime: torch-free serving of a bundle (numpy, onnxruntime, tokenizers, pillow; TensorRT when present)."""

@@ -1,0 +1,98 @@
+"""Image input validation and the two model resizes."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cseg import images
+from cseg.errors import InvalidInputError
+
+
+def test_numpy_rgb_bgr_pil_and_path_give_the_same_image(photo, tmp_path):
+    path = tmp_path / "photo.png"
+    Image.fromarray(photo).save(path)
+    reference = np.asarray(images.load_image(photo))
+    assert np.array_equal(np.asarray(images.load_image(photo[:, :, ::-1], bgr=True)), reference)
+    assert np.array_equal(np.asarray(images.load_image(Image.fromarray(photo))), reference)
+    assert np.array_equal(np.asarray(images.load_image(str(path))), reference)
+    assert np.array_equal(np.asarray(images.load_image(path)), reference)
+
+
+def test_grayscale_arrays_are_expanded_to_rgb():
+    gray = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    for array in (gray, gray[:, :, None]):
+        rgb = np.asarray(images.load_image(array))
+        assert rgb.shape == (8, 8, 3) and np.array_equal(rgb[:, :, 1], gray)
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (None, "is None"),
+        ([[1, 2], [3, 4]], "got list"),
+        (np.zeros((8, 8, 3), np.float32), "dtype float32"),
+        (np.zeros((8, 8, 3), bool), "dtype bool"),
+        (np.zeros((8, 8, 4), np.uint8), "alpha"),
+        (np.zeros((8, 8, 3, 1), np.uint8), "shape"),
+        (np.zeros((0, 8, 3), np.uint8), "8x0"),
+        (np.zeros((1, 1, 3), np.uint8), "1x1"),
+        (Image.new("F", (8, 8)), "mode 'F'"),
+    ],
+)
+def test_bad_images_are_refused_with_what_was_received(bad, message):
+    with pytest.raises(InvalidInputError, match=message):
+        images.load_image(bad)
+
+
+def test_unreadable_and_missing_paths(tmp_path):
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("hello")
+    with pytest.raises(InvalidInputError, match="not a readable image"):
+        images.load_image(not_an_image)
+    with pytest.raises(InvalidInputError, match="does not exist"):
+        images.load_image(tmp_path / "missing.png")
+    with pytest.raises(InvalidInputError, match="does not exist"):
+        images.load_image(tmp_path)
+
+
+def test_sam3_pixels_are_normalised_with_mean_and_std_half():
+    white = Image.new("RGB", (50, 30), (255, 0, 128))
+    pixels = images.sam3_pixels(white, 28)
+    assert pixels.shape == (1, 3, 28, 28) and pixels.dtype == np.float32
+    np.testing.assert_allclose(pixels[0, :, 5, 5], [1.0, -1.0, 128 / 255 * 2 - 1], atol=1e-6)
+
+
+def test_one_demonstration_is_resized_with_red_boxes_in_the_600_frame():
+    demo = Image.new("RGB", (300, 150), (0, 0, 0))
+    canvas, drawn = images.render_demonstrations(images.check_demos([(demo, [[30, 15, 150, 75]])]))
+    array = np.asarray(canvas)
+    assert drawn and canvas.size == (600, 600)
+    # the box (30, 15, 150, 75) scales x2 horizontally and x4 vertically: top edge at y = 60, x from 60 to 300
+    assert tuple(array[60, 100]) == (255, 0, 0) and tuple(array[150, 300]) == (255, 0, 0)
+    assert tuple(array[100, 100]) == (0, 0, 0) and tuple(array[58, 100]) == (0, 0, 0)
+
+
+def test_several_demonstrations_become_a_2x2_mosaic():
+    demos = [(Image.new("RGB", (40, 40), (i * 60, 0, 0)), []) for i in range(1, 4)]
+    canvas, drawn = images.render_demonstrations(images.check_demos(demos))
+    array = np.asarray(canvas)
+    assert not drawn
+    assert array[10, 10, 0] == 60 and array[10, 310, 0] == 120 and array[310, 10, 0] == 180
+    assert tuple(array[310, 310]) == (0, 0, 0)  # empty tile stays black
+
+
+@pytest.mark.parametrize(
+    "demos, message",
+    [
+        ("x.png", "list of"),
+        ([("x",)], "pair"),
+        ([(np.zeros((8, 8, 3), np.uint8), [[0, 0, 9, 4]])], "not a valid xyxy box"),
+        ([(np.zeros((8, 8, 3), np.uint8), [[4, 4, 2, 6]])], "not a valid xyxy box"),
+        ([(np.zeros((8, 8, 3), np.uint8), "abc")], "numbers"),
+        ([(np.zeros((8, 8, 3), np.uint8), [])] * 5, "at most 4"),
+        ([(None, [])], r"demos\[0\] image is None"),
+    ],
+)
+def test_bad_demonstrations_are_refused(demos, message):
+    with pytest.raises(InvalidInputError, match=message):
+        images.check_demos(demos)

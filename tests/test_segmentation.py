@@ -1,0 +1,51 @@
+"""The Segmentation result type: validation and serialisation."""
+
+import numpy as np
+import pytest
+from pycocotools import mask as coco_mask
+
+from cseg import Instances, Segmentation
+
+
+def _result(**overrides):
+    mask = np.zeros((6, 5), bool)
+    mask[1:4, 2:4] = True
+    fields = dict(
+        mask=mask,
+        instances=Instances(mask[None].copy(), np.array([[2, 1, 4, 4]], np.float32), np.array([0.9], np.float32)),
+        presence=0.7,
+        route="full",
+    )
+    return Segmentation(**{**fields, **overrides})
+
+
+def test_valid_result_and_rle_round_trip():
+    result = _result()
+    rle = result.to_rle()
+    assert rle["mask"]["size"] == [6, 5]
+    decoded = coco_mask.decode({"size": rle["mask"]["size"], "counts": rle["mask"]["counts"].encode()})
+    assert np.array_equal(decoded.astype(bool), result.mask)
+    assert len(rle["instances"]) == 1 and result.area == 6
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"mask": np.zeros((6, 5), np.uint8)}, "mask must be a bool array"),
+        ({"mask": np.zeros((6, 4), bool)}, "input image size"),
+        ({"presence": 1.5}, "probability"),
+        ({"route": "fast"}, "route must be"),
+        ({"route_by": "magic"}, "route_by must be"),
+        ({"bbox": (1, 2, 3)}, "bbox"),
+        ({"instances": "none"}, "Instances"),
+    ],
+)
+def test_invalid_results_are_refused(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        _result(**overrides)
+
+
+def test_instances_validate_their_shapes():
+    with pytest.raises(ValueError, match=r"\(1, 4\)"):
+        Instances(np.zeros((1, 3, 3), bool), np.zeros((2, 4), np.float32), np.zeros((1,), np.float32))
+    assert len(Instances.empty(3, 4)) == 0
