@@ -2,6 +2,8 @@
 
     cseg make-checkpoint --size tiny --seed 0 --out ckpt/
     cseg segment --model ckpt/conceptseg-r1 --sam3 ckpt/sam3 sample:astronaut "astronaut" --out overlay.png --json
+    cseg export --model ckpt/conceptseg-r1 --sam3 ckpt/sam3 --target cpu --out bundle/     (= cseg-export ...)
+    cseg inspect bundle/
 
 Errors a user can cause (bad paths, bad images, broken checkpoints) print one line and exit with status 2.
 """
@@ -97,6 +99,40 @@ def _as_json(result, overlay_path) -> dict:
     }
 
 
+def _export(args) -> int:
+    from cseg.engines.targets import resolve
+
+    resolve(args.target, args.precision)  # refuse unknown targets/precisions before loading anything
+    if args.top_k < 1:
+        raise InvalidInputError(f"--top-k must be at least 1, got {args.top_k}")
+    from cseg.export.bundle import export_bundle
+
+    out = export_bundle(
+        args.model, args.sam3, args.out, target=args.target, precision=args.precision, top_k=args.top_k,
+        force=args.force,
+    )  # fmt: skip
+    print(f"next: cseg inspect {out}")
+    return 0
+
+
+def _inspect(args) -> int:
+    from cseg.bundle_report import describe
+
+    print(describe(args.bundle, verify=not args.no_verify))
+    return 0
+
+
+def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="ConceptSeg-R1 checkpoint directory (or hub id)")
+    parser.add_argument("--sam3", required=True, help="SAM 3 checkpoint directory (or hub id)")
+    parser.add_argument("--out", required=True, help="bundle directory to create")
+    parser.add_argument("--target", default="cpu", help="deployment target (default cpu)")
+    parser.add_argument("--precision", default=None, help="precision policy (default: the target's)")
+    parser.add_argument("--top-k", type=int, default=20, help="instances SAM 3's decoder graph returns (default 20)")
+    parser.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
+    parser.set_defaults(run=_export, command="export")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cseg", description="ConceptSeg-R1 export and serving")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -106,6 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--seed", type=int, default=0)
     make.add_argument("--out", required=True, help="folder to write conceptseg-r1/ and sam3/ into")
     make.set_defaults(run=_make_checkpoint)
+
+    _add_export_arguments(sub.add_parser("export", help="export a checkpoint pair to a bundle (= cseg-export)"))
+
+    inspect = sub.add_parser("inspect", help="print a bundle's manifest readably and verify its files")
+    inspect.add_argument("bundle")
+    inspect.add_argument("--no-verify", action="store_true", help="skip the sha256 check of every file")
+    inspect.set_defaults(run=_inspect)
 
     seg = sub.add_parser("segment", help="segment one image (PyTorch reference: --model and --sam3)")
     seg.add_argument("image", help="image path, or sample:NAME for a photograph bundled with scikit-image")
@@ -123,7 +166,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    return _run(build_parser().parse_args(argv))
+
+
+def export_main(argv: list[str] | None = None) -> int:
+    """`cseg-export`: the same as `cseg export`."""
+    parser = argparse.ArgumentParser(prog="cseg-export", description="export ConceptSeg-R1 + SAM 3 to a bundle")
+    _add_export_arguments(parser)
+    return _run(parser.parse_args(argv))
+
+
+def _run(args) -> int:
     try:
         return args.run(args)
     except CsegError as exc:

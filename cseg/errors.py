@@ -19,3 +19,19 @@ class CheckpointError(CsegError):
 
 class BundleError(CsegError):
     """A bundle that is incomplete, tampered with, or built for another target, GPU or TensorRT version."""
+
+
+class ExportError(CsegError):
+    """An export step failed: a graph could not be exported, or does not reproduce its PyTorch module."""
+
+
+class OutputNameError(ExportError):
+    """The exported graph's outputs are not the ones its spec declares."""
+
+
+class OutputShapeError(ExportError):
+    """An exported graph output has another shape than the PyTorch module's on the same inputs."""
+
+
+class ParityError(ExportError):
+    """An exported graph output differs from the PyTorch module's by more than its stated tolerance."""

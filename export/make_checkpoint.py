@@ -36,15 +36,18 @@ QWEN_IMAGE_MEAN = [0.48145466, 0.4578275, 0.40821073]
 QWEN_IMAGE_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
-def make_checkpoint(size: str, seed: int, out: str | Path) -> tuple[Path, Path]:
-    """Write `out/conceptseg-r1` and `out/sam3` for `size` ("tiny", "tiny-alt", "small", "full")."""
-    if size not in SIZES:
-        raise ValueError(f"unknown size {size!r}; choose one of {sorted(SIZES)}")
+def make_checkpoint(size: str, seed: int, out: str | Path, sam3_size: str | None = None) -> tuple[Path, Path]:
+    """Write `out/conceptseg-r1` and `out/sam3` for `size` ("tiny", "tiny-alt", "small", "full").
+
+    `sam3_size` gives SAM 3 other dimensions than the VLM (e.g. a tiny VLM with a full-size SAM 3).
+    """
+    for name in (size, sam3_size or size):
+        if name not in SIZES:
+            raise ValueError(f"unknown size {name!r}; choose one of {sorted(SIZES)}")
     out = Path(out)
-    dims = SIZES[size]
     model_dir, sam3_dir = out / "conceptseg-r1", out / "sam3"
-    _write_conceptseg(dims["qwen"], seed, model_dir)
-    _write_sam3(dims["sam3"], seed, sam3_dir)
+    _write_conceptseg(SIZES[size]["qwen"], seed, model_dir)
+    _write_sam3(SIZES[sam3_size or size]["sam3"], seed, sam3_dir)
     return model_dir, sam3_dir
 
 

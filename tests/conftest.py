@@ -31,3 +31,31 @@ def photo():
     from skimage import data
 
     return data.astronaut()
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_checkpoint, tmp_path_factory):
+    from cseg.export.bundle import export_bundle
+
+    return export_bundle(*tiny_checkpoint, tmp_path_factory.mktemp("bundles") / "tiny", progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_alt_bundle(tiny_alt_checkpoint, tmp_path_factory):
+    from cseg.export.bundle import export_bundle
+
+    return export_bundle(*tiny_alt_checkpoint, tmp_path_factory.mktemp("bundles") / "tiny_alt", progress=False)
+
+
+@pytest.fixture(scope="session")
+def sessions(tiny_bundle):
+    """ONNX Runtime sessions of the tiny bundle's graphs, by manifest key."""
+    import onnxruntime as ort
+
+    from cseg.manifest import read_manifest
+
+    manifest = read_manifest(tiny_bundle)
+    return {
+        key: ort.InferenceSession(str(tiny_bundle / graph["file"]), providers=["CPUExecutionProvider"])
+        for key, graph in manifest["graphs"].items()
+    }

@@ -1,0 +1,47 @@
+"""`cseg inspect`: a bundle's manifest as a readable report (torch-free)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cseg.manifest import read_manifest, verify_files
+
+
+def _shape(tensor: dict) -> str:
+    return f"{tensor['name']}[{','.join(str(d) for d in tensor['shape'])}]:{tensor['dtype']}"
+
+
+def describe(bundle: str | Path, verify: bool = True) -> str:
+    manifest = read_manifest(bundle)
+    if verify:
+        verify_files(bundle, manifest)
+    model = manifest["model"]
+    lines = [
+        f"bundle      {bundle}",
+        f"format      v{manifest['format_version']}, written by cseg {manifest['cseg_version']} on {manifest['created']}",
+        f"target      {manifest['target']} ({manifest['precision']})",
+        f"files       {len(manifest['files'])} " + ("(sha256 verified)" if verify else "(not verified)"),
+        f"ConceptSeg  {manifest['source']['conceptseg']['path']}  sha256 {manifest['source']['conceptseg']['sha256'][:16]}",
+        f"SAM 3       {manifest['source']['sam3']['path']}  sha256 {manifest['source']['sam3']['sha256'][:16]}",
+        f"model       H={model['hidden_size']} layers={model['num_layers']} Q={model['num_queries']} "
+        f"top-K={model['top_k']} VLM grid={manifest['preprocessing']['vlm']['grid_thw']} "
+        f"SAM 3 input={manifest['preprocessing']['sam3']['size']}",
+        f"generation  max_length={manifest['generation']['max_length']} "
+        f"repetition_penalty={manifest['generation']['repetition_penalty']} eos={manifest['generation']['eos_token_ids']}",
+        f"router      {manifest['router']['kind']}",
+        "",
+        f"{'graph':<14}{'backend':<13}{'precision':<10}{'MB':>9}  inputs -> outputs",
+    ]
+    for key, graph in manifest["graphs"].items():
+        inputs = ", ".join(_shape(t) for t in graph["inputs"][:6]) + (" ..." if len(graph["inputs"]) > 6 else "")
+        outputs = ", ".join(_shape(t) for t in graph["outputs"][:5]) + (" ..." if len(graph["outputs"]) > 5 else "")
+        lines.append(f"{key:<14}{graph['backend']:<13}{graph['precision']:<10}{graph.get('bytes', 0) / 1e6:>9.1f}  "
+                     f"{inputs} -> {outputs}")  # fmt: skip
+    lines += ["", f"{'parity (ONNX vs PyTorch)':<40}{'max_abs':>10}{'mean_abs':>10}{'allowed':>10}"]
+    for key, outputs in manifest["parity"].items():
+        for name, entry in outputs.items():
+            if name.startswith("present_"):
+                continue  # one line per KV tensor would drown the rest; they are in manifest.json
+            lines.append(f"{key + '.' + name:<40}{entry['max_abs']:>10.2e}{entry['mean_abs']:>10.2e}"
+                         f"{entry['tolerance']:>10.1e}")  # fmt: skip
+    return "\n".join(lines)

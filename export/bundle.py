@@ -1,0 +1,228 @@
+"""`cseg-export`: checkpoint -> a bundle directory the torch-free runtime serves.
+
+Every graph is exported, checked against its PyTorch module on fresh inputs, and only then written. The bundle is
+assembled in a hidden sibling directory and renamed into place at the very end, so an export that is interrupted at
+any point (Ctrl-C, kill, disk full) leaves nothing at the target path that looks like a bundle.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+from PIL import Image
+from tqdm import tqdm
+
+import cseg
+from cseg.engines.targets import resolve as resolve_target
+from cseg.errors import BundleError
+from cseg.export.graphs import GRAPHS
+from cseg.export.graphs.sam3_text import TEXT_LENGTH
+from cseg.export.loading import load_conceptseg, load_sam3
+from cseg.export.onnx_export import export_graph
+from cseg.export.parity import check_parity
+from cseg.export.reference import INSTANCE_SCORE_THRESHOLD, RESEARCH_MAX_LENGTH
+from cseg.images import SAM3_MEAN, SAM3_STD, VLM_SIDE
+from cseg.manifest import FORMAT_VERSION, MANIFEST_NAME, file_sha256, validate_manifest
+from cseg.prompting import template
+
+DEFAULT_TOP_K = 20
+SOURCE_FILES = ("config.json", "*.safetensors", "model.safetensors.index.json")
+VLM_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "preprocessor_config.json")
+SAM3_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def export_bundle(
+    model_dir,
+    sam3_dir,
+    out,
+    *,
+    target: str = "cpu",
+    precision: str | None = None,
+    top_k: int = DEFAULT_TOP_K,
+    force: bool = False,
+    report: Callable[[str], None] = tqdm.write,
+    progress: bool = True,
+) -> Path:
+    """Export both checkpoints into the bundle directory `out`; returns its path."""
+    profile, precision = resolve_target(target, precision)
+    out = Path(out)
+    if out.exists() and not force:
+        raise BundleError(f"{out} already exists; pass --force to replace it (a bundle is never updated in place)")
+    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    start = time.perf_counter()
+    try:
+        (staging / "graphs").mkdir(parents=True)
+        manifest = _export_into(staging, model_dir, sam3_dir, target, profile, precision, top_k, report, progress)
+        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
+        _replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    total = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 1e6
+    report(f"bundle {out} written in {time.perf_counter() - start:.1f} s, {total:.1f} MB")
+    return out
+
+
+def _replace(staging: Path, out: Path) -> None:
+    if out.exists():
+        retired = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.rename(out, retired)
+        os.rename(staging, out)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.rename(staging, out)
+
+
+def _export_into(staging, model_dir, sam3_dir, target, profile, precision, top_k, report, progress) -> dict:
+    report("loading checkpoints")
+    vlm = load_conceptseg(model_dir)
+    sam3 = load_sam3(sam3_dir, attn_implementation="eager")  # the dynamo exporter fails on SAM 3's sdpa path
+    grid = vlm.image_processor(images=[Image.new("RGB", (VLM_SIDE, VLM_SIDE))])["image_grid_thw"][0].tolist()
+    settings = {"top_k": top_k, "vlm_grid": grid}
+    graphs, parity = {}, {}
+    stages = tqdm(GRAPHS.items(), desc="export", unit="graph", disable=not progress, leave=False)
+    for key, build in stages:
+        stages.set_postfix_str(key)
+        began = time.perf_counter()
+        spec = build(vlm, sam3, settings)
+        files = export_graph(spec, staging / "graphs" / f"{key}.onnx")
+        exported = time.perf_counter() - began
+        parity[key] = check_parity(spec, files[0])
+        size = sum(f.stat().st_size for f in files) / 1e6
+        graphs[key] = {
+            "file": f"graphs/{key}.onnx",
+            "sha256": file_sha256(files[0]),
+            "data_files": [f"graphs/{f.name}" for f in files[1:]],
+            "backend": profile["backend"],
+            "precision": precision,
+            "bytes": sum(f.stat().st_size for f in files),
+            "export_seconds": round(exported, 2),
+            **spec.manifest_entry(),
+        }
+        worst = max(parity[key].values(), key=lambda e: e["max_abs"] / e["tolerance"])
+        report(
+            f"  {key:<13} exported in {exported:5.1f} s, {size:8.1f} MB, parity ok "
+            f"(worst max-abs {worst['max_abs']:.2e} <= {worst['tolerance']:.1e})"
+        )
+    tokenizers = {
+        "vlm": _copy_files(vlm.path, VLM_TOKENIZER_FILES, staging / "tokenizers" / "vlm"),
+        "sam3": _copy_files(sam3.path, SAM3_TOKENIZER_FILES, staging / "tokenizers" / "sam3"),
+    }
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "cseg_version": cseg.__version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "target": target,
+        "precision": precision,
+        "session": profile.get("session", {}),
+        "source": {"conceptseg": _source(vlm.path), "sam3": _source(sam3.path)},
+        "model": _model_section(vlm, sam3, settings),
+        "preprocessing": _preprocessing(vlm, sam3, grid),
+        "prompt": template(),
+        "generation": _generation(vlm),
+        "router": {"kind": "heuristic", "max_words": 4, "limit": "0.1 * 2 ** (words - 1)", "accept": "presence > limit"},
+        "postprocess": {
+            "mask_logit_threshold": 0.0,
+            "upsample": "bilinear, align_corners=False, to the input image size",
+            "instance_score_threshold": INSTANCE_SCORE_THRESHOLD,
+            "instance_mask_logit_threshold": 0.0,
+        },
+        "tokenizers": tokenizers,
+        "graphs": graphs,
+        "parity": {k: {o: {m: v[m] for m in ("max_abs", "mean_abs", "tolerance", "scale")} for o, v in p.items()}
+                   for k, p in parity.items()},  # fmt: skip
+    }
+    manifest["files"] = {
+        str(f.relative_to(staging)): file_sha256(f) for f in sorted(staging.rglob("*")) if f.is_file()
+    }
+    validate_manifest(manifest)
+    return manifest
+
+
+def _copy_files(source: Path, names, destination: Path) -> dict:
+    destination.mkdir(parents=True, exist_ok=True)
+    copied = {}
+    for name in names:
+        if (source / name).is_file():
+            shutil.copy2(source / name, destination / name)
+            copied[name] = str((destination / name).relative_to(destination.parent.parent))
+    return copied
+
+
+def _source(path: Path) -> dict:
+    files = {}
+    for pattern in SOURCE_FILES:
+        for f in sorted(path.glob(pattern)):
+            files[f.name] = file_sha256(f)
+    combined = hashlib.sha256("".join(f"{n}:{h}\n" for n, h in sorted(files.items())).encode()).hexdigest()
+    return {"path": str(path.resolve()), "sha256": combined, "files": files}
+
+
+def _model_section(vlm, sam3, settings) -> dict:
+    config = vlm.model.config
+    text, vision = config.text_config, config.vision_config
+    return {
+        "num_queries": vlm.num_queries,
+        "hidden_size": text.hidden_size,
+        "num_layers": text.num_hidden_layers,
+        "num_kv_heads": text.num_key_value_heads,
+        "head_dim": text.hidden_size // text.num_attention_heads,
+        "vocab_size": text.vocab_size,
+        "image_token_id": config.image_token_id,
+        "video_token_id": config.video_token_id,
+        "vision_start_token_id": config.vision_start_token_id,
+        "vision_end_token_id": config.vision_end_token_id,
+        "mrope_section": list(text.rope_parameters["mrope_section"]),
+        "vision": {
+            "patch_size": vision.patch_size,
+            "temporal_patch_size": vision.temporal_patch_size,
+            "spatial_merge_size": vision.spatial_merge_size,
+            "window_size": vision.window_size,
+            "tokens_per_second": vision.tokens_per_second,
+            "out_hidden_size": vision.out_hidden_size,
+        },
+        "top_k": min(settings["top_k"], sam3.model.config.detr_decoder_config.num_queries),
+        "sam3_queries": sam3.model.config.detr_decoder_config.num_queries,
+        "sam3_text_length": TEXT_LENGTH,
+    }
+
+
+def _preprocessing(vlm, sam3, grid) -> dict:
+    processor = vlm.image_processor
+    return {
+        "vlm": {
+            "square_side": VLM_SIDE,
+            "square_resample": "bicubic",
+            "grid_thw": grid,
+            "resized": [grid[1] * processor.patch_size, grid[2] * processor.patch_size],
+            "resample": "bicubic",
+            "rescale_factor": processor.rescale_factor,
+            "mean": list(processor.image_mean),
+            "std": list(processor.image_std),
+            "patch_size": processor.patch_size,
+            "temporal_patch_size": processor.temporal_patch_size,
+            "merge_size": processor.merge_size,
+        },
+        "sam3": {"size": sam3.image_size, "resample": "bilinear", "mean": SAM3_MEAN, "std": SAM3_STD},
+    }
+
+
+def _generation(vlm) -> dict:
+    config = vlm.generation_config
+    eos = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
+    return {
+        "max_length": RESEARCH_MAX_LENGTH,
+        "greedy": True,
+        "repetition_penalty": config.repetition_penalty or 1.0,
+        "eos_token_ids": eos,
+        "pad_token_id": config.pad_token_id,
+        "im_end_token_id": vlm.tokenizer.convert_tokens_to_ids("<|im_end|>"),
+    }

@@ -1,0 +1,69 @@
+"""Tracing one GraphSpec to an ONNX file with the exporter its spec names."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import io
+import warnings
+from pathlib import Path
+
+import torch
+
+from cseg.errors import ExportError
+from cseg.export.graph_spec import GraphSpec
+
+# ONNX files hold at most 2 GB; above this many parameter bytes the weights go to an external .data file.
+EXTERNAL_DATA_BYTES = 1_500_000_000
+EXPORT_SEED = 0
+
+
+def parameter_bytes(module: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+def example_args(spec: GraphSpec, sizes: dict[str, int], seed: int) -> tuple[torch.Tensor, ...]:
+    inputs = spec.make_inputs(sizes, torch.Generator().manual_seed(seed))
+    return tuple(inputs[t.name] for t in spec.inputs)
+
+
+def _named_positional_count(module: torch.nn.Module) -> int:
+    parameters = inspect.signature(module.forward).parameters.values()
+    return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in parameters)
+
+
+def export_graph(spec: GraphSpec, path: Path) -> list[Path]:
+    """Export `spec` to `path`; returns the files written (the graph, plus external data when large)."""
+    args = example_args(spec, spec.export_sizes, EXPORT_SEED)
+    input_names = [t.name for t in spec.inputs]
+    output_names = [t.name for t in spec.outputs]
+    large = parameter_bytes(spec.module) > EXTERNAL_DATA_BYTES
+    try:
+        # the exporters' chatter goes to a buffer: failures raise with their cause, and parity is checked afterwards
+        with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            if spec.exporter == "dynamo":
+                dynamic = [{i: torch.export.Dim.AUTO for i, d in enumerate(t.shape) if isinstance(d, str)}
+                           for t in spec.inputs]  # fmt: skip
+                named = _named_positional_count(spec.module)
+                if len(dynamic) > named:  # forward(*args): torch.export wants the tail as one nested tuple
+                    dynamic = dynamic[:named] + [tuple(dynamic[named:])]
+                torch.onnx.export(
+                    spec.module, args, str(path), dynamo=True, input_names=input_names, output_names=output_names,
+                    dynamic_shapes=tuple(dynamic), opset_version=spec.opset, external_data=large, verbose=False,
+                )  # fmt: skip
+            elif spec.exporter == "torchscript":
+                axes = {t.name: {i: d for i, d in enumerate(t.shape) if isinstance(d, str)}
+                        for t in spec.inputs + spec.outputs}  # fmt: skip
+                torch.onnx.export(
+                    spec.module, args, str(path), dynamo=False, input_names=input_names, output_names=output_names,
+                    dynamic_axes={k: v for k, v in axes.items() if v}, opset_version=spec.opset,
+                )  # fmt: skip
+            else:
+                raise ExportError(f"{spec.key}: unknown exporter {spec.exporter!r}")
+    except ExportError:
+        raise
+    except Exception as exc:  # the exporters raise many types; the user needs the graph name and the cause
+        raise ExportError(f"exporting {spec.key} with the {spec.exporter} exporter failed: {exc}") from exc
+    data = Path(str(path) + ".data")
+    return [path, data] if data.exists() else [path]
