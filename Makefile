@@ -19,8 +19,9 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/cseg make-checkpoint --size tiny --seed 0 --out $(OUT)/checkpoint
-	$(BIN)/cseg segment --model $(OUT)/checkpoint/conceptseg-r1 --sam3 $(OUT)/checkpoint/sam3 \
-		sample:astronaut "astronaut" --out $(OUT)/overlay.png --json
+	$(BIN)/cseg-export --model $(OUT)/checkpoint/conceptseg-r1 --sam3 $(OUT)/checkpoint/sam3 --target cpu \
+		--out $(OUT)/bundle --force
+	$(BIN)/cseg segment --bundle $(OUT)/bundle sample:astronaut "astronaut" --out $(OUT)/overlay.png --json
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BundleError",
+    "Runtime",
     "CheckpointError",
     "CsegError",
     "Instances",
@@ -19,3 +20,12 @@ __all__ = [
     "Segmentation",
     "__version__",
 ]
+
+
+def __getattr__(name: str):
+    # Runtime imports onnxruntime: load it on first use so `import cseg` stays light for the export side.
+    if name == "Runtime":
+        from cseg.runtime.runtime import Runtime
+
+        return Runtime
+    raise AttributeError(f"module 'cseg' has no attribute {name!r}")

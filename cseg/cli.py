@@ -1,9 +1,10 @@
 """`cseg` command line: one subcommand per step of the workflow.
 
     cseg make-checkpoint --size tiny --seed 0 --out ckpt/
-    cseg segment --model ckpt/conceptseg-r1 --sam3 ckpt/sam3 sample:astronaut "astronaut" --out overlay.png --json
     cseg export --model ckpt/conceptseg-r1 --sam3 ckpt/sam3 --target cpu --out bundle/     (= cseg-export ...)
     cseg inspect bundle/
+    cseg segment --bundle bundle/ sample:astronaut "astronaut" --out overlay.png --json
+    cseg segment --model ckpt/conceptseg-r1 --sam3 ckpt/sam3 sample:astronaut "astronaut"  (PyTorch reference)
 
 Errors a user can cause (bad paths, bad images, broken checkpoints) print one line and exit with status 2.
 """
@@ -30,7 +31,7 @@ def _make_checkpoint(args) -> int:
     size_mb = sum(f.stat().st_size for f in Path(args.out).rglob("*") if f.is_file()) / 1e6
     print(f"wrote {args.size} checkpoints (seed {args.seed}) in {time.perf_counter() - start:.1f} s, {size_mb:.1f} MB:")
     print(f"  ConceptSeg-R1: {model_dir}\n  SAM 3:         {sam3_dir}")
-    print(f"next: cseg segment --model {model_dir} --sam3 {sam3_dir} sample:astronaut \"astronaut\" --out overlay.png")
+    print(f"next: cseg export --model {model_dir} --sam3 {sam3_dir} --out bundle/")
     return 0
 
 
@@ -47,22 +48,26 @@ def _parse_boxes(text: str | None) -> list[list[float]]:
 
 
 def _segment(args) -> int:
-    from PIL import Image
-
     from cseg import samples
     from cseg.images import load_image
     from cseg.overlay import overlay
 
+    if bool(args.bundle) == bool(args.model or args.sam3) or (args.model is None) != (args.sam3 is None):
+        raise InvalidInputError("pass either --bundle B (runtime) or both --model and --sam3 (PyTorch reference)")
     if args.boxes and len(args.boxes) != len(args.demo):
         raise InvalidInputError(f"{len(args.boxes)} --boxes given for {len(args.demo)} --demo images: pair them")
     boxes = args.boxes or [None] * len(args.demo)
     demos = [(samples.resolve(d), _parse_boxes(b)) for d, b in zip(args.demo, boxes)]
     image = load_image(samples.resolve(args.image))
+    if args.bundle:
+        from cseg.runtime import Runtime
 
-    from cseg.export.reference import ReferencePipeline
+        backend = Runtime.open(args.bundle)
+    else:
+        from cseg.export.reference import ReferencePipeline
 
-    pipeline = ReferencePipeline.from_pretrained(args.model, args.sam3)
-    result = pipeline.segment(image, args.prompt, demos or None, route=args.route, max_new_tokens=args.max_new_tokens)
+        backend = ReferencePipeline.from_pretrained(args.model, args.sam3)
+    result = backend.segment(image, args.prompt, demos or None, route=args.route, max_new_tokens=args.max_new_tokens)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         overlay(image, result, args.prompt).save(args.out)
@@ -111,7 +116,7 @@ def _export(args) -> int:
         args.model, args.sam3, args.out, target=args.target, precision=args.precision, top_k=args.top_k,
         force=args.force,
     )  # fmt: skip
-    print(f"next: cseg inspect {out}")
+    print(f"next: cseg segment --bundle {out} sample:astronaut \"astronaut\" --out overlay.png   (details: cseg inspect {out})")
     return 0
 
 
@@ -150,11 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--no-verify", action="store_true", help="skip the sha256 check of every file")
     inspect.set_defaults(run=_inspect)
 
-    seg = sub.add_parser("segment", help="segment one image (PyTorch reference: --model and --sam3)")
+    seg = sub.add_parser("segment", help="segment one image with a bundle (or the PyTorch reference)")
     seg.add_argument("image", help="image path, or sample:NAME for a photograph bundled with scikit-image")
     seg.add_argument("prompt", help="the concept or question to segment")
-    seg.add_argument("--model", required=True, help="ConceptSeg-R1 checkpoint directory")
-    seg.add_argument("--sam3", required=True, help="SAM 3 checkpoint directory")
+    seg.add_argument("--bundle", help="bundle directory written by cseg export (torch-free runtime)")
+    seg.add_argument("--model", help="ConceptSeg-R1 checkpoint directory: run the PyTorch reference instead")
+    seg.add_argument("--sam3", help="SAM 3 checkpoint directory (with --model)")
     seg.add_argument("--demo", action="append", default=[], help="demonstration image (repeat for up to 4)")
     seg.add_argument("--boxes", action="append", help="boxes on the matching --demo: 'x1,y1,x2,y2;...' in pixels")
     seg.add_argument("--route", default="auto", choices=["auto", "shortcut", "full"])

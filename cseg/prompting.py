@@ -109,3 +109,14 @@ def shortcut_worth_trying(question: str) -> bool:
 def shortcut_accepts(question: str, presence: float) -> bool:
     """Seed rule (inference_single_example.py): keep SAM 3's own mask when presence > threshold (a tie reasons)."""
     return shortcut_worth_trying(question) and presence > shortcut_limit(question)
+
+
+def render_chat(problem: str, n_images: int) -> str:
+    """What the checkpoint's Qwen2.5-VL chat template renders for build_messages(problem, n_images) with the
+    generation prompt, without a template engine (the runtime has no transformers). Tests compare it with
+    apply_chat_template on the shipped template."""
+    images = "<|vision_start|><|image_pad|><|vision_end|>" * n_images
+    return (
+        f"<|im_start|>system\n{template()['system']}<|im_end|>\n"
+        f"<|im_start|>user\n{images}{problem}<|im_end|>\n<|im_start|>assistant\n"
+    )

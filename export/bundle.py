@@ -204,6 +204,8 @@ def _preprocessing(vlm, sam3, grid) -> dict:
             "grid_thw": grid,
             "resized": [grid[1] * processor.patch_size, grid[2] * processor.patch_size],
             "resample": "bicubic",
+            "min_pixels": processor.size["shortest_edge"],
+            "max_pixels": processor.size["longest_edge"],
             "rescale_factor": processor.rescale_factor,
             "mean": list(processor.image_mean),
             "std": list(processor.image_std),

@@ -11,20 +11,20 @@ thresholded at 0. The seed Shortcut Router (word count vs presence) decides whet
 from __future__ import annotations
 
 import copy
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from cseg import prompting
+from cseg import pipeline, prompting
 from cseg.errors import InvalidInputError
 from cseg.export.loading import ConceptSegCheckpoint, Sam3Checkpoint, load_conceptseg, load_sam3
 from cseg.export.sam3_prompt import sam3_prompt
-from cseg.images import check_demos, load_image, render_demonstrations, sam3_pixels, vlm_image
+from cseg.images import render_demonstrations, sam3_pixels, vlm_image
+from cseg.pipeline import timed
 from cseg.segmentation import Instances, Segmentation
 
 RESEARCH_MAX_LENGTH = 2048 + 768  # generate(max_length=...) in the research script: prompt + completion tokens
@@ -32,7 +32,6 @@ SAM3_TEXT_LENGTH = 32
 # SAM 3's own instance threshold (Meta's Sam3Processor confidence_threshold=0.5) on sigmoid(class) * presence;
 # instance masks are binarised at sigmoid > 0.5, i.e. logit > 0.
 INSTANCE_SCORE_THRESHOLD = 0.5
-ROUTE_CHOICES = ("auto", "shortcut", "full")
 
 
 @dataclass
@@ -51,14 +50,17 @@ class Sam3Result:
 
 
 @dataclass
-class Reasoning:
-    """What the full path produced before SAM 3: the completion, its tags, and the concept tokens."""
+class ImageState:
+    image: Image.Image
+    vision: object  # SAM 3 vision features (Sam3VisionEncoderOutput)
 
-    completion_ids: torch.Tensor  # [1, T] generated tokens (including <|im_end|> when generation stopped on it)
-    text: str
-    parsed: prompting.ParsedAnswer
-    hidden_states: torch.Tensor  # [1, T, H] last-layer, post-norm, from a teacher-forced second forward
-    concept_tokens: torch.Tensor  # [1, Q, 256]
+
+@dataclass
+class Reasoning(pipeline.Reasoning):
+    """The full path's output, plus what the parity tests compare: the completion and its hidden states."""
+
+    completion_ids: torch.Tensor | None = None  # [1, T] generated ids (with <|im_end|> when generation stopped on it)
+    hidden_states: torch.Tensor | None = None  # [1, T, H] last-layer, post-norm, from a teacher-forced second forward
 
 
 class ReferencePipeline:
@@ -77,45 +79,60 @@ class ReferencePipeline:
         """
         return cls(load_conceptseg(model_dir, dtype=dtype), load_sam3(sam3_dir, dtype=dtype), **kwargs)
 
-    # --- the public call ---------------------------------------------------------------------------------------
+    # --- the public calls (the flow itself is cseg.pipeline, shared with the runtime) ----------------------------
 
     @torch.no_grad()
     def segment(self, image, prompt: str, demos=None, *, route: str = "auto", max_new_tokens: int | None = None,
                 bgr: bool = False) -> Segmentation:  # fmt: skip
-        if route not in ROUTE_CHOICES:
-            raise InvalidInputError(f"route must be one of {ROUTE_CHOICES}, got {route!r}")
-        if max_new_tokens is not None and (not isinstance(max_new_tokens, int) or max_new_tokens < 1):
-            raise InvalidInputError(f"max_new_tokens must be a positive integer or None, got {max_new_tokens!r}")
-        timings: dict[str, float] = {}
-        with _timed(timings, "preprocess"):
-            question = prompting.check_prompt(prompt)
-            pil = load_image(image, bgr=bgr)
-            demos = check_demos(demos)
-            pixels = torch.from_numpy(sam3_pixels(pil, self.sam3.image_size)).to(self._sam3_dtype)
-        with _timed(timings, "sam3_vision"):
-            vision = self.sam3_vision(pixels)
-        size = (pil.height, pil.width)
+        return pipeline.segment(self, image, prompt, demos, route=route, max_new_tokens=max_new_tokens, bgr=bgr)
 
-        route_score = None
-        if route == "shortcut" or (route == "auto" and prompting.shortcut_worth_trying(question)):
-            shortcut = self.sam3_segment(vision, question, None, timings)
-            route_score = shortcut.presence
-            if route == "shortcut" or prompting.shortcut_accepts(question, route_score):
-                with _timed(timings, "postprocess"):
-                    return self._result(shortcut, size, "shortcut", route, route_score, timings)
+    @torch.no_grad()
+    def segment_many(self, image, prompts, demos=None, *, route: str = "auto", max_new_tokens: int | None = None,
+                     bgr: bool = False) -> list[Segmentation]:  # fmt: skip
+        return pipeline.segment_many(self, image, prompts, demos, route=route, max_new_tokens=max_new_tokens, bgr=bgr)
 
-        with _timed(timings, "vlm_preprocess"):
-            inputs = self.vlm_inputs(pil, question, demos)
-        reasoning = self.reason(inputs, max_new_tokens, timings)
-        final = self.sam3_segment(vision, reasoning.parsed.answer, reasoning.concept_tokens, timings)
-        with _timed(timings, "postprocess"):
-            return self._result(final, size, "full", route, route_score, timings, reasoning)
+    # --- the backend protocol of cseg.pipeline ------------------------------------------------------------------
+
+    def image_state(self, image: Image.Image, timings: dict) -> ImageState:
+        with timed(timings, "sam3_preprocess"):
+            pixels = torch.from_numpy(sam3_pixels(image, self.sam3.image_size)).to(self.sam3.model.dtype)
+        with timed(timings, "sam3_vision"):
+            return ImageState(image, self.sam3_vision(pixels))
+
+    def sam3_segment(self, state: ImageState, text: str, concept_tokens, timings: dict) -> Sam3Result:
+        with timed(timings, "sam3_text"):
+            features, mask = self.sam3_text(text)
+        with timed(timings, "sam3_decoder"):
+            return self.sam3_decode(state.vision, features, mask, concept_tokens)
+
+    def reason(self, state: ImageState, question: str, demos, max_new_tokens, timings: dict) -> Reasoning:
+        with timed(timings, "vlm_preprocess"):
+            inputs = self.vlm_inputs(state.image, question, demos)
+        return self.generate(inputs, max_new_tokens, timings)
+
+    @staticmethod
+    def presence(raw: Sam3Result) -> float:
+        return raw.presence
+
+    @staticmethod
+    def postprocess(sam: Sam3Result, size: tuple[int, int]) -> tuple[np.ndarray, Instances]:
+        """The research post-processing: bilinear (align_corners=False) to the input size, logits > 0."""
+        height, width = size
+        semantic = F.interpolate(sam.semantic_logits.float(), size=size, mode="bilinear", align_corners=False)
+        scores = (torch.sigmoid(sam.pred_logits.float()) * torch.sigmoid(sam.presence_logit.float()))[0]
+        keep = scores > INSTANCE_SCORE_THRESHOLD
+        if not keep.any():
+            return (semantic[0, 0] > 0).numpy(), Instances.empty(height, width)
+        masks = F.interpolate(sam.pred_masks[:, keep].float(), size=size, mode="bilinear", align_corners=False)
+        scale = torch.tensor([width, height, width, height], dtype=torch.float32)
+        instances = Instances(
+            masks=(masks[0] > 0).numpy(),
+            boxes=(sam.pred_boxes[0, keep].float() * scale).numpy().astype(np.float32),
+            scores=scores[keep].numpy().astype(np.float32),
+        )
+        return (semantic[0, 0] > 0).numpy(), instances
 
     # --- building blocks, also used by export parity checks ---------------------------------------------------
-
-    @property
-    def _sam3_dtype(self) -> torch.dtype:
-        return self.sam3.model.dtype
 
     def sam3_vision(self, pixels: torch.Tensor):
         return self.sam3.model.get_vision_features(pixel_values=pixels)
@@ -134,12 +151,6 @@ class ReferencePipeline:
             vision_embeds=vision, text_embeds=BaseModelOutputWithPooling(pooler_output=features), attention_mask=mask
         )
         return Sam3Result(out.semantic_seg, out.presence_logits, out.pred_logits, out.pred_boxes, out.pred_masks)
-
-    def sam3_segment(self, vision, text: str, concept_tokens, timings: dict) -> Sam3Result:
-        with _timed(timings, "sam3_text"):
-            features, mask = self.sam3_text(text)
-        with _timed(timings, "sam3_decoder"):
-            return self.sam3_decode(vision, features, mask, concept_tokens)
 
     def vlm_inputs(self, image, question: str, demos=()) -> dict[str, torch.Tensor]:
         """Token ids, pixel patches and grids for the VLM, as the research script builds them with the processor."""
@@ -175,22 +186,24 @@ class ReferencePipeline:
             "image_grid_thw": vision["image_grid_thw"],
         }
 
-    def reason(self, inputs: dict, max_new_tokens: int | None, timings: dict) -> Reasoning:
+    def generate(self, inputs: dict, max_new_tokens: int | None, timings: dict) -> Reasoning:
         model, tokenizer = self.vlm.model, self.vlm.tokenizer
         prompt_length = inputs["input_ids"].shape[1]
         # The research call: generate(max_length=2816, use_cache=True, do_sample=False) on top of the checkpoint's
         # generation_config.json, whose other settings (repetition_penalty, eos ids) stay in force.
         config = copy.deepcopy(self.vlm.generation_config)
-        config.update(do_sample=False, use_cache=True, max_length=self.max_length, max_new_tokens=max_new_tokens)
-        with _timed(timings, "generate"):
+        budget = {"max_new_tokens": max_new_tokens} if max_new_tokens else {"max_length": self.max_length}
+        # sampling settings of the checkpoint do nothing under do_sample=False; cleared to keep generate() quiet
+        config.update(do_sample=False, use_cache=True, temperature=None, top_p=None, top_k=None, **budget)
+        with timed(timings, "generate"):
             full_ids = model.generate(**inputs, generation_config=config)
         completion = full_ids[:, prompt_length:]
         text = tokenizer.batch_decode(completion, skip_special_tokens=True)[0]
-        with _timed(timings, "hidden_states"):
+        with timed(timings, "hidden_states"):
             hidden = self.completion_hidden_states(inputs, full_ids)
-        with _timed(timings, "concept_head"):
+        with timed(timings, "concept_head"):
             concept = model.concept_tokens(hidden)
-        return Reasoning(completion, text, prompting.parse_completion(text), hidden, concept)
+        return Reasoning(text, prompting.parse_completion(text), concept, completion.shape[1], completion, hidden)
 
     def completion_hidden_states(self, inputs: dict, full_ids: torch.Tensor) -> torch.Tensor:
         """The research second forward: last-layer (post-norm) states at every completion position.
@@ -212,46 +225,3 @@ class ReferencePipeline:
             use_cache=False,
         )
         return out.hidden_states[-1][:, prompt_length:]
-
-    # --- result -------------------------------------------------------------------------------------------------
-
-    def _result(self, sam: Sam3Result, size, path: str, route: str, route_score, timings,
-                reasoning: Reasoning | None = None) -> Segmentation:  # fmt: skip
-        height, width = size
-        semantic = F.interpolate(sam.semantic_logits.float(), size=size, mode="bilinear", align_corners=False)
-        scores = (torch.sigmoid(sam.pred_logits.float()) * torch.sigmoid(sam.presence_logit.float()))[0]
-        keep = scores > INSTANCE_SCORE_THRESHOLD
-        if keep.any():
-            masks = F.interpolate(sam.pred_masks[:, keep].float(), size=size, mode="bilinear", align_corners=False)
-            scale = torch.tensor([width, height, width, height], dtype=torch.float32)
-            instances = Instances(
-                masks=(masks[0] > 0).numpy(),
-                boxes=(sam.pred_boxes[0, keep].float() * scale).numpy().astype(np.float32),
-                scores=scores[keep].numpy().astype(np.float32),
-            )
-        else:
-            instances = Instances.empty(height, width)
-        parsed = reasoning.parsed if reasoning else prompting.ParsedAnswer("", "", "", None)
-        return Segmentation(
-            mask=(semantic[0, 0] > 0).numpy(),
-            instances=instances,
-            presence=sam.presence,
-            route=path,
-            route_by="heuristic" if route == "auto" else "user",
-            route_score=route_score,
-            answer=parsed.answer,
-            rule=parsed.rule,
-            think=parsed.think,
-            bbox=parsed.bbox,
-            text=reasoning.text if reasoning else "",
-            timings=timings,
-        )
-
-
-@contextmanager
-def _timed(timings: dict, stage: str):
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        timings[stage] = timings.get(stage, 0.0) + (time.perf_counter() - start) * 1000.0

@@ -59,3 +59,10 @@ def sessions(tiny_bundle):
         key: ort.InferenceSession(str(tiny_bundle / graph["file"]), providers=["CPUExecutionProvider"])
         for key, graph in manifest["graphs"].items()
     }
+
+
+@pytest.fixture(scope="session")
+def runtime(tiny_bundle):
+    from cseg.runtime import Runtime
+
+    return Runtime.open(tiny_bundle)

@@ -90,9 +90,9 @@ def test_vision_graph_equals_transformers_vision_tower(reference, sessions, phot
     _close(got, want)
 
 
-def _kv_feed(manifest, presents):
+def _kv_feed(manifest, cache):
     names = [t["name"] for t in manifest["graphs"]["vlm_decoder"]["inputs"] if t["name"].startswith("past_")]
-    return dict(zip(names, presents))
+    return dict(zip(names, cache))
 
 
 def test_decode_step_hidden_states_equal_the_research_second_forward(reference, sessions, tiny_bundle, photo):
@@ -100,7 +100,7 @@ def test_decode_step_hidden_states_equal_the_research_second_forward(reference, 
     manifest = read_manifest(tiny_bundle)
     model = reference.vlm.model
     inputs = reference.vlm_inputs(load_image(photo), "helmet")
-    completion = reference.reason(inputs, 6, {}).completion_ids
+    completion = reference.generate(inputs, 6, {}).completion_ids
     im_end = manifest["generation"]["im_end_token_id"]
     generated = torch.cat([completion, torch.tensor([[im_end]])], dim=1)  # generation stopping on <|im_end|>
     prompt = inputs["input_ids"]
@@ -115,18 +115,20 @@ def test_decode_step_hidden_states_equal_the_research_second_forward(reference, 
               **{k: v.numpy() for k, v in host_inputs(grid, model.config.vision_config).items()}}  # fmt: skip
     (image_embeds,) = sessions["vlm_vision"].run(None, vision)
     layers, heads, dim = (manifest["model"][k] for k in ("num_layers", "num_kv_heads", "head_dim"))
-    presents = [np.zeros((1, heads, 0, dim), np.float32)] * (2 * layers)
+    cache = [np.zeros((1, 0, heads, dim), np.float32)] * (2 * layers)  # sequence-major KV
     length = prompt.shape[1]
-    logits, hidden, *presents = sessions["vlm_decoder"].run(None, {
+    logits, hidden, *new = sessions["vlm_decoder"].run(None, {
         "input_ids": prompt.numpy(), "image_embeds": image_embeds, "position_ids": positions[:, :, :length].numpy(),
-        "attention_mask": attention[:, :length], **_kv_feed(manifest, presents)})  # fmt: skip
+        "attention_mask": attention[:, :length], **_kv_feed(manifest, cache)})  # fmt: skip
+    cache = [np.concatenate([c, n], axis=1) for c, n in zip(cache, new)]
     steps = []
     for i in range(generated.shape[1]):
         at = length + i
-        logits, hidden, *presents = sessions["vlm_decoder"].run(None, {
+        logits, hidden, *new = sessions["vlm_decoder"].run(None, {
             "input_ids": generated[:, i : i + 1].numpy(), "image_embeds": np.zeros((1, image_embeds.shape[1]), np.float32),
             "position_ids": positions[:, :, at : at + 1].numpy(), "attention_mask": attention[:, : at + 1],
-            **_kv_feed(manifest, presents)})  # fmt: skip
+            **_kv_feed(manifest, cache)})  # fmt: skip
+        cache = [np.concatenate([c, n], axis=1) for c, n in zip(cache, new)]
         steps.append(hidden[:, 0])
         with torch.no_grad():
             _close(logits[:, 0], model.lm_head(want[:, i]))

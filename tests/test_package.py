@@ -25,7 +25,7 @@ def test_cli_make_checkpoint_then_segment(tmp_path):
         [sys.executable, "-m", "cseg.cli", "make-checkpoint", "--size", "tiny", "--seed", "3", "--out", str(out)],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
-    assert "cseg segment" in run.stdout  # the next command is suggested
+    assert "cseg export" in run.stdout  # the next command is suggested
     overlay = tmp_path / "overlay.png"
     run = subprocess.run(
         [sys.executable, "-m", "cseg.cli", "segment", "--model", str(out / "conceptseg-r1"), "--sam3",

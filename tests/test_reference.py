@@ -42,7 +42,7 @@ def test_forced_routes_are_recorded_as_user_choices(reference, photo):
 
 def test_full_path_feeds_the_concept_tokens_into_sam3(reference, photo):
     inputs = reference.vlm_inputs(load_image(photo), "helmet")
-    reasoning = reference.reason(inputs, 5, {})
+    reasoning = reference.generate(inputs, 5, {})
     completion = reasoning.completion_ids.shape[1]
     assert completion <= 5
     assert reasoning.hidden_states.shape == (1, completion, reference.vlm.model.config.text_config.hidden_size)
@@ -69,11 +69,11 @@ def test_instances_keep_scores_above_half_and_scale_boxes_to_pixels(reference):
     masks = torch.full((1, 4, 8, 8), -5.0)
     masks[0, 1, :4, :4] = 5.0
     sam = Sam3Result(torch.zeros(1, 1, 8, 8), torch.tensor([[10.0]]), logits, boxes, masks)
-    result = reference._result(sam, (20, 10), "shortcut", "auto", 0.9, {})
-    assert len(result.instances) == 2
-    np.testing.assert_allclose(result.instances.boxes[0], [1, 4, 5, 12], atol=1e-5)  # x * width 10, y * height 20
-    assert result.instances.masks.shape == (2, 20, 10) and result.instances.masks[0, :9, :4].all()
-    assert not result.instances.masks[0, 12:].any()
+    _, instances = reference.postprocess(sam, (20, 10))
+    assert len(instances) == 2
+    np.testing.assert_allclose(instances.boxes[0], [1, 4, 5, 12], atol=1e-5)  # x * width 10, y * height 20
+    assert instances.masks.shape == (2, 20, 10) and instances.masks[0, :9, :4].all()
+    assert not instances.masks[0, 12:].any()
 
 
 def test_demonstrations_are_the_first_image(reference, photo):
@@ -105,3 +105,16 @@ def test_segment_refuses_bad_input(reference, photo, image, prompt, kwargs, mess
         demos = [tuple(photo if d == "photo" else d for d in pair) for pair in demos]
     with pytest.raises(InvalidInputError, match=message):
         reference.segment(image, prompt, demos, **kwargs)
+
+
+def test_segment_many_encodes_the_image_once(reference, photo, monkeypatch):
+    calls = []
+    original = reference.sam3_vision
+    monkeypatch.setattr(reference, "sam3_vision", lambda pixels: calls.append(1) or original(pixels))
+    results = reference.segment_many(photo, ["astronaut", "flag"], route="shortcut")
+    assert len(calls) == 1 and [r.route for r in results] == ["shortcut", "shortcut"]
+    assert "sam3_vision" in results[0].timings and "sam3_vision" not in results[1].timings
+    single = reference.segment(photo, "flag", route="shortcut")
+    assert np.array_equal(results[1].mask, single.mask)
+    with pytest.raises(InvalidInputError, match="list of strings"):
+        reference.segment_many(photo, "astronaut")

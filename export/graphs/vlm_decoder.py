@@ -4,7 +4,12 @@ Inputs: token ids, the vision tower's embeddings (scattered into the image-place
 so the 1 GB embedding table stays in the graph), M-RoPE position ids [3, 1, S] computed on the host exactly as
 transformers' get_rope_index does, the attention mask over past + new tokens, and the past keys/values (length 0 on
 prefill). Outputs: logits of the last position only, the post-norm last-layer hidden state of every input position
-(the concept head's input, collected while decoding instead of by a second full forward), and the present KV.
+(the concept head's input, collected while decoding instead of by a second full forward), and the keys/values of
+the new positions only.
+
+KV tensors are sequence-major, [1, length, kv_heads, head_dim]: the runtime keeps one buffer per layer preallocated
+at the maximum length, passes its filled prefix as past and lets the graph write the new positions right after it.
+Both are contiguous slices of the same buffer, so no token copies or reallocates the cache.
 """
 
 from __future__ import annotations
@@ -29,13 +34,17 @@ class Decoder(nn.Module):
         # the k-th image placeholder takes the k-th row of image_embeds (what masked_scatter does in transformers)
         row = (torch.cumsum(is_image.to(torch.int64), dim=1) - 1).clamp(min=0)
         embeds = torch.where(is_image[..., None], image_embeds[row[0]][None].to(embeds.dtype), embeds)
-        cache = DynamicCache(ddp_cache_data=list(zip(past[0::2], past[1::2])), config=self.language_model.config)
+        heads_major = [p.transpose(1, 2) for p in past]  # transformers' cache layout is [1, kv_heads, length, dim]
+        cache = DynamicCache(
+            ddp_cache_data=list(zip(heads_major[0::2], heads_major[1::2])), config=self.language_model.config
+        )
         out = self.language_model(
             inputs_embeds=embeds, position_ids=position_ids, attention_mask=attention_mask, cache=cache, use_cache=True
         )
         hidden = out.last_hidden_state
-        present = [t for layer in out.cache.layers for t in (layer.keys, layer.values)]
-        return (self.lm_head(hidden[:, -1:]), hidden, *present)
+        seq = input_ids.shape[1]
+        new = [t[:, :, -seq:].transpose(1, 2) for layer in out.cache.layers for t in (layer.keys, layer.values)]
+        return (self.lm_head(hidden[:, -1:]), hidden, *new)
 
 
 def kv_names(layers: int, prefix: str) -> list[str]:
@@ -61,11 +70,11 @@ def spec(vlm, sam3, settings) -> GraphSpec:
             "attention_mask": torch.ones(1, past + seq, dtype=torch.int64),
         }
         for name in kv_names(layers, "past"):
-            inputs[name] = torch.randn(1, kv_heads, past, head_dim, generator=generator)
+            inputs[name] = torch.randn(1, past, kv_heads, head_dim, generator=generator)
         return inputs
 
-    kv_in = [TensorSpec(n, "float32", (1, kv_heads, "past", head_dim)) for n in kv_names(layers, "past")]
-    kv_out = [TensorSpec(n, "float32", (1, kv_heads, "total", head_dim)) for n in kv_names(layers, "present")]
+    kv_in = [TensorSpec(n, "float32", (1, "past", kv_heads, head_dim)) for n in kv_names(layers, "past")]
+    kv_out = [TensorSpec(n, "float32", (1, "seq", kv_heads, head_dim)) for n in kv_names(layers, "new")]
     return GraphSpec(
         key="vlm_decoder",
         module=Decoder(model).eval(),

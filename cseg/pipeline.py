@@ -1,0 +1,100 @@
+"""The request flow of ConceptSeg-R1, written once for every backend (PyTorch reference, ONNX Runtime, TensorRT).
+
+A backend provides the model steps; this module does input validation, the Shortcut Router decision, timings and
+the assembly of the `Segmentation`. Keeping the flow here is what makes the reference and the runtime comparable:
+they can differ only in the steps, never in the routing.
+
+Backend protocol:
+    image_state(image: PIL.Image, timings) -> state        SAM 3 image features (and whatever else is per image)
+    sam3_segment(state, text, concept_tokens, timings) -> raw   SAM 3 for one phrase (+ concept tokens or None)
+    reason(state, question, demos, max_new_tokens, timings) -> Reasoning   the full reasoning path up to SAM 3
+    presence(raw) -> float                                   sigmoid of SAM 3's presence logit
+    postprocess(raw, (height, width)) -> (mask, Instances)   at the input image size
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from cseg import prompting
+from cseg.errors import InvalidInputError
+from cseg.images import check_demos, load_image
+from cseg.segmentation import Segmentation
+
+ROUTE_CHOICES = ("auto", "shortcut", "full")
+
+
+@dataclass
+class Reasoning:
+    """What the full path produced before SAM 3."""
+
+    text: str  # the generated completion, special tokens removed
+    parsed: prompting.ParsedAnswer
+    concept_tokens: Any  # [1, Q, 256] in the backend's array type
+    generated_tokens: int = 0
+
+
+@contextmanager
+def timed(timings: dict, stage: str):
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] = timings.get(stage, 0.0) + (time.perf_counter() - start) * 1000.0
+
+
+def check_options(route: str, max_new_tokens) -> None:
+    if route not in ROUTE_CHOICES:
+        raise InvalidInputError(f"route must be one of {ROUTE_CHOICES}, got {route!r}")
+    if max_new_tokens is not None and (
+        isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1
+    ):
+        raise InvalidInputError(f"max_new_tokens must be a positive integer or None, got {max_new_tokens!r}")
+
+
+def segment(backend, image, prompt, demos=None, *, route="auto", max_new_tokens=None, bgr=False) -> Segmentation:
+    """One image, one prompt (see `segment_many` for several prompts on one image)."""
+    return segment_many(backend, image, [prompt], demos, route=route, max_new_tokens=max_new_tokens, bgr=bgr)[0]
+
+
+def segment_many(backend, image, prompts, demos=None, *, route="auto", max_new_tokens=None, bgr=False):
+    """Several prompts on one image: the image is encoded once and its features serve every prompt."""
+    check_options(route, max_new_tokens)
+    if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)) or not prompts:
+        raise InvalidInputError(f"prompts must be a non-empty list of strings, got {type(prompts).__name__}")
+    timings: dict[str, float] = {}
+    with timed(timings, "preprocess"):
+        questions = [prompting.check_prompt(p) for p in prompts]
+        pil = load_image(image, bgr=bgr)
+        demos = check_demos(demos)
+    state = backend.image_state(pil, timings)
+    results = []
+    for question in questions:
+        results.append(_answer(backend, state, (pil.height, pil.width), question, demos, route, max_new_tokens,
+                               timings))  # fmt: skip
+        timings = {}  # the image's preprocessing and encoding are charged to the first prompt only
+    return results
+
+
+def _answer(backend, state, size, question, demos, route, max_new_tokens, timings) -> Segmentation:
+    route_by = "heuristic" if route == "auto" else "user"
+    route_score = None
+    if route == "shortcut" or (route == "auto" and prompting.shortcut_worth_trying(question)):
+        raw = backend.sam3_segment(state, question, None, timings)
+        route_score = backend.presence(raw)
+        if route == "shortcut" or prompting.shortcut_accepts(question, route_score):
+            with timed(timings, "postprocess"):
+                mask, instances = backend.postprocess(raw, size)
+            return Segmentation(mask, instances, route_score, "shortcut", route_by, route_score, timings=timings)
+    reasoning = backend.reason(state, question, demos, max_new_tokens, timings)
+    raw = backend.sam3_segment(state, reasoning.parsed.answer, reasoning.concept_tokens, timings)
+    with timed(timings, "postprocess"):
+        mask, instances = backend.postprocess(raw, size)
+    parsed = reasoning.parsed
+    return Segmentation(
+        mask, instances, backend.presence(raw), "full", route_by, route_score, answer=parsed.answer, rule=parsed.rule,
+        think=parsed.think, bbox=parsed.bbox, text=reasoning.text, timings=timings,
+    )  # fmt: skip

@@ -1,0 +1,120 @@
+"""Greedy decoding on the vlm_decoder graph with a preallocated KV cache, collecting the concept head's input.
+
+Matches transformers' generate() under the research settings: greedy, the checkpoint's repetition penalty, stop on
+any end-of-sequence id or the length budget. The concept head needs the last-layer state at every generated
+position, including the final token: each generated token is fed once (the final one in one extra step whose logits
+are not used), and its hidden state is kept. Positions holding the pad id get attention mask 0, as in the research
+code's second forward.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from cseg.runtime.graphs import OrtGraph
+
+
+class KVCache:
+    """One sequence-major buffer per layer and kind, allocated once at the maximum length."""
+
+    def __init__(self, names: list[str], max_length: int, kv_heads: int, head_dim: int):
+        self.names = names
+        self.buffers = [np.zeros((1, max_length, kv_heads, head_dim), np.float32) for _ in names]
+        self.length = 0
+
+    @property
+    def capacity(self) -> int:
+        return self.buffers[0].shape[1]
+
+
+@dataclass
+class Generated:
+    tokens: list[int]
+    hidden_states: np.ndarray  # [1, T, H]
+    prefill_ms: float
+    decode_ms: float
+
+
+class Decoder:
+    """Runs vlm_decoder with IO binding: past = the cache's filled prefix, new keys/values written right after it."""
+
+    def __init__(self, graph: OrtGraph, model: dict, generation: dict):
+        self.graph = graph
+        self.session = graph.session
+        self.past_names = [f"past_{kind}_{i}" for i in range(model["num_layers"]) for kind in ("key", "value")]
+        self.new_names = [f"new_{kind}_{i}" for i in range(model["num_layers"]) for kind in ("key", "value")]
+        self.kv_heads, self.head_dim = model["num_kv_heads"], model["head_dim"]
+        self.hidden_size = model["hidden_size"]
+        self.vocab_size = model["vocab_size"]
+        self.max_length = generation["max_length"]
+        self.eos = set(generation["eos_token_ids"])
+        self.pad = generation["pad_token_id"]
+        self.penalty = float(generation.get("repetition_penalty") or 1.0)
+
+    def new_cache(self, length: int) -> KVCache:
+        return KVCache(self.past_names, length, self.kv_heads, self.head_dim)
+
+    def step(self, cache: KVCache, ids: np.ndarray, image_embeds: np.ndarray, positions: np.ndarray,
+             mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        seq, start = ids.shape[1], cache.length
+        if start + seq > cache.capacity:
+            raise ValueError(f"KV cache of {cache.capacity} positions is full")
+        binding = self.session.io_binding()
+        for name, value in (("input_ids", ids), ("image_embeds", image_embeds), ("position_ids", positions),
+                            ("attention_mask", mask)):  # fmt: skip
+            if name in self.graph.input_names:
+                binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        for past, new, buffer in zip(self.past_names, self.new_names, cache.buffers):
+            binding.bind_cpu_input(past, buffer[:, :start])
+            target = buffer[:, start : start + seq]  # contiguous: the cache is sequence-major, batch 1
+            binding.bind_output(new, "cpu", 0, np.float32, list(target.shape), target.ctypes.data)
+        binding.bind_output("logits")
+        binding.bind_output("hidden_states")
+        self.session.run_with_iobinding(binding)
+        logits, hidden = binding.copy_outputs_to_cpu()[-2:]
+        cache.length = start + seq
+        return logits, hidden
+
+    def generate(self, prompt_ids: np.ndarray, image_embeds: np.ndarray, positions: np.ndarray,
+                 max_new_tokens: int | None) -> Generated:  # fmt: skip
+        prompt = prompt_ids.shape[1]
+        budget = max_new_tokens if max_new_tokens else self.max_length - prompt
+        if budget < 1:
+            raise ValueError(f"the prompt is {prompt} tokens, leaving no room to generate within {self.max_length}")
+        cache = self.new_cache(prompt + budget)
+        mask = np.ones((1, prompt + budget), np.int64)
+        mask[:, :prompt] = prompt_ids != self.pad
+        seen = np.zeros(self.vocab_size, dtype=bool)
+        seen[np.unique(prompt_ids)] = True
+        started = time.perf_counter()
+        logits, _ = self.step(cache, prompt_ids, image_embeds, positions, mask[:, :prompt])
+        prefill_ms = (time.perf_counter() - started) * 1000
+        next_position = int(positions.max()) + 1
+        no_image = np.zeros((1, image_embeds.shape[1]), np.float32)
+        tokens, hidden = [], []
+        started = time.perf_counter()
+        while True:
+            token = self._choose(logits[0, -1], seen)
+            tokens.append(token)
+            seen[token] = True
+            index = prompt + len(tokens) - 1
+            mask[0, index] = int(token != self.pad)
+            step_position = np.full((3, 1, 1), next_position + len(tokens) - 1, dtype=np.int64)
+            logits, state = self.step(cache, np.array([[token]], np.int64), no_image, step_position,
+                                      mask[:, : index + 1])  # fmt: skip
+            hidden.append(state[:, 0])
+            if token in self.eos or len(tokens) >= budget:
+                break
+        decode_ms = (time.perf_counter() - started) * 1000
+        return Generated(tokens, np.stack(hidden, axis=1), prefill_ms, decode_ms)
+
+    def _choose(self, logits: np.ndarray, seen: np.ndarray) -> int:
+        """Greedy choice after transformers' RepetitionPenaltyLogitsProcessor (ties go to the lowest id)."""
+        if self.penalty != 1.0:
+            logits = logits.copy()
+            penalised = logits[seen]
+            logits[seen] = np.where(penalised < 0, penalised * self.penalty, penalised / self.penalty)
+        return int(np.argmax(logits))

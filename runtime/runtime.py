@@ -1,0 +1,191 @@
+"""`Runtime`: serve a bundle with ONNX Runtime. No torch, no transformers.
+
+    from cseg import Runtime
+    rt = Runtime.open("bundle/")
+    result = rt.segment(frame, "scratch on the lid")
+
+The request flow (router, timings, result) is cseg.pipeline, shared with the PyTorch reference; this module supplies
+the model steps on the bundle's graphs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from cseg import pipeline, prompting
+from cseg.errors import BundleError, InvalidInputError
+from cseg.images import render_demonstrations, sam3_pixels, vlm_image
+from cseg.manifest import read_manifest, verify_files
+from cseg.pipeline import Reasoning, timed
+from cseg.runtime import postprocess
+from cseg.runtime.generation import Decoder
+from cseg.runtime.graphs import OrtGraph, session_options
+from cseg.runtime.text import ChatTokenizer, Sam3Tokenizer
+from cseg.runtime.vlm_inputs import image_patches, rope_positions, vision_inputs
+from cseg.segmentation import Instances, Segmentation
+
+DEVICES = ("auto", "cpu")
+TEXT_CACHE_SIZE = 256  # SAM 3 text features per phrase: inspection loops repeat the same few phrases
+
+
+@dataclass
+class ImageState:
+    image: Image.Image
+    fpn: list[np.ndarray]
+    vlm_target: tuple[list[int], np.ndarray] | None = None  # grid and vision tokens of the target, once computed
+
+
+@dataclass
+class Sam3Output:
+    semantic_logits: np.ndarray
+    presence_logit: np.ndarray
+    scores: np.ndarray
+    boxes: np.ndarray
+    masks: np.ndarray
+
+
+class Runtime:
+    """A loaded bundle. Create with `Runtime.open(bundle)`; calls on one Runtime are not thread-safe."""
+
+    def __init__(self, bundle: Path, manifest: dict, graphs: dict[str, OrtGraph]):
+        self.bundle = bundle
+        self.manifest = manifest
+        self.graphs = graphs
+        self.model = manifest["model"]
+        tokenizers = manifest["tokenizers"]
+        self.chat = ChatTokenizer(bundle / tokenizers["vlm"]["tokenizer.json"])
+        self.sam3_tokenizer = Sam3Tokenizer(bundle / tokenizers["sam3"]["tokenizer.json"], self.model["sam3_text_length"])
+        self.decoder = Decoder(graphs["vlm_decoder"], self.model, manifest["generation"])
+        self.prep = manifest["preprocessing"]
+        self._text_cache: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+
+    @classmethod
+    def open(cls, bundle, device: str = "auto", *, verify: bool = True, session: dict | None = None) -> "Runtime":
+        """Load a bundle: check its manifest, the sha256 of every file, and that this machine can run its target.
+
+        `session` overrides the target profile's ONNX Runtime options (e.g. {"intra_op_num_threads": 2}).
+        `verify=False` skips hashing the files (seconds for multi-GB bundles) when they are known to be intact.
+        """
+        bundle = Path(os.fspath(bundle))
+        manifest = read_manifest(bundle)
+        if verify:
+            verify_files(bundle, manifest)
+        if device not in DEVICES:
+            raise InvalidInputError(f"device must be one of {DEVICES} for a {manifest['target']} bundle, got {device!r}")
+        backends = {graph["backend"] for graph in manifest["graphs"].values()}
+        if backends != {"onnxruntime"}:
+            raise BundleError(
+                f"bundle target {manifest['target']!r} needs the {', '.join(sorted(backends))} backend, which this "
+                "runtime cannot serve yet; export for --target cpu"
+            )
+        options = session_options({**manifest.get("session", {}), **(session or {})})
+        providers = ["CPUExecutionProvider"]
+        graphs = {
+            key: OrtGraph(key, bundle / entry["file"], entry, options, providers)
+            for key, entry in manifest["graphs"].items()
+        }
+        return cls(bundle, manifest, graphs)
+
+    # --- public calls ----------------------------------------------------------------------------------------------
+
+    def segment(self, image, prompt: str, demos=None, *, route: str = "auto", max_new_tokens: int | None = None,
+                bgr: bool = False) -> Segmentation:  # fmt: skip
+        """Segment what `prompt` asks for in `image` (path, PIL image, or HxWx3 uint8 array; bgr=True for OpenCV).
+
+        demos: up to 4 (image, boxes) demonstrations; route: "auto" (Shortcut Router), "shortcut" or "full".
+        """
+        return pipeline.segment(self, image, prompt, demos, route=route, max_new_tokens=max_new_tokens, bgr=bgr)
+
+    def segment_many(self, image, prompts, demos=None, *, route: str = "auto", max_new_tokens: int | None = None,
+                     bgr: bool = False) -> list[Segmentation]:  # fmt: skip
+        """Several concepts on one image with one image-encoder pass (and one VLM vision pass)."""
+        return pipeline.segment_many(self, image, prompts, demos, route=route, max_new_tokens=max_new_tokens, bgr=bgr)
+
+    # --- the backend protocol of cseg.pipeline --------------------------------------------------------------------
+
+    def image_state(self, image: Image.Image, timings: dict) -> ImageState:
+        with timed(timings, "sam3_preprocess"):
+            pixels = sam3_pixels(image, self.prep["sam3"]["size"])
+        with timed(timings, "sam3_vision"):
+            out = self.graphs["sam3_vision"].run({"pixel_values": pixels})
+        return ImageState(image, [out[name] for name in self.graphs["sam3_vision"].output_names])
+
+    def sam3_segment(self, state: ImageState, text: str, concept_tokens, timings: dict) -> Sam3Output:
+        with timed(timings, "sam3_text"):
+            features, mask = self._text_features(text)
+        with timed(timings, "sam3_decoder"):
+            feed = {f"fpn_{i}": level for i, level in enumerate(state.fpn)}
+            feed.update(
+                text_features=features,
+                text_mask=mask,
+                concept_tokens=concept_tokens if concept_tokens is not None else np.zeros((1, 0, 256), np.float32),
+            )
+            out = self.graphs["sam3_decoder"].run(feed)
+        return Sam3Output(*(out[k] for k in ("semantic_logits", "presence_logit", "instance_scores",
+                                             "instance_boxes", "instance_masks")))  # fmt: skip
+
+    def reason(self, state: ImageState, question: str, demos, max_new_tokens, timings: dict) -> Reasoning:
+        merge = self.model["vision"]["spatial_merge_size"]
+        with timed(timings, "vlm_vision"):
+            grids, embeds = [], []
+            boxes_drawn = True
+            if demos:  # the demonstration image comes first, as in the research script
+                reference, boxes_drawn = render_demonstrations(demos)
+                grid, reference_embeds = self._vision(reference)
+                grids.append(grid)
+                embeds.append(reference_embeds)
+            if state.vlm_target is None:  # the target's vision tokens serve every prompt on this image
+                state.vlm_target = self._vision(vlm_image(state.image))
+            grids.append(state.vlm_target[0])
+            embeds.append(state.vlm_target[1])
+        with timed(timings, "vlm_preprocess"):
+            problem = prompting.build_question(question, n_references=len(grids) - 1, boxes_drawn=boxes_drawn)
+            per_image = [t * h * w // merge**2 for t, h, w in grids]
+            ids = self.chat.encode_prompt(prompting.render_chat(problem, len(grids)), per_image)
+            limit = self.manifest["generation"]["max_length"]
+            if ids.shape[1] >= limit and not max_new_tokens:
+                raise InvalidInputError(f"the prompt is {ids.shape[1]} tokens, leaving no room to generate within {limit}")
+            positions = rope_positions(ids, self.model["image_token_id"], grids, merge)
+        generated = self.decoder.generate(ids, np.concatenate(embeds), positions, max_new_tokens)
+        timings["vlm_prefill"] = generated.prefill_ms
+        timings["vlm_decode"] = generated.decode_ms
+        text = self.chat.decode(generated.tokens)
+        with timed(timings, "concept_head"):
+            concept = self.graphs["concept_head"].run({"hidden_states": generated.hidden_states})["concept_tokens"]
+        return Reasoning(text, prompting.parse_completion(text), concept, len(generated.tokens))
+
+    @staticmethod
+    def presence(raw: Sam3Output) -> float:
+        return float(1.0 / (1.0 + np.exp(-np.float64(raw.presence_logit.reshape(())))))
+
+    def postprocess(self, raw: Sam3Output, size: tuple[int, int]) -> tuple[np.ndarray, Instances]:
+        threshold = self.manifest["postprocess"]["instance_score_threshold"]
+        return (
+            postprocess.semantic_mask(raw.semantic_logits, size),
+            postprocess.instances(raw.scores, raw.boxes, raw.masks, size, threshold),
+        )
+
+    # --- helpers ----------------------------------------------------------------------------------------------------
+
+    def _text_features(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        if text in self._text_cache:
+            self._text_cache.move_to_end(text)
+            return self._text_cache[text]
+        ids, mask = self.sam3_tokenizer.encode(text)
+        features = self.graphs["sam3_text"].run({"input_ids": ids, "attention_mask": mask})["text_features"]
+        self._text_cache[text] = (features, mask)
+        if len(self._text_cache) > TEXT_CACHE_SIZE:
+            self._text_cache.popitem(last=False)
+        return features, mask
+
+    def _vision(self, image: Image.Image) -> tuple[list[int], np.ndarray]:
+        """One VLM image -> its grid and its vision tokens (the vision tower treats every image on its own)."""
+        patches, grid = image_patches(image, self.prep["vlm"])
+        feed = {"pixel_values": patches, **vision_inputs([grid], self.model["vision"])}
+        return grid, self.graphs["vlm_vision"].run(feed)["image_embeds"]

@@ -1,0 +1,58 @@
+"""Tokenization in the runtime, with the `tokenizers` library on the bundle's tokenizer files (no transformers)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from cseg.errors import BundleError
+
+IMAGE_PAD = "<|image_pad|>"
+
+
+def _load(path: Path) -> Tokenizer:
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises its own exception type for malformed files
+        raise BundleError(f"tokenizer {path} cannot be read ({exc}); the bundle is corrupt, export it again") from None
+
+
+class ChatTokenizer:
+    """The VLM tokenizer: prompt text with image placeholders expanded, and decoding of the completion."""
+
+    def __init__(self, path: Path):
+        self.tokenizer = _load(path)
+        self.tokenizer.no_padding()
+        self.tokenizer.no_truncation()
+
+    def encode_prompt(self, text: str, tokens_per_image: list[int]) -> np.ndarray:
+        pieces = text.split(IMAGE_PAD)
+        if len(pieces) != len(tokens_per_image) + 1:
+            raise ValueError(f"prompt has {len(pieces) - 1} image slots for {len(tokens_per_image)} images")
+        expanded = pieces[0] + "".join(IMAGE_PAD * n + piece for n, piece in zip(tokens_per_image, pieces[1:]))
+        return np.array([self.tokenizer.encode(expanded, add_special_tokens=False).ids], dtype=np.int64)
+
+    def decode(self, ids) -> str:
+        return self.tokenizer.decode(list(map(int, ids)), skip_special_tokens=True)
+
+
+class Sam3Tokenizer:
+    """SAM 3's CLIP tokenizer: every phrase becomes exactly `length` ids plus the attention mask (1 = token)."""
+
+    def __init__(self, path: Path, length: int):
+        self.tokenizer = _load(path)
+        config_path = path.parent / "tokenizer_config.json"
+        config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+        pad = config.get("pad_token") or "<|endoftext|>"
+        pad_id = self.tokenizer.token_to_id(pad)
+        if pad_id is None:
+            raise BundleError(f"SAM 3 tokenizer {path} has no pad token {pad!r}")
+        self.tokenizer.enable_truncation(length)
+        self.tokenizer.enable_padding(length=length, pad_id=pad_id, pad_token=pad)
+
+    def encode(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        encoding = self.tokenizer.encode(text)
+        return np.array([encoding.ids], np.int64), np.array([encoding.attention_mask], np.int64)

@@ -1,0 +1,63 @@
+"""Slow (not in the default run): SAM 3 at its published size, exported and parity-checked like any graph.
+
+Run with `.venv/bin/python -m pytest -m slow -s tests/test_full_size_export.py`. Writes a random-init full-size
+SAM 3 (840M parameters, 3.4 GB) next to a tiny VLM, then exports sam3_vision, sam3_text and sam3_decoder, printing
+export time, parity check time, file size and peak resident memory per graph (peak reset before each graph).
+"""
+
+import json
+import resource
+import time
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _reset_peak_rss() -> None:
+    with open("/proc/self/clear_refs", "w") as handle:  # "5" resets VmHWM, the peak resident set size
+        handle.write("5")
+
+
+def _peak_rss_gb() -> float:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1e6
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
+def test_full_size_sam3_exports_with_parity(tmp_path):
+    from cseg.export.graphs import GRAPHS
+    from cseg.export.loading import load_conceptseg, load_sam3
+    from cseg.export.make_checkpoint import make_checkpoint
+    from cseg.export.onnx_export import export_graph
+    from cseg.export.parity import check_parity
+
+    started = time.perf_counter()
+    model_dir, sam3_dir = make_checkpoint("tiny", seed=0, out=tmp_path / "ckpt", sam3_size="full")
+    written = time.perf_counter() - started
+    vlm, sam3 = load_conceptseg(model_dir), load_sam3(sam3_dir, attn_implementation="eager")
+    assert sum(p.numel() for p in sam3.model.parameters()) > 800e6
+    results = {"checkpoint_write_s": round(written, 1)}
+    for key in ("sam3_text", "sam3_decoder", "sam3_vision"):
+        _reset_peak_rss()
+        spec = GRAPHS[key](vlm, sam3, {"top_k": 20, "vlm_grid": [1, 42, 42]})
+        began = time.perf_counter()
+        files = export_graph(spec, tmp_path / f"{key}.onnx")
+        exported = time.perf_counter() - began
+        export_peak = _peak_rss_gb()
+        parity = check_parity(spec, files[0])
+        results[key] = {
+            "export_s": round(exported, 1),
+            "parity_s": round(time.perf_counter() - began - exported, 1),
+            "mb": round(sum(f.stat().st_size for f in files) / 1e6, 1),
+            "files": [f.name for f in files],
+            "export_peak_rss_gb": round(export_peak, 2),
+            "peak_rss_gb": round(_peak_rss_gb(), 2),
+            "parity": {k: {m: float(f"{v[m]:.3g}") for m in ("max_abs", "tolerance")} for k, v in parity.items()},
+        }
+        print(key, json.dumps(results[key]), flush=True)
+        for f in files:
+            f.unlink()
+    print(json.dumps(results, indent=1))
