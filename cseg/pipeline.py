@@ -34,7 +34,7 @@ class Reasoning:
     text: str  # the generated completion, special tokens removed
     parsed: prompting.ParsedAnswer
     concept_tokens: Any  # [1, Q, 256] in the backend's array type
-    generated_tokens: int = 0
+    token_ids: tuple[int, ...] = ()  # the generated ids, the final end-of-turn token included
 
 
 @contextmanager

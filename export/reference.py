@@ -57,9 +57,9 @@ class ImageState:
 
 @dataclass
 class Reasoning(pipeline.Reasoning):
-    """The full path's output, plus what the parity tests compare: the completion and its hidden states."""
+    """The full path's output, plus the tensors parity tests compare."""
 
-    completion_ids: torch.Tensor | None = None  # [1, T] generated ids (with <|im_end|> when generation stopped on it)
+    completion_ids: torch.Tensor | None = None  # [1, T] token_ids as a tensor
     hidden_states: torch.Tensor | None = None  # [1, T, H] last-layer, post-norm, from a teacher-forced second forward
 
 
@@ -203,7 +203,9 @@ class ReferencePipeline:
             hidden = self.completion_hidden_states(inputs, full_ids)
         with timed(timings, "concept_head"):
             concept = model.concept_tokens(hidden)
-        return Reasoning(text, prompting.parse_completion(text), concept, completion.shape[1], completion, hidden)
+        return Reasoning(
+            text, prompting.parse_completion(text), concept, tuple(completion[0].tolist()), completion, hidden
+        )
 
     def completion_hidden_states(self, inputs: dict, full_ids: torch.Tensor) -> torch.Tensor:
         """The research second forward: last-layer (post-norm) states at every completion position.

@@ -158,7 +158,7 @@ class Runtime:
         text = self.chat.decode(generated.tokens)
         with timed(timings, "concept_head"):
             concept = self.graphs["concept_head"].run({"hidden_states": generated.hidden_states})["concept_tokens"]
-        return Reasoning(text, prompting.parse_completion(text), concept, len(generated.tokens))
+        return Reasoning(text, prompting.parse_completion(text), concept, tuple(generated.tokens))
 
     @staticmethod
     def presence(raw: Sam3Output) -> float:
