@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BundleError",
+    "Rule",
     "Runtime",
     "CheckpointError",
     "CsegError",
@@ -24,8 +25,8 @@ __all__ = [
 
 def __getattr__(name: str):
     # Runtime imports onnxruntime: load it on first use so `import cseg` stays light for the export side.
-    if name == "Runtime":
-        from cseg.runtime.runtime import Runtime
+    if name in ("Runtime", "Rule"):
+        import cseg.runtime
 
-        return Runtime
+        return getattr(cseg.runtime, name)
     raise AttributeError(f"module 'cseg' has no attribute {name!r}")

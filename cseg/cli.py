@@ -5,6 +5,9 @@
     cseg inspect bundle/
     cseg segment --bundle bundle/ sample:astronaut "astronaut" --out overlay.png --json
     cseg segment --model ckpt/conceptseg-r1 --sam3 ckpt/sam3 sample:astronaut "astronaut"  (PyTorch reference)
+    cseg bench --bundle bundle/ --reference ckpt/ --plot bench.png
+    cseg induce --bundle bundle/ --demo good.png --boxes "10,10,80,60" "scratch on the lid" --out rule.json
+    cseg watch --bundle bundle/ --rule rule.json frames/ --out overlays/ --budget-ms 500
 
 Errors a user can cause (bad paths, bad images, broken checkpoints) print one line and exit with status 2.
 """
@@ -54,10 +57,7 @@ def _segment(args) -> int:
 
     if bool(args.bundle) == bool(args.model or args.sam3) or (args.model is None) != (args.sam3 is None):
         raise InvalidInputError("pass either --bundle B (runtime) or both --model and --sam3 (PyTorch reference)")
-    if args.boxes and len(args.boxes) != len(args.demo):
-        raise InvalidInputError(f"{len(args.boxes)} --boxes given for {len(args.demo)} --demo images: pair them")
-    boxes = args.boxes or [None] * len(args.demo)
-    demos = [(samples.resolve(d), _parse_boxes(b)) for d, b in zip(args.demo, boxes)]
+    demos = _demos(args)
     image = load_image(samples.resolve(args.image))
     if args.bundle:
         from cseg.runtime import Runtime
@@ -67,7 +67,9 @@ def _segment(args) -> int:
         from cseg.export.reference import ReferencePipeline
 
         backend = ReferencePipeline.from_pretrained(args.model, args.sam3)
+    started = time.perf_counter()
     result = backend.segment(image, args.prompt, demos or None, route=args.route, max_new_tokens=args.max_new_tokens)
+    elapsed = (time.perf_counter() - started) * 1000
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         overlay(image, result, args.prompt).save(args.out)
@@ -76,7 +78,7 @@ def _segment(args) -> int:
     else:
         said = f", answer {result.answer!r}" if result.route == "full" else ""
         print(f"{result.route} path{said}: {result.area} px, {len(result.instances)} instances, "
-              f"presence {result.presence:.3f}, {sum(v for v in result.timings.values()):.0f} ms")  # fmt: skip
+              f"presence {result.presence:.3f}, {elapsed:.0f} ms")  # fmt: skip
         if args.out:
             print(f"overlay: {args.out}")
     return 0
@@ -99,6 +101,7 @@ def _as_json(result, overlay_path) -> dict:
             {"box": [round(float(v), 2) for v in box], "score": round(float(score), 4)}
             for box, score in zip(result.instances.boxes, result.instances.scores)
         ],
+        "token_ids": list(result.token_ids),
         "timings_ms": {k: round(v, 2) for k, v in result.timings.items()},
         "overlay": overlay_path,
     }
@@ -124,6 +127,78 @@ def _inspect(args) -> int:
     from cseg.bundle_report import describe
 
     print(describe(args.bundle, verify=not args.no_verify))
+    return 0
+
+
+def _bench(args) -> int:
+    from tqdm import tqdm
+
+    if min(args.repeat, args.frames, args.max_new_tokens) < 1 or args.warmup < 0:
+        raise InvalidInputError("--repeat, --frames and --max-new-tokens must be >= 1, --warmup >= 0")
+    args.image = args.image or ["sample:astronaut"]
+    from cseg import bench, samples
+    from cseg.images import load_image
+    from cseg.runtime import Runtime
+
+    images = [load_image(samples.resolve(path)) for path in args.image]
+    backends = {"runtime": Runtime.open(args.bundle)}
+    if args.reference:
+        from cseg.export.reference import ReferencePipeline
+
+        root = Path(args.reference)
+        if not (root / "conceptseg-r1").is_dir() or not (root / "sam3").is_dir():
+            raise InvalidInputError(f"--reference {root} must hold conceptseg-r1/ and sam3/ (cseg make-checkpoint layout)")
+        backends["reference"] = ReferencePipeline.from_pretrained(root / "conceptseg-r1", root / "sam3")
+    steps = len(backends) * len(bench.PATHS) * (args.warmup + args.repeat) + len(backends)
+    results, fps = {}, {}
+    with tqdm(total=steps, desc="bench", unit="run") as progress:
+        for name, backend in backends.items():
+            results[name] = bench.measure(backend, name, images[0], args.prompt, args.repeat, args.warmup,
+                                          args.max_new_tokens, progress.update)  # fmt: skip
+            fps[name] = bench.frame_loop(backend, (images * args.frames)[: args.frames], args.prompt)
+            progress.update()
+    summary = bench.report(results, fps)
+    print(bench.table(summary))
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=1))
+    if args.plot:
+        bench.plot(summary, args.plot)
+        print(f"plot: {args.plot}")
+    return 0
+
+
+def _demos(args) -> list:
+    from cseg import samples
+
+    if args.boxes and len(args.boxes) != len(args.demo):
+        raise InvalidInputError(f"{len(args.boxes)} --boxes given for {len(args.demo)} --demo images: pair them")
+    boxes = args.boxes or [None] * len(args.demo)
+    return [(samples.resolve(d), _parse_boxes(b)) for d, b in zip(args.demo, boxes)]
+
+
+def _induce(args) -> int:
+    from cseg import samples
+    from cseg.runtime import Runtime
+
+    runtime = Runtime.open(args.bundle)
+    image = samples.resolve(args.image) if args.image else None
+    rule = runtime.induce(_demos(args), args.question, image=image, max_new_tokens=args.max_new_tokens)
+    path = rule.save(args.out)
+    print(f"rule: answer {rule.answer!r}, rule text {rule.rule!r}, {rule.concept_tokens.shape[1]} concept tokens")
+    print(f"saved {path} (+ {path.with_suffix('.npz').name}); next: cseg watch --bundle {args.bundle} --rule {path} SOURCE")
+    return 0
+
+
+def _watch(args) -> int:
+    from cseg.runtime import Rule, Runtime
+    from cseg.watch import watch
+
+    if args.every < 1 or (args.max_frames is not None and args.max_frames < 1):
+        raise InvalidInputError("--every and --max-frames must be at least 1")
+    runtime = Runtime.open(args.bundle)
+    summary = watch(runtime, Rule.load(args.rule), args.source, out=args.out, jsonl=args.jsonl,
+                    budget_ms=args.budget_ms, drop=args.drop, max_frames=args.max_frames, every=args.every)  # fmt: skip
+    print(f"{summary['frames']} frames, {summary['errors']} errors, {summary['dropped']} dropped", file=sys.stderr)
     return 0
 
 
@@ -154,6 +229,41 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("bundle")
     inspect.add_argument("--no-verify", action="store_true", help="skip the sha256 check of every file")
     inspect.set_defaults(run=_inspect)
+
+    bench_parser = sub.add_parser("bench", help="per-stage latency of a bundle (and of the PyTorch reference)")
+    bench_parser.add_argument("--bundle", required=True)
+    bench_parser.add_argument("--reference", help="checkpoint folder (conceptseg-r1/ + sam3/) to time side by side")
+    bench_parser.add_argument("--image", action="append", default=None, help="image(s); default sample:astronaut")
+    bench_parser.add_argument("--prompt", default="helmet")
+    bench_parser.add_argument("--repeat", type=int, default=5)
+    bench_parser.add_argument("--warmup", type=int, default=1)
+    bench_parser.add_argument("--max-new-tokens", type=int, default=32, help="decode budget of the full path")
+    bench_parser.add_argument("--frames", type=int, default=10, help="frames in the throughput loop")
+    bench_parser.add_argument("--json", help="write the summary here")
+    bench_parser.add_argument("--plot", help="write the stage-breakdown plot (PNG) here")
+    bench_parser.set_defaults(run=_bench)
+
+    induce = sub.add_parser("induce", help="reason once over demonstrations and save the rule for cseg watch")
+    induce.add_argument("question")
+    induce.add_argument("--bundle", required=True)
+    induce.add_argument("--demo", action="append", default=[], required=True, help="demonstration image (up to 4)")
+    induce.add_argument("--boxes", action="append", help="boxes on the matching --demo: 'x1,y1,x2,y2;...'")
+    induce.add_argument("--image", help="target image to reason about (default: the first --demo)")
+    induce.add_argument("--max-new-tokens", type=int, default=None)
+    induce.add_argument("--out", required=True, help="rule file to write (JSON, with its arrays in a .npz beside it)")
+    induce.set_defaults(run=_induce)
+
+    watch_parser = sub.add_parser("watch", help="apply a rule to a folder, a video file or a camera index")
+    watch_parser.add_argument("source", help="folder of images, video file, or camera index (0, 1, ...)")
+    watch_parser.add_argument("--bundle", required=True)
+    watch_parser.add_argument("--rule", required=True, help="rule file from cseg induce")
+    watch_parser.add_argument("--out", help="write overlays here")
+    watch_parser.add_argument("--every", type=int, default=1, help="write an overlay every N-th frame")
+    watch_parser.add_argument("--jsonl", help="write JSON lines here (default: stdout)")
+    watch_parser.add_argument("--budget-ms", type=float, default=None, help="latency budget per frame")
+    watch_parser.add_argument("--drop", default="oldest", choices=["oldest", "none"], help="policy when behind")
+    watch_parser.add_argument("--max-frames", type=int, default=None)
+    watch_parser.set_defaults(run=_watch)
 
     seg = sub.add_parser("segment", help="segment one image with a bundle (or the PyTorch reference)")
     seg.add_argument("image", help="image path, or sample:NAME for a photograph bundled with scikit-image")

@@ -96,5 +96,5 @@ def _answer(backend, state, size, question, demos, route, max_new_tokens, timing
     parsed = reasoning.parsed
     return Segmentation(
         mask, instances, backend.presence(raw), "full", route_by, route_score, answer=parsed.answer, rule=parsed.rule,
-        think=parsed.think, bbox=parsed.bbox, text=reasoning.text, timings=timings,
+        think=parsed.think, bbox=parsed.bbox, text=reasoning.text, token_ids=reasoning.token_ids, timings=timings,
     )  # fmt: skip

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-ROUTES = ("shortcut", "full")
+# "rule": a rule induced earlier was applied (SAM 3 alone with the stored concept tokens and phrase)
+ROUTES = ("shortcut", "full", "rule")
 # "heuristic" = the seed's word-count/presence rule, "learned" = a fitted router, "user" = route forced by the caller.
 ROUTERS = ("heuristic", "learned", "user")
 
@@ -56,7 +57,7 @@ class Segmentation:
     mask: np.ndarray  # (H, W) bool
     instances: Instances
     presence: float  # sigmoid of SAM 3's presence logit for the final prompt
-    route: str  # "shortcut" (SAM 3 alone on the question) or "full" (reasoning + concept tokens)
+    route: str  # "shortcut" (SAM 3 alone on the question), "full" (reasoning + concept tokens) or "rule"
     route_by: str = "heuristic"
     route_score: float | None = None  # what the router compared with its threshold (presence score for the heuristic)
     answer: str = ""  # the <answer> noun phrase given to SAM 3's text encoder ("" on the shortcut path)
@@ -64,7 +65,9 @@ class Segmentation:
     think: str = ""
     bbox: tuple[int, int, int, int] | None = None  # the <bbox> the model wrote, in its 600x600 frame (not used by SAM 3)
     text: str = ""  # the whole generated completion, special tokens removed
-    timings: dict[str, float] = field(default_factory=dict)  # milliseconds per stage
+    token_ids: tuple[int, ...] = ()  # the generated token ids (the final end-of-turn token included)
+    # milliseconds per stage; the runtime adds decode_tokens_per_s (tokens, not ms) on the full path
+    timings: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self):
         if not (isinstance(self.mask, np.ndarray) and self.mask.ndim == 2 and self.mask.dtype == bool):

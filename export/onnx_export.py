@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import inspect
 import io
 import warnings
@@ -12,6 +13,9 @@ import torch
 
 from cseg.errors import ExportError
 from cseg.export.graph_spec import GraphSpec
+
+# The exporter logs a warning per torchvision operator it cannot register; cseg exports none of them.
+logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
 
 # ONNX files hold at most 2 GB; above this many parameter bytes the weights go to an external .data file.
 EXTERNAL_DATA_BYTES = 1_500_000_000

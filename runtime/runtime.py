@@ -11,6 +11,7 @@ the model steps on the bundle's graphs.
 from __future__ import annotations
 
 import os
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +21,14 @@ from PIL import Image
 
 from cseg import pipeline, prompting
 from cseg.errors import BundleError, InvalidInputError
-from cseg.images import render_demonstrations, sam3_pixels, vlm_image
+from cseg.images import check_demos, load_image, render_demonstrations, sam3_pixels, vlm_image
 from cseg.manifest import read_manifest, verify_files
 from cseg.pipeline import Reasoning, timed
 from cseg.runtime import postprocess
 from cseg.runtime.generation import Decoder
 from cseg.runtime.graphs import OrtGraph, session_options
+from cseg.runtime.rules import Rule, bundle_id
+from cseg.runtime.stream import stream as stream_frames
 from cseg.runtime.text import ChatTokenizer, Sam3Tokenizer
 from cseg.runtime.vlm_inputs import image_patches, rope_positions, vision_inputs
 from cseg.segmentation import Instances, Segmentation
@@ -51,7 +54,11 @@ class Sam3Output:
 
 
 class Runtime:
-    """A loaded bundle. Create with `Runtime.open(bundle)`; calls on one Runtime are not thread-safe."""
+    """A loaded bundle. Create with `Runtime.open(bundle)`.
+
+    Thread-safe: ONNX Runtime sessions accept concurrent runs, every request keeps its own state (image features,
+    KV cache), and the phrase cache is locked. Calls from several threads run concurrently.
+    """
 
     def __init__(self, bundle: Path, manifest: dict, graphs: dict[str, OrtGraph]):
         self.bundle = bundle
@@ -64,6 +71,7 @@ class Runtime:
         self.decoder = Decoder(graphs["vlm_decoder"], self.model, manifest["generation"])
         self.prep = manifest["preprocessing"]
         self._text_cache: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._text_lock = threading.Lock()
 
     @classmethod
     def open(cls, bundle, device: str = "auto", *, verify: bool = True, session: dict | None = None) -> "Runtime":
@@ -107,6 +115,56 @@ class Runtime:
         """Several concepts on one image with one image-encoder pass (and one VLM vision pass)."""
         return pipeline.segment_many(self, image, prompts, demos, route=route, max_new_tokens=max_new_tokens, bgr=bgr)
 
+    # --- rule reuse (inspection loops) ------------------------------------------------------------------------------
+
+    def induce(self, demos, question: str, image=None, *, max_new_tokens: int | None = None, bgr: bool = False) -> Rule:
+        """Reason once over the demonstrations; the returned Rule serves every following frame via apply().
+
+        `image` is the target the model reasons about (default: the first demonstration's image).
+        """
+        pipeline.check_options("full", max_new_tokens)
+        question = prompting.check_prompt(question)
+        demos = check_demos(demos)
+        if not demos:
+            raise InvalidInputError("induce() needs at least one (image, boxes) demonstration")
+        target = demos[0][0] if image is None else load_image(image, bgr=bgr)
+        state = self.image_state(target, {})
+        reasoning = self.reason(state, question, demos, max_new_tokens, {})
+        features, mask = self._text_features(reasoning.parsed.answer)
+        parsed = reasoning.parsed
+        return Rule(
+            question=question, answer=parsed.answer, rule=parsed.rule, think=parsed.think, text=reasoning.text,
+            concept_tokens=reasoning.concept_tokens, text_features=features, text_mask=mask,
+            bundle=bundle_id(self.manifest), token_ids=reasoning.token_ids,
+        )  # fmt: skip
+
+    def apply(self, rule: Rule, frame, *, bgr: bool = False) -> Segmentation:
+        """SAM 3 alone on `frame`, prompted with the rule's phrase and concept tokens (no reasoning)."""
+        if not isinstance(rule, Rule):
+            raise InvalidInputError(f"rule must be a cseg Rule (Runtime.induce or Rule.load), got {type(rule).__name__}")
+        rule.check_bundle(self.manifest)
+        timings: dict[str, float] = {}
+        with timed(timings, "preprocess"):
+            image = load_image(frame, bgr=bgr)
+        state = self.image_state(image, timings)
+        raw = self._sam3_decode(state, rule.text_features, rule.text_mask, rule.concept_tokens, timings)
+        with timed(timings, "postprocess"):
+            mask, instances = self.postprocess(raw, (image.height, image.width))
+        return Segmentation(
+            mask, instances, self.presence(raw), "rule", "user", answer=rule.answer, rule=rule.rule, think=rule.think,
+            text=rule.text, token_ids=rule.token_ids, timings=timings,
+        )  # fmt: skip
+
+    def stream(self, frames, rule: Rule, *, budget_ms: float | None = None, drop: str = "oldest",
+               bgr: bool | None = None):  # fmt: skip
+        """Apply `rule` to every frame of `frames` (iterable of arrays/paths, or an OpenCV capture); yields
+        FrameResult(index, result, error, latency_ms, dropped_before, over_budget). A bad frame gives an error
+        result and the stream goes on. OpenCV captures deliver BGR: bgr defaults to True for them."""
+        rule.check_bundle(self.manifest)
+        if bgr is None:
+            bgr = hasattr(frames, "read")
+        return stream_frames(lambda frame: self.apply(rule, frame, bgr=bgr), frames, budget_ms=budget_ms, drop=drop)
+
     # --- the backend protocol of cseg.pipeline --------------------------------------------------------------------
 
     def image_state(self, image: Image.Image, timings: dict) -> ImageState:
@@ -119,6 +177,9 @@ class Runtime:
     def sam3_segment(self, state: ImageState, text: str, concept_tokens, timings: dict) -> Sam3Output:
         with timed(timings, "sam3_text"):
             features, mask = self._text_features(text)
+        return self._sam3_decode(state, features, mask, concept_tokens, timings)
+
+    def _sam3_decode(self, state: ImageState, features, mask, concept_tokens, timings: dict) -> Sam3Output:
         with timed(timings, "sam3_decoder"):
             feed = {f"fpn_{i}": level for i, level in enumerate(state.fpn)}
             feed.update(
@@ -155,6 +216,7 @@ class Runtime:
         generated = self.decoder.generate(ids, np.concatenate(embeds), positions, max_new_tokens)
         timings["vlm_prefill"] = generated.prefill_ms
         timings["vlm_decode"] = generated.decode_ms
+        timings["decode_tokens_per_s"] = len(generated.tokens) / max(generated.decode_ms / 1000, 1e-9)
         text = self.chat.decode(generated.tokens)
         with timed(timings, "concept_head"):
             concept = self.graphs["concept_head"].run({"hidden_states": generated.hidden_states})["concept_tokens"]
@@ -174,14 +236,16 @@ class Runtime:
     # --- helpers ----------------------------------------------------------------------------------------------------
 
     def _text_features(self, text: str) -> tuple[np.ndarray, np.ndarray]:
-        if text in self._text_cache:
-            self._text_cache.move_to_end(text)
-            return self._text_cache[text]
+        with self._text_lock:
+            if text in self._text_cache:
+                self._text_cache.move_to_end(text)
+                return self._text_cache[text]
         ids, mask = self.sam3_tokenizer.encode(text)
         features = self.graphs["sam3_text"].run({"input_ids": ids, "attention_mask": mask})["text_features"]
-        self._text_cache[text] = (features, mask)
-        if len(self._text_cache) > TEXT_CACHE_SIZE:
-            self._text_cache.popitem(last=False)
+        with self._text_lock:
+            self._text_cache[text] = (features, mask)
+            if len(self._text_cache) > TEXT_CACHE_SIZE:
+                self._text_cache.popitem(last=False)
         return features, mask
 
     def _vision(self, image: Image.Image) -> tuple[list[int], np.ndarray]:

@@ -28,6 +28,7 @@ def _iou(a, b):
 
 def _assert_same(got, want):
     assert (got.route, got.route_by) == (want.route, want.route_by)
+    assert got.token_ids == want.token_ids
     assert got.text == want.text and got.answer == want.answer and got.bbox == want.bbox
     assert abs(got.presence - want.presence) <= MAX_SCORE_DELTA
     assert _iou(got.mask, want.mask) >= MIN_MASK_IOU
