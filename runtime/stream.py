@@ -1,9 +1,10 @@
 """`Runtime.stream`: apply a rule to a frame source without ever stopping on a bad frame.
 
 A reader thread pulls frames from the source as fast as it yields them (a camera does not wait for us). With
-drop="none" every frame is processed in order, and latency grows when processing is slower than the source. With
-drop="oldest" only the newest waiting frame is kept (older ones are dropped and counted), and a frame that has
-waited longer than `budget_ms` is dropped too: results stay close to live.
+drop="none" every frame is processed in order: at most BACKLOG frames wait, then the reader waits too (a folder or a
+generator is simply read more slowly; a live camera's own buffer takes over), and latency grows when processing is
+slower than the source. With drop="oldest" only the newest waiting frame is kept (older ones are dropped and
+counted), and a frame that has waited longer than `budget_ms` is dropped too: results stay close to live.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from cseg.errors import InvalidInputError
 from cseg.segmentation import Segmentation
 
 DROP_POLICIES = ("oldest", "none")
+BACKLOG = 8  # frames waiting at most with drop="none": bounds memory whatever the source's speed
 _END = object()
 
 
@@ -53,7 +55,7 @@ class _LatestOnly:
         self._ready = threading.Condition()
         self.dropped = 0
 
-    def put(self, item) -> None:
+    def put(self, item, timeout=None) -> None:
         with self._ready:
             if item is _END:
                 self._closed = True
@@ -82,18 +84,26 @@ def stream(apply, source, *, budget_ms: float | None, drop: str):
 
 
 def _results(apply, source, budget_ms, drop):
-    mailbox = _LatestOnly() if drop == "oldest" else queue.SimpleQueue()
+    mailbox = _LatestOnly() if drop == "oldest" else queue.Queue(maxsize=BACKLOG)
     stop = threading.Event()
+
+    def deliver(item) -> bool:
+        while not stop.is_set():
+            try:
+                mailbox.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def read():
         try:
             for index, frame in enumerate(frames_of(source)):
-                if stop.is_set():
+                if not deliver((index, frame, time.perf_counter(), None)):
                     return
-                mailbox.put((index, frame, time.perf_counter(), None))
         except Exception as exc:  # a broken source ends the stream with an error, not a traceback
-            mailbox.put((-1, None, time.perf_counter(), f"frame source failed: {type(exc).__name__}: {exc}"))
-        mailbox.put(_END)
+            deliver((-1, None, time.perf_counter(), f"frame source failed: {type(exc).__name__}: {exc}"))
+        deliver(_END)
 
     reader = threading.Thread(target=read, name="cseg-stream-reader", daemon=True)
     reader.start()
