@@ -6,6 +6,7 @@
     cseg segment --bundle bundle/ sample:astronaut "astronaut" --out overlay.png --json
     cseg segment --model ckpt/conceptseg-r1 --sam3 ckpt/sam3 sample:astronaut "astronaut"  (PyTorch reference)
     cseg bench --bundle bundle/ --reference ckpt/ --plot bench.png
+    cseg eval --bundle bundle/ --data ConceptSeg-Benchmark/ --format conceptseg --json metrics.json
     cseg induce --bundle bundle/ --demo good.png --boxes "10,10,80,60" "scratch on the lid" --out rule.json
     cseg watch --bundle bundle/ --rule rule.json frames/ --out overlays/ --budget-ms 500
 
@@ -202,6 +203,31 @@ def _watch(args) -> int:
     return 0
 
 
+def _eval(args) -> int:
+    from cseg import datasets, evaluate
+    from cseg.runtime import Runtime
+
+    if args.limit is not None and args.limit < 1:
+        raise InvalidInputError("--limit must be at least 1")
+    samples = datasets.read(args.format, args.data, split=args.split, prompt=args.prompt, demos=args.demos)
+    samples = samples[: args.limit] if args.limit else samples
+    runtime = Runtime.open(args.bundle)
+    work = Path(args.work)
+    masks = Path(args.save_masks) if args.save_masks else work / "masks"
+    records = evaluate.evaluate(runtime, samples, work, masks, route=args.route, max_new_tokens=args.max_new_tokens)
+    summary = evaluate.summarize(records)
+    print(evaluate.table(summary))
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=1))
+    if args.csv:
+        evaluate.write_csv(records, Path(args.csv))
+    if args.worst:
+        shown = evaluate.worst_cases(records, samples, masks, work / "worst", args.worst)
+        print(f"worst cases: {len(shown)} overlays in {work / 'worst'}")
+    print(f"predicted masks: {masks} (per-sample results: {work / 'samples.jsonl'})")
+    return 0
+
+
 def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="ConceptSeg-R1 checkpoint directory (or hub id)")
     parser.add_argument("--sam3", required=True, help="SAM 3 checkpoint directory (or hub id)")
@@ -242,6 +268,23 @@ def build_parser() -> argparse.ArgumentParser:
     bench_parser.add_argument("--json", help="write the summary here")
     bench_parser.add_argument("--plot", help="write the stage-breakdown plot (PNG) here")
     bench_parser.set_defaults(run=_bench)
+
+    ev = sub.add_parser("eval", help="the paper's metrics of a bundle on a dataset (resumable)")
+    ev.add_argument("--bundle", required=True)
+    ev.add_argument("--data", required=True, help="dataset folder")
+    ev.add_argument("--format", required=True, choices=["conceptseg", "reasonseg", "cityscapes", "folder"])
+    ev.add_argument("--split", default=None, help="split to evaluate (conceptseg: test, cityscapes: val)")
+    ev.add_argument("--prompt", help="folder format: the prompt for images without an entry in prompts.json")
+    ev.add_argument("--demos", type=int, default=1, help="conceptseg: demonstrations per sample from the train split")
+    ev.add_argument("--limit", type=int, default=None, help="evaluate the first N samples only")
+    ev.add_argument("--route", default="auto", choices=["auto", "shortcut", "full"])
+    ev.add_argument("--max-new-tokens", type=int, default=None)
+    ev.add_argument("--work", default="cseg-eval-work", help="per-sample results and masks (resume from here)")
+    ev.add_argument("--json", help="write the metrics summary here")
+    ev.add_argument("--csv", help="write per-sample metrics here")
+    ev.add_argument("--save-masks", help="write every predicted mask here (default: WORK/masks)")
+    ev.add_argument("--worst", type=int, default=4, help="overlays of the N lowest-mIoU samples (0: none)")
+    ev.set_defaults(run=_eval)
 
     induce = sub.add_parser("induce", help="reason once over demonstrations and save the rule for cseg watch")
     induce.add_argument("question")

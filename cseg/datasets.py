@@ -1,0 +1,245 @@
+"""Readers for the evaluation datasets: each yields `Sample`s (image, ground-truth mask, prompt, demonstrations).
+
+Layouts:
+- conceptseg: ConceptSeg-Benchmark. `all_meta.json` (or `data.json`) = {split: {class: [item, ...]}}, items with
+  `img_path` (list; the target last, references before it for MIG items), `mask_path`, `dataset_name`, `cls_name`,
+  optional `problem`, `ref_box` (fractions). Questions and tiers follow the research code's tables.
+- reasonseg: ReasonSeg / LISA. `<stem>.jpg` + `<stem>.json` with `text` (question or list) and `shapes` (polygons
+  labelled "target"; any other label is an ignored region). One sample per question.
+- cityscapes: `leftImg8bit/<split>/<city>/*_leftImg8bit.png` + `gtFine/<split>/<city>/*_gtFine_labelIds.png`; one
+  sample per image and each of the 19 evaluation classes (prompt = class name), void pixels ignored.
+- folder: `images/<stem>.<ext>` + `masks/<stem>.png` (non-zero = foreground), prompts from `prompts.json`
+  ({stem: prompt}) or one prompt for all.
+A problem with one sample (missing or unreadable mask, wrong size) is raised when that sample's mask is read, so an
+evaluation records it and goes on; a problem with the dataset itself (no metadata, bad JSON) is raised at once.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from cseg.errors import InvalidInputError
+
+FORMATS = ("conceptseg", "reasonseg", "cityscapes", "folder")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+
+# Research code (open_r1/mydataset.py gen_problem_by_dataset): the question asked per benchmark dataset;
+# "{cls_name}" datasets ask for the class name itself.
+QUESTIONS = {
+    "CoSOD3k1024": "Common object segmentation", "fewshot1000": "Common object segmentation",
+    "Shadow_detection": "shadow", "transparent1024": "transparent", "COD10K1024": "camouflaged object segmentation",
+    "DUTS": "salient object segmentation", "Breast_Tumor": "breast tumor segmentation",
+    "isic2018": "skin melanocytic tumor segmentation", "Polyp": "polyp colon segmentation",
+    "ESDIDefects": "industrial defect segmentation",
+}  # fmt: skip
+# Research eval_conceptseg.sh: tiers of the benchmark datasets.
+TIERS = {
+    "CI": ("rare", "ultra_rare", "coco2014_Artifact", "coco2014_Living"),
+    "CD": ("DUTS", "isic2018", "Breast_Tumor", "ESDIDefects", "COD10K1024", "Polyp", "transparent1024",
+           "Shadow_detection"),
+    "CR": ("MIG",),  # every MIG-Bench / MGrounding dataset
+}  # fmt: skip
+# Cityscapes' 19 evaluation classes: labelId -> name.
+CITYSCAPES_CLASSES = {
+    7: "road", 8: "sidewalk", 11: "building", 12: "wall", 13: "fence", 17: "pole", 19: "traffic light",
+    20: "traffic sign", 21: "vegetation", 22: "terrain", 23: "sky", 24: "person", 25: "rider", 26: "car",
+    27: "truck", 28: "bus", 31: "train", 32: "motorcycle", 33: "bicycle",
+}  # fmt: skip
+
+
+@dataclass
+class Sample:
+    id: str
+    image: str
+    prompt: str
+    load_mask: Callable[[], tuple[np.ndarray, np.ndarray | None]]  # -> (ground truth bool, ignored bool or None)
+    dataset: str
+    tier: str = ""
+    demos: list = field(default_factory=list)  # (image path, [[x1, y1, x2, y2], ...]) pairs
+    eval_size: tuple[int, int] | None = None  # (height, width) both masks are compared at; None = the image's
+
+
+def tier_of(dataset: str) -> str:
+    for tier, names in TIERS.items():
+        if dataset in names or (tier == "CR" and ("MIG" in dataset or dataset == "MGrounding")):
+            return tier
+    return ""
+
+
+def read(fmt: str, root: str | Path, **options) -> list[Sample]:
+    root = Path(root)
+    if fmt not in FORMATS:
+        raise InvalidInputError(f"unknown dataset format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if not root.is_dir():
+        raise InvalidInputError(f"dataset folder {root} does not exist")
+    return list({"conceptseg": _conceptseg, "reasonseg": _reasonseg, "cityscapes": _cityscapes,
+                 "folder": _folder}[fmt](root, **options))  # fmt: skip
+
+
+def _load_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InvalidInputError(f"{path} is not readable JSON: {exc}") from None
+
+
+def _binary_mask(path: Path, size: tuple[int, int] | None, sample: str) -> np.ndarray:
+    """Non-zero pixels of a mask image; `size` (width, height) must match when given."""
+    if not path.is_file():
+        raise InvalidInputError(f"sample {sample}: mask {path} is missing")
+    try:
+        with Image.open(path) as opened:
+            mask = opened.convert("L")
+    except OSError as exc:
+        raise InvalidInputError(f"sample {sample}: mask {path} is not a readable image ({exc})") from None
+    if size is not None and mask.size != size:
+        raise InvalidInputError(f"sample {sample}: mask is {mask.size[0]}x{mask.size[1]}, image is {size[0]}x{size[1]}")
+    return np.asarray(mask) > 127
+
+
+def _image_size(path: Path, sample: str) -> tuple[int, int]:
+    try:
+        with Image.open(path) as opened:
+            return opened.size
+    except OSError as exc:
+        raise InvalidInputError(f"sample {sample}: image {path} is not readable ({exc})") from None
+
+
+def _mask_box(path: Path) -> list[float]:
+    mask = _binary_mask(path, None, str(path))
+    ys, xs = np.nonzero(mask)
+    return [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)] if xs.size else []
+
+
+# --- conceptseg --------------------------------------------------------------------------------------------------
+
+
+def _question(item: dict) -> str:
+    name = item["dataset_name"]
+    if "MIG" in name or name == "MGrounding":
+        return item["problem"]
+    if name in QUESTIONS:
+        return QUESTIONS[name]
+    return item["cls_name"].replace(name, "").replace("_", " ").strip()
+
+
+def _conceptseg(root: Path, split: str | None = None, demos: int = 1, seed: int = 0, **_) -> Iterator[Sample]:
+    split = split or "test"
+    meta_path = next((root / n for n in ("all_meta.json", "data.json") if (root / n).is_file()), None)
+    if meta_path is None:
+        raise InvalidInputError(f"{root} has neither all_meta.json nor data.json (ConceptSeg-Benchmark layout)")
+    meta = _load_json(meta_path)
+    if split not in meta:
+        raise InvalidInputError(f"{meta_path} has no split {split!r}; it has {', '.join(meta)}")
+    rng = random.Random(seed)
+    for cls_name, items in meta[split].items():
+        train = meta.get("train", {}).get(cls_name, [])
+        for index, item in enumerate(items):
+            sample_id = f"{item.get('dataset_name', '?')}/{cls_name}/{index}"
+            try:
+                paths = [root / p for p in item["img_path"]]
+                question = _question(item)
+                mask_path = root / item["mask_path"]
+                dataset = item["dataset_name"]
+            except (KeyError, TypeError) as exc:
+                raise InvalidInputError(f"{meta_path}: item {sample_id} lacks {exc}") from None
+            if len(paths) > 1:  # MIG: the references come with the item, boxes as fractions of the image
+                fractions = item.get("ref_box") or []
+                refs = [(str(p), _fraction_boxes(p, fractions[i:i + 1])) for i, p in enumerate(paths[:-1])]
+            else:
+                candidates = [t for t in train if t["img_path"][0] != item["img_path"][0]]
+                chosen = rng.sample(candidates, min(demos, len(candidates)))
+                refs = [(str(root / t["img_path"][0]), [b] if (b := _mask_box(root / t["mask_path"])) else [])
+                        for t in chosen]  # fmt: skip
+            target = paths[-1]
+            yield Sample(sample_id, str(target), question, lambda m=mask_path, s=sample_id: (_binary_mask(m, None, s), None),
+                         dataset, tier_of(dataset), refs, eval_size=(600, 600))  # fmt: skip
+
+
+def _fraction_boxes(path: Path, fractions) -> list[list[float]]:
+    width, height = _image_size(path, str(path))
+    return [[b[0] * width, b[1] * height, b[2] * width, b[3] * height] for b in fractions if len(b) == 4]
+
+
+# --- reasonseg -----------------------------------------------------------------------------------------------------
+
+
+def _reasonseg(root: Path, **_) -> Iterator[Sample]:
+    annotations = sorted(root.glob("*.json"))
+    if not annotations:
+        raise InvalidInputError(f"{root} holds no ReasonSeg annotation (.json beside each image)")
+    for annotation in annotations:
+        image = next((annotation.with_suffix(s) for s in IMAGE_SUFFIXES if annotation.with_suffix(s).is_file()), None)
+        meta = _load_json(annotation)
+        texts = meta.get("text") if isinstance(meta, dict) else None
+        texts = [texts] if isinstance(texts, str) else texts
+        if image is None or not texts:
+            raise InvalidInputError(f"{annotation}: needs an image with the same name and a non-empty 'text'")
+        for k, text in enumerate(texts):
+            sample_id = f"{annotation.stem}#{k}"
+            yield Sample(sample_id, str(image), text, lambda a=annotation, i=image, s=sample_id: _polygons(a, i, s),
+                         "reasonseg")  # fmt: skip
+
+
+def _polygons(annotation: Path, image: Path, sample: str):
+    meta = _load_json(annotation)
+    width, height = _image_size(image, sample)
+    target, ignored = Image.new("L", (width, height)), Image.new("L", (width, height))
+    for shape in meta.get("shapes", []):
+        points = [tuple(map(float, p)) for p in shape.get("points", [])]
+        if len(points) < 3:
+            raise InvalidInputError(f"sample {sample}: a polygon has fewer than 3 points")
+        ImageDraw.Draw(target if shape.get("label") == "target" else ignored).polygon(points, fill=1)
+    ignore = np.asarray(ignored) > 0
+    return np.asarray(target) > 0, ignore if ignore.any() else None
+
+
+# --- cityscapes ------------------------------------------------------------------------------------------------------
+
+
+def _cityscapes(root: Path, split: str | None = None, **_) -> Iterator[Sample]:
+    split = split or "val"
+    images = sorted((root / "leftImg8bit" / split).glob("*/*_leftImg8bit.png"))
+    if not images:
+        raise InvalidInputError(f"{root}/leftImg8bit/{split}/<city>/*_leftImg8bit.png: no images found")
+    for image in images:
+        stem = image.name[: -len("_leftImg8bit.png")]
+        labels = root / "gtFine" / split / image.parent.name / f"{stem}_gtFine_labelIds.png"
+        for label_id, name in CITYSCAPES_CLASSES.items():
+            sample_id = f"{stem}/{name}"
+            yield Sample(sample_id, str(image), name,
+                         lambda l=labels, c=label_id, i=image, s=sample_id: _label_mask(l, c, i, s), name)  # fmt: skip
+
+
+def _label_mask(labels: Path, label_id: int, image: Path, sample: str):
+    if not labels.is_file():
+        raise InvalidInputError(f"sample {sample}: label image {labels} is missing")
+    with Image.open(labels) as opened:
+        ids = np.asarray(opened)
+    if ids.shape[::-1] != _image_size(image, sample):
+        raise InvalidInputError(f"sample {sample}: labels are {ids.shape[1]}x{ids.shape[0]}, image differs")
+    return ids == label_id, ~np.isin(ids, list(CITYSCAPES_CLASSES))
+
+
+# --- folder ----------------------------------------------------------------------------------------------------------
+
+
+def _folder(root: Path, prompt: str | None = None, **_) -> Iterator[Sample]:
+    images = sorted(p for p in (root / "images").glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise InvalidInputError(f"{root}/images holds no images")
+    prompts = _load_json(root / "prompts.json") if (root / "prompts.json").is_file() else {}
+    for image in images:
+        text = prompts.get(image.stem, prompt)
+        if not text:
+            raise InvalidInputError(f"no prompt for {image.name}: add it to prompts.json or pass --prompt")
+        mask = root / "masks" / f"{image.stem}.png"
+        yield Sample(image.stem, str(image), text,
+                     lambda m=mask, i=image, s=image.stem: (_binary_mask(m, _image_size(i, s), s), None), "folder")  # fmt: skip

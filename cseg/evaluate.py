@@ -1,0 +1,141 @@
+"""`cseg eval`: a bundle over a dataset, the paper's metrics per sample, dataset, tier and overall.
+
+Every sample's result is appended to `<work>/samples.jsonl` as soon as it is known, and its predicted mask saved as a
+PNG, so an interrupted evaluation resumes where it stopped and anyone can recompute the numbers from the masks.
+A sample that fails (missing mask, wrong size, unreadable image) is recorded with its error and the rest goes on.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+from cseg import metrics
+from cseg.datasets import Sample
+from cseg.errors import CsegError, InvalidInputError
+
+
+def mask_name(sample_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "__", sample_id) + ".png"
+
+
+def _at(mask: np.ndarray, size: tuple[int, int] | None, resample) -> np.ndarray:
+    """A bool mask at (height, width) `size` (research: masks as 8-bit images resized with PIL, then > 127)."""
+    if size is None or mask.shape == size:
+        return mask
+    image = Image.fromarray(mask.astype(np.uint8) * 255).resize((size[1], size[0]), resample)
+    return np.asarray(image) > 127
+
+
+def evaluate(runtime, samples: list[Sample], work: Path, masks_dir: Path, *, route: str = "auto",
+             max_new_tokens: int | None = None, progress: bool = True) -> dict[str, dict]:  # fmt: skip
+    """Per-sample records by id (already-finished samples in `work` are read back, not recomputed)."""
+    work.mkdir(parents=True, exist_ok=True)
+    masks_dir.mkdir(parents=True, exist_ok=True)
+    log_path = work / "samples.jsonl"
+    done: dict[str, dict] = {}
+    if log_path.is_file():
+        for line in log_path.read_text().splitlines():
+            if line.strip():
+                record = json.loads(line)
+                done[record["id"]] = record
+    with open(log_path, "a") as log:
+        for sample in tqdm(samples, desc="eval", unit="sample", disable=not progress):
+            if sample.id in done:
+                continue
+            record = {"id": sample.id, "dataset": sample.dataset, "tier": sample.tier, "prompt": sample.prompt}
+            try:
+                gt, ignored = sample.load_mask()
+                result = runtime.segment(sample.image, sample.prompt, sample.demos or None, route=route,
+                                         max_new_tokens=max_new_tokens)  # fmt: skip
+                if sample.eval_size is None and result.mask.shape != gt.shape:
+                    raise InvalidInputError(f"sample {sample.id}: mask {gt.shape} and image {result.mask.shape} differ")
+                pred = _at(result.mask, sample.eval_size, Image.Resampling.NEAREST)
+                gt = _at(gt, sample.eval_size, Image.Resampling.BICUBIC)
+                if ignored is not None:  # ignored pixels count neither way
+                    pred, gt = pred & ~ignored, gt & ~ignored
+                Image.fromarray(pred.astype(np.uint8) * 255).save(masks_dir / mask_name(sample.id))
+                record.update(metrics.score_sample(pred, gt), route=result.route, answer=result.answer)
+            except CsegError as exc:
+                record["error"] = str(exc)
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            done[sample.id] = record
+    return {s.id: done[s.id] for s in samples}
+
+
+def summarize(records: dict[str, dict]) -> dict:
+    scored = [r for r in records.values() if "error" not in r]
+    summary = {
+        "overall": metrics.summarize(scored),
+        "datasets": {},
+        "tiers": {},
+        "errors": {r["id"]: r["error"] for r in records.values() if "error" in r},
+    }
+    for key, group in (("datasets", "dataset"), ("tiers", "tier")):
+        for name in sorted({r[group] for r in scored if r[group]}):
+            summary[key][name] = metrics.summarize([r for r in scored if r[group] == name])
+    classes = [v["cIoU"] for v in summary["datasets"].values()]
+    summary["overall"]["class_mIoU"] = float(np.mean(classes)) if classes else float("nan")  # Cityscapes-style
+    return summary
+
+
+def table(summary: dict) -> str:
+    header = f"{'':<28}" + "".join(f"{k:>8}" for k in metrics.METRIC_KEYS) + f"{'n':>6}"
+    lines = [header]
+    rows = [("overall", summary["overall"])] + [(f"tier {k}", v) for k, v in summary["tiers"].items()]
+    rows += [(k, v) for k, v in summary["datasets"].items()]
+    for name, values in rows:
+        lines.append(f"{name[:27]:<28}" + "".join(f"{values[k]:>8.4f}" for k in metrics.METRIC_KEYS)
+                     + f"{values['count']:>6}")  # fmt: skip
+    if summary["errors"]:
+        lines.append(f"{len(summary['errors'])} samples failed (see the JSON 'errors'), e.g. {next(iter(summary['errors'].values()))}")
+    return "\n".join(lines)
+
+
+def write_csv(records: dict[str, dict], path: Path) -> None:
+    fields = ["id", "dataset", "tier", "prompt", "route", "answer", *metrics.METRIC_KEYS, "intersection", "union", "error"]
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(records.values())
+
+
+def worst_cases(records: dict[str, dict], samples: list[Sample], masks_dir: Path, out: Path, count: int) -> list[Path]:
+    """Overlays of the `count` samples with the lowest mIoU: prediction tinted blue, ground truth outlined green."""
+    by_id = {s.id: s for s in samples}
+    scored = sorted((r for r in records.values() if "error" not in r), key=lambda r: r["mIoU"])[:count]
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for record in scored:
+        sample = by_id[record["id"]]
+        with Image.open(sample.image) as opened:
+            image = opened.convert("RGB")
+        gt, _ = sample.load_mask()
+        if sample.eval_size:
+            image = image.resize(sample.eval_size[::-1])
+            gt = _at(gt, sample.eval_size, Image.Resampling.BICUBIC)
+        with Image.open(masks_dir / mask_name(sample.id)) as opened:
+            pred = np.asarray(opened) > 127
+        pixels = np.asarray(image, dtype=np.float32)
+        pixels = np.where(pred[..., None], pixels * 0.5 + np.array([30, 144, 255]) * 0.5, pixels)
+        edge = gt & ~_eroded(gt)
+        pixels[edge] = (0, 255, 0)
+        picture = Image.fromarray(pixels.astype(np.uint8))
+        ImageDraw.Draw(picture).text((4, 4), f"{sample.id}  mIoU {record['mIoU']:.3f}", fill=(255, 255, 0))
+        path = out / mask_name(sample.id)
+        picture.save(path)
+        written.append(path)
+    return written
+
+
+def _eroded(mask: np.ndarray) -> np.ndarray:
+    from scipy import ndimage
+
+    return ndimage.binary_erosion(mask, iterations=2)
