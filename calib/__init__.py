@@ -1,1 +1,1 @@
-"""cseg.calib: calibration data, activation statistics, quantization of the exported graphs, router fitting."""
+"""cseg.calib: calibration data, quantization of the exported graphs with an accuracy gate (router fitting to come)."""

@@ -118,7 +118,7 @@ def _export(args) -> int:
 
     out = export_bundle(
         args.model, args.sam3, args.out, target=args.target, precision=args.precision, top_k=args.top_k,
-        force=args.force,
+        calib=args.calib, force=args.force,
     )  # fmt: skip
     print(f"next: cseg segment --bundle {out} sample:astronaut \"astronaut\" --out overlay.png   (details: cseg inspect {out})")
     return 0
@@ -228,12 +228,25 @@ def _eval(args) -> int:
     return 0
 
 
+def _calib_collect(args) -> int:
+    from cseg.calib.calibration_set import default_set, load
+    from cseg.calib.collect import collect
+
+    calibration = load(args.calib) if args.calib else default_set(Path(args.out) / "calibration-set")
+    counts = collect(args.bundle, calibration.items, args.out)
+    for key, count in sorted(counts.items()):
+        print(f"  {key:<13} {count:4d} input sets -> {Path(args.out) / key}")
+    print(f"calibration set sha256 {calibration.sha256()}")
+    return 0
+
+
 def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="ConceptSeg-R1 checkpoint directory (or hub id)")
     parser.add_argument("--sam3", required=True, help="SAM 3 checkpoint directory (or hub id)")
     parser.add_argument("--out", required=True, help="bundle directory to create")
     parser.add_argument("--target", default="cpu", help="deployment target (default cpu)")
-    parser.add_argument("--precision", default=None, help="precision policy (default: the target's)")
+    parser.add_argument("--precision", default=None, help="fp32 | int8 | int4 | fp8 | auto (default: the target's)")
+    parser.add_argument("--calib", default=None, help="calibration folder with calib.jsonl (default: bundled photos)")
     parser.add_argument("--top-k", type=int, default=20, help="instances SAM 3's decoder graph returns (default 20)")
     parser.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
     parser.set_defaults(run=_export, command="export")
@@ -268,6 +281,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench_parser.add_argument("--json", help="write the summary here")
     bench_parser.add_argument("--plot", help="write the stage-breakdown plot (PNG) here")
     bench_parser.set_defaults(run=_bench)
+
+    calib = sub.add_parser("calib", help="calibration data for quantization")
+    calib_sub = calib.add_subparsers(dest="calib_command", required=True)
+    collect = calib_sub.add_parser("collect", help="record every graph's inputs over a calibration set as .npz")
+    collect.add_argument("--bundle", required=True, help="an fp32 bundle")
+    collect.add_argument("--calib", help="calibration folder with calib.jsonl (default: bundled photographs)")
+    collect.add_argument("--out", required=True)
+    collect.set_defaults(run=_calib_collect)
 
     ev = sub.add_parser("eval", help="the paper's metrics of a bundle on a dataset (resumable)")
     ev.add_argument("--bundle", required=True)

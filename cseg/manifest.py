@@ -76,6 +76,7 @@ MANIFEST_SCHEMA = {
         "graphs": {"type": "object", "required": list(GRAPH_KEYS), "additionalProperties": _GRAPH},
         "parity": {"type": "object", "additionalProperties": {"type": "object", "additionalProperties": _PARITY_OUTPUT}},
         "files": {"type": "object", "minProperties": 1, "additionalProperties": _SHA256},
+        "quantization": {"type": "object", "required": ["precision", "calibration", "graphs", "end_to_end"]},
     },
 }  # fmt: skip
 

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -21,7 +22,8 @@ from tqdm import tqdm
 
 import cseg
 from cseg.engines.targets import resolve as resolve_target
-from cseg.errors import BundleError
+from cseg.calib.bundle_quantization import quantize_bundle
+from cseg.errors import BundleError, InvalidInputError
 from cseg.export.graphs import GRAPHS
 from cseg.export.graphs.sam3_text import TEXT_LENGTH
 from cseg.export.loading import load_conceptseg, load_sam3
@@ -46,21 +48,33 @@ def export_bundle(
     target: str = "cpu",
     precision: str | None = None,
     top_k: int = DEFAULT_TOP_K,
+    calib: str | Path | None = None,
     force: bool = False,
     report: Callable[[str], None] = tqdm.write,
     progress: bool = True,
 ) -> Path:
-    """Export both checkpoints into the bundle directory `out`; returns its path."""
+    """Export both checkpoints into the bundle directory `out`; returns its path.
+
+    A precision other than fp32 quantizes the graphs its policy names, calibrated on `calib` (a calibration folder,
+    see cseg.calib.calibration_set; default: photographs that ship with scikit-image).
+    """
     profile, precision = resolve_target(target, precision)
+    policy = profile["policies"][precision]
     out = Path(out)
     if out.exists() and not force:
         raise BundleError(f"{out} already exists; pass --force to replace it (a bundle is never updated in place)")
+    calibration = _calibration_set(calib) if policy else None
     staging = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     start = time.perf_counter()
     try:
         (staging / "graphs").mkdir(parents=True)
         manifest = _export_into(staging, model_dir, sam3_dir, target, profile, precision, top_k, report, progress)
+        if policy:
+            (staging / MANIFEST_NAME).write_text(json.dumps(manifest))  # the fp32 bundle serves the calibration runs
+            manifest = quantize_bundle(staging, manifest, policy, precision, calibration, report, progress)
+            manifest["files"] = _hash_files(staging)
+            validate_manifest(manifest)
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
         _replace(staging, out)
     except BaseException:
@@ -102,7 +116,7 @@ def _export_into(staging, model_dir, sam3_dir, target, profile, precision, top_k
             "sha256": file_sha256(files[0]),
             "data_files": [f"graphs/{f.name}" for f in files[1:]],
             "backend": profile["backend"],
-            "precision": precision,
+            "precision": "fp32",  # what was exported; quantization (below) changes it per graph
             "bytes": sum(f.stat().st_size for f in files),
             "export_seconds": round(exported, 2),
             **spec.manifest_entry(),
@@ -140,11 +154,23 @@ def _export_into(staging, model_dir, sam3_dir, target, profile, precision, top_k
         "parity": {k: {o: {m: v[m] for m in ("max_abs", "mean_abs", "tolerance", "scale")} for o, v in p.items()}
                    for k, p in parity.items()},  # fmt: skip
     }
-    manifest["files"] = {
-        str(f.relative_to(staging)): file_sha256(f) for f in sorted(staging.rglob("*")) if f.is_file()
-    }
+    manifest["files"] = _hash_files(staging)
     validate_manifest(manifest)
     return manifest
+
+
+def _hash_files(staging: Path) -> dict[str, str]:
+    return {str(f.relative_to(staging)): file_sha256(f) for f in sorted(staging.rglob("*"))
+            if f.is_file() and f.name != MANIFEST_NAME}  # fmt: skip
+
+
+def _calibration_set(calib):
+    from cseg.calib.calibration_set import default_set, load
+
+    chosen = load(calib) if calib else default_set(tempfile.mkdtemp(prefix="cseg-calib-"))
+    if len(chosen.items) < 2:
+        raise InvalidInputError("a calibration set needs at least 2 samples: some calibrate, some check the result")
+    return chosen
 
 
 def _copy_files(source: Path, names, destination: Path) -> dict:

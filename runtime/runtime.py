@@ -84,6 +84,11 @@ class Runtime:
         manifest = read_manifest(bundle)
         if verify:
             verify_files(bundle, manifest)
+        return cls.from_manifest(bundle, manifest, device=device, session=session)
+
+    @classmethod
+    def from_manifest(cls, bundle: Path, manifest: dict, *, device: str = "auto", session: dict | None = None):
+        """Serve `manifest`'s graphs from `bundle` (open() after its checks; the exporter for bundles in the making)."""
         if device not in DEVICES:
             raise InvalidInputError(f"device must be one of {DEVICES} for a {manifest['target']} bundle, got {device!r}")
         backends = {graph["backend"] for graph in manifest["graphs"].values()}

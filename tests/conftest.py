@@ -66,3 +66,34 @@ def runtime(tiny_bundle):
     from cseg.runtime import Runtime
 
     return Runtime.open(tiny_bundle)
+
+
+@pytest.fixture(scope="session")
+def calibration_folder(tmp_path_factory):
+    """Four samples of the default calibration set: three calibrate, one is held out for the gate."""
+    import json
+
+    from cseg.calib.calibration_set import default_set
+
+    full = default_set(tmp_path_factory.mktemp("calib_full"))
+    root = tmp_path_factory.mktemp("calib")
+    lines = [json.dumps({"image": str(i.image), "prompt": i.prompt}) for i in full.items[:4]]
+    (root / "calib.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def _quantized_bundle(checkpoint, factory, calibration_folder, precision):
+    from cseg.export.bundle import export_bundle
+
+    return export_bundle(*checkpoint, factory.mktemp("bundles") / precision, precision=precision,
+                         calib=calibration_folder, progress=False, report=lambda line: None)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def int8_bundle(tiny_checkpoint, tmp_path_factory, calibration_folder):
+    return _quantized_bundle(tiny_checkpoint, tmp_path_factory, calibration_folder, "int8")
+
+
+@pytest.fixture(scope="session")
+def int4_bundle(tiny_checkpoint, tmp_path_factory, calibration_folder):
+    return _quantized_bundle(tiny_checkpoint, tmp_path_factory, calibration_folder, "int4")

@@ -1,0 +1,117 @@
+"""Quantizing an fp32 bundle in the making: calibrate, quantize per the target's policy, gate, fall back, measure.
+
+Called by the exporter on its staging directory after the fp32 graphs passed parity. Every number it produces goes
+into the manifest's `quantization` section: per graph the precision asked for and the one shipped, the gate report
+(cosine, max/mean abs error vs fp32 on held-out calibration inputs), and end to end against the fp32 pipeline on the
+held-out samples (mask IoU, presence delta, generated-token agreement).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from cseg.calib.calibration_set import CalibrationSet
+from cseg.calib.collect import MAX_NEW_TOKENS, collect, feeds
+from cseg.calib.quantize import MIN_COSINE, compare, passes, quantize
+from cseg.engines.targets import FALLBACK
+from cseg.manifest import file_sha256
+
+RANDOM_WEIGHTS_NOTE = (
+    "measured on the checkpoint this bundle was exported from; on random-init test checkpoints these numbers say "
+    "that the machinery works, not how a trained model degrades"
+)
+
+
+def quantize_bundle(staging: Path, manifest: dict, policy: dict[str, str], precision: str, calib: CalibrationSet,
+                    report: Callable[[str], None], progress: bool = True) -> dict:  # fmt: skip
+    """Quantize `staging`'s graphs in place per `policy`; returns the updated manifest (files not yet re-hashed)."""
+    train, held = calib.split()
+    work = Path(tempfile.mkdtemp(prefix=".calib-", dir=staging))
+    try:
+        report(f"calibrating on {len(train)} samples, gating on {len(held)} held-out samples")
+        collect(staging, train, work / "train", progress=progress)
+        collect(staging, held, work / "held", progress=progress)
+        quantized = {**manifest, "graphs": {k: dict(v) for k, v in manifest["graphs"].items()}}
+        table, replaced = {}, []
+        for key, wanted in policy.items():
+            entry, row = _quantize_graph(staging, manifest["graphs"][key], key, wanted, work, report)
+            quantized["graphs"][key].update(entry)
+            table[key] = row
+            if entry["precision"] != "fp32":
+                replaced.append(staging / manifest["graphs"][key]["file"])
+        end_to_end = _end_to_end(staging, manifest, quantized, held)
+        report(f"  end to end vs fp32 on {len(held)} held-out samples: mask IoU min {end_to_end['mask_iou_min']:.4f}, "
+               f"presence |delta| max {end_to_end['presence_delta_max']:.4f}, "
+               f"token agreement {end_to_end['token_agreement']:.3f}")  # fmt: skip
+        for path in replaced:  # the fp32 originals of quantized graphs leave the bundle
+            path.unlink()
+            Path(str(path) + ".data").unlink(missing_ok=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    quantized["precision"] = precision
+    quantized["quantization"] = {
+        "precision": precision,
+        "calibration": {"sha256": calib.sha256(), "samples": len(train), "held_out": len(held)},
+        "gate": {"min_cosine": MIN_COSINE},
+        "graphs": table,
+        "end_to_end": end_to_end,
+        "note": RANDOM_WEIGHTS_NOTE,
+    }
+    return quantized
+
+
+def _quantize_graph(staging: Path, entry: dict, key: str, wanted: str, work: Path, report) -> tuple[dict, dict]:
+    source = staging / entry["file"]
+    calibration, held_out = feeds(work / "train" / key), feeds(work / "held" / key)
+    precision, tried = wanted, []
+    while precision != "fp32":
+        target = staging / "graphs" / f"{key}.{precision}.onnx"
+        info = quantize(source, target, precision, calibration, entry.get("keep_fp32", []))
+        gate = compare(source, target, held_out)
+        worst = min(gate.values(), key=lambda e: e["cosine"])
+        tried.append({"precision": precision, "passed": passes(gate, precision), "worst_cosine": worst["cosine"]})
+        if tried[-1]["passed"]:
+            report(f"  {key:<13} {precision:<5} gate ok (min cosine {worst['cosine']:.5f} >= {MIN_COSINE[precision]})")
+            files = [target] + ([Path(str(target) + ".data")] if Path(str(target) + ".data").exists() else [])
+            return (
+                {"file": f"graphs/{target.name}", "sha256": file_sha256(target), "precision": precision,
+                 "data_files": [f"graphs/{f.name}" for f in files[1:]], "bytes": sum(f.stat().st_size for f in files),
+                 "quantization": info},
+                {"requested": wanted, "shipped": precision, "gate": gate, "tried": tried, **info},
+            )  # fmt: skip
+        report(f"  WARNING {key}: {precision} misses its gate (min cosine {worst['cosine']:.5f} < "
+               f"{MIN_COSINE[precision]}), falling back to {FALLBACK[precision]}")  # fmt: skip
+        target.unlink()
+        Path(str(target) + ".data").unlink(missing_ok=True)
+        precision = FALLBACK[precision]
+    return {"precision": "fp32"}, {"requested": wanted, "shipped": "fp32", "tried": tried}
+
+
+def _end_to_end(staging: Path, fp32: dict, quantized: dict, held) -> dict:
+    from cseg.runtime import Runtime
+
+    reference = Runtime.from_manifest(staging, fp32)
+    candidate = Runtime.from_manifest(staging, quantized)
+    ious, presence, agreement = [], [], []
+    for item in held:
+        for route in ("full", "shortcut"):
+            want = reference.segment(str(item.image), item.prompt, item.demos or None, route=route,
+                                     max_new_tokens=MAX_NEW_TOKENS)  # fmt: skip
+            got = candidate.segment(str(item.image), item.prompt, item.demos or None, route=route,
+                                    max_new_tokens=MAX_NEW_TOKENS)  # fmt: skip
+            union = np.logical_or(want.mask, got.mask).sum()
+            ious.append(1.0 if union == 0 else float(np.logical_and(want.mask, got.mask).sum() / union))
+            presence.append(abs(want.presence - got.presence))
+            if route == "full":
+                length = max(len(want.token_ids), len(got.token_ids), 1)
+                agreement.append(sum(a == b for a, b in zip(want.token_ids, got.token_ids)) / length)
+    return {
+        "mask_iou_mean": float(np.mean(ious)), "mask_iou_min": float(np.min(ious)),
+        "presence_delta_max": float(np.max(presence)), "token_agreement": float(np.mean(agreement)),
+        "samples": len(held),
+    }  # fmt: skip

@@ -1,0 +1,93 @@
+"""Calibration data as data: a folder with `calib.jsonl`, one line per sample.
+
+    {"image": "images/line_0001.png", "prompt": "scratch on the lid", "demos": [["demo.png", [[x1, y1, x2, y2]]]]}
+
+Paths are relative to the folder. `default_set(dir)` writes one from photographs that install with scikit-image
+(for tests and the demo); point `--calib DIR` at your own factory images for real deployments. The set's sha256
+(over calib.jsonl and every file it names) goes into the bundle manifest, so a quantized bundle says what it was
+calibrated on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from cseg.errors import InvalidInputError
+
+INDEX = "calib.jsonl"
+# (photograph, prompt): short prompts take the shortcut path, longer ones reason; both routes get calibrated.
+DEFAULT_SAMPLES = [
+    ("astronaut", "the astronaut's helmet"), ("coffee", "cup"), ("chelsea", "the cat lying on the floor"),
+    ("rocket", "rocket"), ("motorcycle_left", "the motorcycle parked outside"), ("ihc", "stained cells"),
+    ("retina", "blood vessels"), ("coffee", "the spoon on the saucer"),
+]  # fmt: skip
+
+
+@dataclass
+class CalibrationItem:
+    image: Path
+    prompt: str
+    demos: list = field(default_factory=list)
+
+
+@dataclass
+class CalibrationSet:
+    root: Path
+    items: list[CalibrationItem]
+
+    def sha256(self) -> str:
+        digest = hashlib.sha256((self.root / INDEX).read_bytes())
+        files = sorted({item.image for item in self.items} | {Path(d[0]) for item in self.items for d in item.demos})
+        for path in files:
+            digest.update(path.read_bytes())
+        return digest.hexdigest()
+
+    def split(self, held_out: float = 0.25) -> tuple[list[CalibrationItem], list[CalibrationItem]]:
+        """Calibration items and held-out items (the last quarter by default) for the accuracy gate."""
+        count = max(1, round(len(self.items) * held_out)) if len(self.items) > 1 else 0
+        return self.items[: len(self.items) - count], self.items[len(self.items) - count :]
+
+
+def load(root: str | Path) -> CalibrationSet:
+    root = Path(root)
+    index = root / INDEX
+    if not index.is_file():
+        raise InvalidInputError(f"calibration folder {root} has no {INDEX} (one JSON object per line)")
+    items = []
+    for number, line in enumerate(index.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            item = CalibrationItem(root / entry["image"], entry["prompt"],
+                                   [(str(root / d[0]), d[1]) for d in entry.get("demos", [])])  # fmt: skip
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
+            raise InvalidInputError(f"{index} line {number} is not a calibration entry ({exc})") from None
+        if not item.image.is_file():
+            raise InvalidInputError(f"{index} line {number}: image {item.image} is missing")
+        items.append(item)
+    if not items:
+        raise InvalidInputError(f"{index} lists no samples")
+    return CalibrationSet(root, items)
+
+
+def default_set(root: str | Path) -> CalibrationSet:
+    """Write the default calibration set (scikit-image photographs) into `root` and load it."""
+    from cseg import samples
+
+    root = Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for name, prompt in DEFAULT_SAMPLES:
+        path = root / "images" / f"{name}.png"
+        if not path.is_file():
+            with Image.open(samples.resolve(f"sample:{name}")) as photo:
+                photo.convert("RGB").save(path)
+        lines.append(json.dumps({"image": f"images/{name}.png", "prompt": prompt}))
+    (root / INDEX).write_text("\n".join(lines) + "\n")
+    return load(root)
