@@ -1,54 +1,40 @@
 """Quantizing one exported graph, and the accuracy gate that decides whether the result may ship.
 
-Decision (measured on this stack, see DESIGN): ONNX Runtime's own tools, not nvidia-modelopt. `quantize_static` in
-QDQ format with symmetric per-channel weights and symmetric per-tensor activations (zero-point 0) is what TensorRT's
+Decision (measured on this stack, see DESIGN): ONNX Runtime's own quantizer, not nvidia-modelopt. Its QDQ format with
+symmetric per-channel weights and symmetric per-tensor activations (zero-point 0) is what TensorRT's
 explicit-quantization builder expects, runs on the ORT CPU provider, and needs nothing beyond onnxruntime; modelopt's
-ONNX extra would replace onnxruntime with onnxruntime-gpu in the runtime's environment. FP8 (E4M3) uses Distribution
-calibration on MatMul/Conv/Gemm only (MinMax fails for it); the CPU executes it as simulated FP8: useful for accuracy,
-not for speed. INT4 is weight-only, blocked, symmetric: ORT's MatMulNBits (what the CPU provider runs natively).
+ONNX extra would replace onnxruntime with onnxruntime-gpu in the runtime's environment. FP8 is E4M3 with scales from
+the activations' standard deviation (ORT's FP8 rule); the CPU executes it as simulated FP8: accuracy, not speed.
+INT4 is weight-only, blocked, symmetric: ORT's MatMulNBits (what the CPU provider runs natively).
 `quant_pre_process` is skipped: it fails on graphs with If nodes.
+
+Only the linear layers (MatMul/Conv/Gemm with a constant weight) are quantized, and only their activations are
+calibrated, here, one input at a time. ORT's own calibrator (quantize_static) records the inputs and outputs of every
+MatMul of the graph, attention scores included: on the `small` SAM 3 image encoder it needed more than 24 GB for a
+single input (killed by the OOM killer), and its CalibMaxIntermediateOutputs option drops data in ORT 1.32 instead of
+folding it. The statistics computed here go to ORT's QDQQuantizer unchanged.
 """
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
-import logging
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization import CalibrationMethod, QuantType
+from onnxruntime.quantization.calibrate import TensorData, TensorsData
 from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+from onnxruntime.quantization.quant_utils import update_opset_version
 
 QUANTIZED_OPS = ["MatMul", "Conv", "Gemm"]
 INT4_BLOCK = 32
 SCOPE_KEY = "pkg.torch.onnx.name_scopes"  # module paths the dynamo exporter records on every node
 # Gate: every output of the quantized graph must keep this cosine similarity with fp32 on held-out inputs.
 MIN_COSINE = {"int8": 0.99, "fp8": 0.99, "int4": 0.98}
-
-logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
-
-
-@contextlib.contextmanager
-def _quiet_root_logger():
-    """quantize_static advises pre-processing through the root logger on every call; we skip it on purpose."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
-
-
-class _Feeds(CalibrationDataReader):
-    def __init__(self, feeds: list[dict[str, np.ndarray]], names: set[str]):
-        self._iter = iter([{k: v for k, v in feed.items() if k in names} for feed in feeds])
-
-    def get_next(self):
-        return next(self._iter, None)
 
 
 def excluded_nodes(model: onnx.ModelProto, patterns: list[str]) -> list[str]:
@@ -63,7 +49,7 @@ def excluded_nodes(model: onnx.ModelProto, patterns: list[str]) -> list[str]:
 
 def weight_nodes(model: onnx.ModelProto) -> list[str]:
     """MatMul/Conv/Gemm nodes with a constant weight: the linear layers. Attention's activation-by-activation
-    MatMuls are left out: their inputs hold the mask's huge negative values, and a per-tensor MinMax scale over
+    MatMuls are left out: their inputs hold the mask's huge negative values, and a per-tensor min/max scale over
     those rounds every attention score to zero (measured: hidden-state cosine 0.50 when they were included)."""
     constants = {t.name for t in model.graph.initializer}
     constants |= {out for n in model.graph.node if n.op_type == "Constant" for out in n.output}
@@ -78,23 +64,51 @@ def quantize(source: Path, target: Path, precision: str, calibration: list[dict]
         quantizer = MatMulNBitsQuantizer(model, block_size=INT4_BLOCK, is_symmetric=True, nodes_to_exclude=excluded)
         quantizer.process()
         quantizer.model.save_model_to_file(str(target), use_external_data_format=_large(quantizer.model.model))
-        scheme = f"weight-only int4, blocks of {INT4_BLOCK}, symmetric (MatMulNBits)"
-    else:
-        kind = {"int8": QuantType.QInt8, "fp8": QuantType.QFLOAT8E4M3FN}[precision]
-        inputs = {i.name for i in model.graph.input}
-        chosen = [name for name in weight_nodes(model) if name not in set(excluded)]
-        method = CalibrationMethod.MinMax if precision == "int8" else CalibrationMethod.Distribution
-        with _quiet_root_logger():
-            quantize_static(
-                str(source), str(target), _Feeds(calibration, inputs), quant_format=QuantFormat.QDQ,
-                activation_type=kind, weight_type=kind, per_channel=precision == "int8",
-                op_types_to_quantize=QUANTIZED_OPS, nodes_to_quantize=chosen, nodes_to_exclude=excluded,
-                calibrate_method=method, use_external_data_format=_large(model),
-                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
-            )  # fmt: skip
-        scheme = ("int8 QDQ, per-channel symmetric weights, per-tensor symmetric activations (MinMax)" if precision == "int8"
-                  else "fp8 E4M3 QDQ (Distribution calibration), simulated on the CPU")  # fmt: skip
+        return {"scheme": f"weight-only int4, blocks of {INT4_BLOCK}, symmetric (MatMulNBits)",
+                "excluded_nodes": len(excluded), "calibration_inputs": 0}  # fmt: skip
+    kind = {"int8": QuantType.QInt8, "fp8": QuantType.QFLOAT8E4M3FN}[precision]
+    chosen = [name for name in weight_nodes(model) if name not in set(excluded)]
+    ranges = activation_statistics(source, model, chosen, calibration)
+    model = update_opset_version(model, kind, kind)  # FP8 Q/DQ need opset 19, as quantize_static would set
+    quantizer = QDQQuantizer(
+        model, precision == "int8", False, kind, kind, ranges, chosen, excluded, QUANTIZED_OPS,
+        {"ActivationSymmetric": True, "WeightSymmetric": True},
+    )  # fmt: skip
+    quantizer.quantize_model()
+    quantizer.model.save_model_to_file(str(target), use_external_data_format=_large(model))
+    scheme = ("int8 QDQ, per-channel symmetric weights, per-tensor symmetric activations (min/max)" if precision == "int8"
+              else "fp8 E4M3 QDQ (scales from activation std), simulated on the CPU")  # fmt: skip
     return {"scheme": scheme, "excluded_nodes": len(excluded), "calibration_inputs": len(calibration)}
+
+
+def activation_statistics(source: Path, model: onnx.ModelProto, nodes: list[str], calibration: list[dict]) -> TensorsData:
+    """Min, max, mean and std of the float activations entering and leaving `nodes`, one input at a time."""
+    constants = {t.name for t in model.graph.initializer}
+    wanted = sorted({t for n in model.graph.node if n.name in set(nodes) for t in (*n.input, *n.output)
+                     if t and t not in constants})  # fmt: skip
+    augmented = onnx.load(str(source))
+    present = {o.name for o in augmented.graph.output}
+    augmented.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in wanted if t not in present)
+    stats: dict[str, list] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "augmented.onnx"
+        onnx.save(augmented, str(path), save_as_external_data=_large(augmented))
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        inputs = {i.name for i in session.get_inputs()}
+        for feed in calibration:
+            for name, value in zip(wanted, session.run(wanted, {k: v for k, v in feed.items() if k in inputs})):
+                if not np.issubdtype(value.dtype, np.floating) or value.size == 0:
+                    continue
+                value = value.astype(np.float64)
+                low, high, total, squares, count = stats.get(name, [np.inf, -np.inf, 0.0, 0.0, 0])
+                stats[name] = [min(low, value.min()), max(high, value.max()), total + value.sum(),
+                               squares + (value * value).sum(), count + value.size]  # fmt: skip
+    data = {}
+    for name, (low, high, total, squares, count) in stats.items():
+        mean = total / count
+        data[name] = TensorData(lowest=np.float32(low), highest=np.float32(high), avg=np.float32(mean),
+                                std=np.float32(np.sqrt(max(squares / count - mean * mean, 0.0))))  # fmt: skip
+    return TensorsData(CalibrationMethod.MinMax, data)
 
 
 def _large(model: onnx.ModelProto) -> bool:

@@ -31,6 +31,21 @@ class KVCache:
 
 
 @dataclass
+class Prefilled:
+    """A prompt that went through the decoder: its cache, mask, seen ids, last logits and hidden states."""
+
+    cache: KVCache
+    mask: np.ndarray
+    seen: np.ndarray
+    logits: np.ndarray
+    hidden_states: np.ndarray  # [1, prompt, H]: the router pools the question's positions from here
+    next_position: int
+    budget: int
+    embed_size: int
+    prefill_ms: float
+
+
+@dataclass
 class Generated:
     tokens: list[int]
     hidden_states: np.ndarray  # [1, T, H]
@@ -78,8 +93,9 @@ class Decoder:
         cache.length = start + seq
         return logits, hidden
 
-    def generate(self, prompt_ids: np.ndarray, image_embeds: np.ndarray, positions: np.ndarray,
-                 max_new_tokens: int | None) -> Generated:  # fmt: skip
+    def prefill(self, prompt_ids: np.ndarray, image_embeds: np.ndarray, positions: np.ndarray,
+                max_new_tokens: int | None) -> Prefilled:  # fmt: skip
+        """Run the prompt through the decoder; decoding can continue from the result (the router looks first)."""
         prompt = prompt_ids.shape[1]
         budget = max_new_tokens if max_new_tokens else self.max_length - prompt
         if budget < 1:
@@ -90,10 +106,14 @@ class Decoder:
         seen = np.zeros(self.vocab_size, dtype=bool)
         seen[np.unique(prompt_ids)] = True
         started = time.perf_counter()
-        logits, _ = self.step(cache, prompt_ids, image_embeds, positions, mask[:, :prompt])
-        prefill_ms = (time.perf_counter() - started) * 1000
-        next_position = int(positions.max()) + 1
-        no_image = np.zeros((1, image_embeds.shape[1]), np.float32)
+        logits, hidden = self.step(cache, prompt_ids, image_embeds, positions, mask[:, :prompt])
+        return Prefilled(cache, mask, seen, logits, hidden, int(positions.max()) + 1, budget,
+                         image_embeds.shape[1], (time.perf_counter() - started) * 1000)  # fmt: skip
+
+    def decode(self, state: Prefilled) -> Generated:
+        cache, mask, seen, logits = state.cache, state.mask, state.seen, state.logits
+        prompt = cache.length
+        no_image = np.zeros((1, state.embed_size), np.float32)
         tokens, hidden = [], []
         started = time.perf_counter()
         while True:
@@ -102,14 +122,18 @@ class Decoder:
             seen[token] = True
             index = prompt + len(tokens) - 1
             mask[0, index] = int(token != self.pad)
-            step_position = np.full((3, 1, 1), next_position + len(tokens) - 1, dtype=np.int64)
-            logits, state = self.step(cache, np.array([[token]], np.int64), no_image, step_position,
-                                      mask[:, : index + 1])  # fmt: skip
-            hidden.append(state[:, 0])
-            if token in self.eos or len(tokens) >= budget:
+            step_position = np.full((3, 1, 1), state.next_position + len(tokens) - 1, dtype=np.int64)
+            logits, step_hidden = self.step(cache, np.array([[token]], np.int64), no_image, step_position,
+                                            mask[:, : index + 1])  # fmt: skip
+            hidden.append(step_hidden[:, 0])
+            if token in self.eos or len(tokens) >= state.budget:
                 break
         decode_ms = (time.perf_counter() - started) * 1000
-        return Generated(tokens, np.stack(hidden, axis=1), prefill_ms, decode_ms)
+        return Generated(tokens, np.stack(hidden, axis=1), state.prefill_ms, decode_ms)
+
+    def generate(self, prompt_ids: np.ndarray, image_embeds: np.ndarray, positions: np.ndarray,
+                 max_new_tokens: int | None) -> Generated:  # fmt: skip
+        return self.decode(self.prefill(prompt_ids, image_embeds, positions, max_new_tokens))
 
     def _choose(self, logits: np.ndarray, seen: np.ndarray) -> int:
         """Greedy choice after transformers' RepetitionPenaltyLogitsProcessor (ties go to the lowest id)."""
