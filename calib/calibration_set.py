@@ -1,6 +1,7 @@
 """Calibration data as data: a folder with `calib.jsonl`, one line per sample.
 
-    {"image": "images/line_0001.png", "prompt": "scratch on the lid", "demos": [["demo.png", [[x1, y1, x2, y2]]]]}
+    {"image": "images/line_0001.png", "prompt": "scratch on the lid", "demos": [["demo.png", [[x1, y1, x2, y2]]]],
+     "mask": "masks/line_0001.png"}      (demos and mask optional; the mask is the ground truth, for the router)
 
 Paths are relative to the folder. `default_set(dir)` writes one from photographs that install with scikit-image
 (for tests and the demo); point `--calib DIR` at your own factory images for real deployments. The set's sha256
@@ -33,6 +34,7 @@ class CalibrationItem:
     image: Path
     prompt: str
     demos: list = field(default_factory=list)
+    mask: Path | None = None  # ground truth, when the set has it (the router's labels then use it)
 
 
 @dataclass
@@ -65,7 +67,8 @@ def load(root: str | Path) -> CalibrationSet:
         try:
             entry = json.loads(line)
             item = CalibrationItem(root / entry["image"], entry["prompt"],
-                                   [(str(root / d[0]), d[1]) for d in entry.get("demos", [])])  # fmt: skip
+                                   [(str(root / d[0]), d[1]) for d in entry.get("demos", [])],
+                                   root / entry["mask"] if entry.get("mask") else None)  # fmt: skip
         except (ValueError, KeyError, TypeError, IndexError) as exc:
             raise InvalidInputError(f"{index} line {number} is not a calibration entry ({exc})") from None
         if not item.image.is_file():

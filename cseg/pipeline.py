@@ -10,6 +10,9 @@ Backend protocol:
     reason(state, question, demos, max_new_tokens, timings) -> Reasoning   the full reasoning path up to SAM 3
     presence(raw) -> float                                   sigmoid of SAM 3's presence logit
     postprocess(raw, (height, width)) -> (mask, Instances)   at the input image size
+    learned_router -> object | None                          a fitted router, when the backend has one; then
+    learned_route(state, question, demos, raw, max_new_tokens, timings) -> (score, take_shortcut, pending)
+    and reason(..., pending=pending) continues decoding from the prefill the router looked at
 """
 
 from __future__ import annotations
@@ -80,6 +83,8 @@ def segment_many(backend, image, prompts, demos=None, *, route="auto", max_new_t
 
 
 def _answer(backend, state, size, question, demos, route, max_new_tokens, timings) -> Segmentation:
+    if route == "auto" and getattr(backend, "learned_router", None) is not None:
+        return _learned(backend, state, size, question, demos, max_new_tokens, timings)
     route_by = "heuristic" if route == "auto" else "user"
     route_score = None
     if route == "shortcut" or (route == "auto" and prompting.shortcut_worth_trying(question)):
@@ -90,6 +95,22 @@ def _answer(backend, state, size, question, demos, route, max_new_tokens, timing
                 mask, instances = backend.postprocess(raw, size)
             return Segmentation(mask, instances, route_score, "shortcut", route_by, route_score, timings=timings)
     reasoning = backend.reason(state, question, demos, max_new_tokens, timings)
+    return _full(backend, state, size, reasoning, route_by, route_score, timings)
+
+
+def _learned(backend, state, size, question, demos, max_new_tokens, timings) -> Segmentation:
+    """The fitted router: SAM 3 on the question and the VLM prefill, then shortcut or continue decoding."""
+    raw = backend.sam3_segment(state, question, None, timings)
+    score, take_shortcut, pending = backend.learned_route(state, question, demos, raw, max_new_tokens, timings)
+    if take_shortcut:
+        with timed(timings, "postprocess"):
+            mask, instances = backend.postprocess(raw, size)
+        return Segmentation(mask, instances, backend.presence(raw), "shortcut", "learned", score, timings=timings)
+    reasoning = backend.reason(state, question, demos, max_new_tokens, timings, pending=pending)
+    return _full(backend, state, size, reasoning, "learned", score, timings)
+
+
+def _full(backend, state, size, reasoning: Reasoning, route_by, route_score, timings) -> Segmentation:
     raw = backend.sam3_segment(state, reasoning.parsed.answer, reasoning.concept_tokens, timings)
     with timed(timings, "postprocess"):
         mask, instances = backend.postprocess(raw, size)

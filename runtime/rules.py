@@ -26,8 +26,9 @@ _ARRAYS = ("concept_tokens", "text_features", "text_mask")
 
 
 def bundle_id(manifest: dict) -> str:
-    """A bundle's identity: the sha256 over its files' hashes (the manifest lists every file)."""
-    listing = "".join(f"{name}:{digest}\n" for name, digest in sorted(manifest["files"].items()))
+    """A bundle's identity for rules: the sha256 over its model graphs' hashes (a router fitted later does not
+    change what concept tokens mean)."""
+    listing = "".join(f"{key}:{graph['sha256']}\n" for key, graph in sorted(manifest["graphs"].items()) if key != "router")
     return hashlib.sha256(listing.encode()).hexdigest()
 
 

@@ -25,8 +25,9 @@ from cseg.images import check_demos, load_image, render_demonstrations, sam3_pix
 from cseg.manifest import read_manifest, verify_files
 from cseg.pipeline import Reasoning, timed
 from cseg.runtime import postprocess
-from cseg.runtime.generation import Decoder
+from cseg.runtime.generation import Decoder, Prefilled
 from cseg.runtime.graphs import OrtGraph, session_options
+from cseg.runtime.router import Router
 from cseg.runtime.rules import Rule, bundle_id
 from cseg.runtime.stream import stream as stream_frames
 from cseg.runtime.text import ChatTokenizer, Sam3Tokenizer
@@ -42,6 +43,14 @@ class ImageState:
     image: Image.Image
     fpn: list[np.ndarray]
     vlm_target: tuple[list[int], np.ndarray] | None = None  # grid and vision tokens of the target, once computed
+
+
+@dataclass
+class Pending:
+    """A prompt prefilled and not decoded yet, and where the user's question sits in it."""
+
+    prefilled: Prefilled
+    question_tokens: np.ndarray  # indices of the question's tokens in the prompt
 
 
 @dataclass
@@ -72,6 +81,7 @@ class Runtime:
         self.prep = manifest["preprocessing"]
         self._text_cache: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._text_lock = threading.Lock()
+        self._router = Router(graphs["router"], manifest["router"]) if "router" in graphs else None
 
     @classmethod
     def open(cls, bundle, device: str = "auto", *, verify: bool = True, session: dict | None = None) -> "Runtime":
@@ -196,7 +206,8 @@ class Runtime:
         return Sam3Output(*(out[k] for k in ("semantic_logits", "presence_logit", "instance_scores",
                                              "instance_boxes", "instance_masks")))  # fmt: skip
 
-    def reason(self, state: ImageState, question: str, demos, max_new_tokens, timings: dict) -> Reasoning:
+    def prefill(self, state: ImageState, question: str, demos, max_new_tokens, timings: dict) -> Pending:
+        """Vision tower and decoder prefill: everything before the first token (what the learned router reads)."""
         merge = self.model["vision"]["spatial_merge_size"]
         with timed(timings, "vlm_vision"):
             grids, embeds = [], []
@@ -213,19 +224,37 @@ class Runtime:
         with timed(timings, "vlm_preprocess"):
             problem = prompting.build_question(question, n_references=len(grids) - 1, boxes_drawn=boxes_drawn)
             per_image = [t * h * w // merge**2 for t, h, w in grids]
-            ids = self.chat.encode_prompt(prompting.render_chat(problem, len(grids)), per_image)
+            ids, question_tokens = self.chat.encode_prompt(prompting.render_chat(problem, len(grids)), per_image, question)
             limit = self.manifest["generation"]["max_length"]
             if ids.shape[1] >= limit and not max_new_tokens:
                 raise InvalidInputError(f"the prompt is {ids.shape[1]} tokens, leaving no room to generate within {limit}")
             positions = rope_positions(ids, self.model["image_token_id"], grids, merge)
-        generated = self.decoder.generate(ids, np.concatenate(embeds), positions, max_new_tokens)
-        timings["vlm_prefill"] = generated.prefill_ms
+        prefilled = self.decoder.prefill(ids, np.concatenate(embeds), positions, max_new_tokens)
+        timings["vlm_prefill"] = prefilled.prefill_ms
+        return Pending(prefilled, question_tokens)
+
+    def reason(self, state: ImageState, question: str, demos, max_new_tokens, timings: dict,
+               pending: Pending | None = None) -> Reasoning:  # fmt: skip
+        pending = pending or self.prefill(state, question, demos, max_new_tokens, timings)
+        generated = self.decoder.decode(pending.prefilled)
         timings["vlm_decode"] = generated.decode_ms
         timings["decode_tokens_per_s"] = len(generated.tokens) / max(generated.decode_ms / 1000, 1e-9)
         text = self.chat.decode(generated.tokens)
         with timed(timings, "concept_head"):
             concept = self.graphs["concept_head"].run({"hidden_states": generated.hidden_states})["concept_tokens"]
         return Reasoning(text, prompting.parse_completion(text), concept, tuple(generated.tokens))
+
+    @property
+    def learned_router(self) -> Router | None:
+        return self._router
+
+    def learned_route(self, state: ImageState, question: str, demos, shortcut: Sam3Output, max_new_tokens,
+                      timings: dict) -> tuple[float, bool, Pending]:  # fmt: skip
+        """The fitted router's p(shortcut suffices) from the prefill and the shortcut pass, and its decision."""
+        pending = self.prefill(state, question, demos, max_new_tokens, timings)
+        with timed(timings, "router"):
+            score = self._router.score(pending, shortcut, question)
+        return score, score >= self._router.threshold, pending
 
     @staticmethod
     def presence(raw: Sam3Output) -> float:

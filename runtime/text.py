@@ -28,12 +28,19 @@ class ChatTokenizer:
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
 
-    def encode_prompt(self, text: str, tokens_per_image: list[int]) -> np.ndarray:
+    def encode_prompt(self, text: str, tokens_per_image: list[int], question: str = "") -> tuple[np.ndarray, np.ndarray]:
+        """Token ids of the prompt (image placeholders expanded) and the indices of the tokens of `question`
+        (its occurrence after the last image)."""
         pieces = text.split(IMAGE_PAD)
         if len(pieces) != len(tokens_per_image) + 1:
             raise ValueError(f"prompt has {len(pieces) - 1} image slots for {len(tokens_per_image)} images")
         expanded = pieces[0] + "".join(IMAGE_PAD * n + piece for n, piece in zip(tokens_per_image, pieces[1:]))
-        return np.array([self.tokenizer.encode(expanded, add_special_tokens=False).ids], dtype=np.int64)
+        encoding = self.tokenizer.encode(expanded, add_special_tokens=False)
+        start = expanded.find(question, expanded.rfind(IMAGE_PAD)) if question else -1
+        end = start + len(question)
+        spans = np.array(encoding.offsets).reshape(-1, 2)
+        inside = np.nonzero((spans[:, 1] > start) & (spans[:, 0] < end))[0] if start >= 0 else np.zeros(0, int)
+        return np.array([encoding.ids], dtype=np.int64), inside
 
     def decode(self, ids) -> str:
         return self.tokenizer.decode(list(map(int, ids)), skip_special_tokens=True)
