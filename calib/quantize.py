@@ -18,6 +18,7 @@ folding it. The statistics computed here go to ORT's QDQQuantizer unchanged.
 from __future__ import annotations
 
 import fnmatch
+import logging
 import tempfile
 from pathlib import Path
 
@@ -29,6 +30,10 @@ from onnxruntime.quantization.calibrate import TensorData, TensorsData
 from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
 from onnxruntime.quantization.quant_utils import update_opset_version
+
+# MatMulNBitsQuantizer logs one INFO line per node of the graph; the export log reports what matters.
+for _name in ("onnxruntime.quantization", "onnxruntime.quantization.matmul_nbits_quantizer"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 QUANTIZED_OPS = ["MatMul", "Conv", "Gemm"]
 INT4_BLOCK = 32
