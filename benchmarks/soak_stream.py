@@ -44,9 +44,10 @@ def main() -> None:
             sample = {"frames": count, "rss_mb": round(rss_mb(), 1), "fps": round(count / (time.perf_counter() - started), 2)}
             samples.append(sample)
             print(json.dumps(sample), flush=True)
-    steady = [s["rss_mb"] for s in samples if s["frames"] >= args.every]
+    steady = [s["rss_mb"] for s in samples if s["frames"] >= args.every]  # after the arenas have warmed up
     summary = {"frames": args.frames, "errors": errors, "samples": samples,
-               "rss_growth_after_first_sample_mb": round(max(steady) - min(steady), 1) if steady else None}  # fmt: skip
+               "rss_end_minus_first_steady_mb": round(steady[-1] - steady[0], 1) if steady else None,
+               "rss_steady_range_mb": [min(steady), max(steady)] if steady else None}  # fmt: skip
     print(json.dumps({k: v for k, v in summary.items() if k != "samples"}))
     if args.json:
         with open(args.json, "w") as handle:
