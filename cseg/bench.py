@@ -15,9 +15,6 @@ from pathlib import Path
 import numpy as np
 
 PATHS = {"shortcut": {"route": "shortcut"}, "full": {"route": "full"}}
-# Stages that exist under the same name in the runtime and the reference.
-COMMON_STAGES = ("preprocess", "sam3_preprocess", "sam3_vision", "sam3_text", "sam3_decoder", "concept_head",
-                 "postprocess")  # fmt: skip
 
 
 @dataclass

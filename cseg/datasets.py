@@ -26,9 +26,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from cseg.errors import InvalidInputError
+from cseg.images import IMAGE_SUFFIXES
 
 FORMATS = ("conceptseg", "reasonseg", "cityscapes", "folder")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 # Research code (open_r1/mydataset.py gen_problem_by_dataset): the question asked per benchmark dataset;
 # "{cls_name}" datasets ask for the class name itself.

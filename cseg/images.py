@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw, UnidentifiedImageError
 from cseg.errors import InvalidInputError
 
 MAX_SIDE = 16384
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")  # what folder sources are read for
 VLM_SIDE = 600  # research: force-resize to int(sqrt(max_pixels=360000)) square, aspect not kept
 SAM3_MEAN = SAM3_STD = 0.5
 DEMO_BOX_COLOR = "red"

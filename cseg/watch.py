@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from cseg.errors import InvalidInputError
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+from cseg.images import IMAGE_SUFFIXES
 
 
 def open_source(source: str):
@@ -20,7 +19,7 @@ def open_source(source: str):
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
-            raise InvalidInputError(f"folder {source} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            raise InvalidInputError(f"folder {source} holds no images ({', '.join(IMAGE_SUFFIXES)})")
         return [str(p) for p in files], False
     try:
         import cv2

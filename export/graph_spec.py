@@ -46,10 +46,6 @@ class GraphSpec:
     def tolerance(self, output: str) -> float:
         return self.tolerances.get(output, self.tolerances[""])
 
-    @property
-    def dynamic_axes(self) -> set[str]:
-        return {d for t in self.inputs + self.outputs for d in t.shape if isinstance(d, str)}
-
     def manifest_entry(self) -> dict:
         return {
             "inputs": [t.as_json() for t in self.inputs],
