@@ -71,7 +71,7 @@ def test_a_bad_frame_yields_an_error_and_the_stream_goes_on(runtime, rule, photo
 
 
 def test_opencv_captures_are_read_as_bgr(runtime, rule, photo, tmp_path):
-    cv2 = pytest.importorskip("cv2")
+    import cv2  # a test dependency (pyproject [test])
     path = str(tmp_path / "clip.avi")
     writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), 5, (photo.shape[1], photo.shape[0]))
     for _ in range(3):

@@ -49,3 +49,15 @@ def test_instances_validate_their_shapes():
     with pytest.raises(ValueError, match=r"\(1, 4\)"):
         Instances(np.zeros((1, 3, 3), bool), np.zeros((2, 4), np.float32), np.zeros((1,), np.float32))
     assert len(Instances.empty(3, 4)) == 0
+
+
+def test_to_supervision_names_the_missing_package_or_converts():
+    result = _result()
+    try:
+        import supervision  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="pip install supervision"):
+            result.to_supervision()
+    else:
+        detections = result.to_supervision()
+        assert len(detections) == 1 and detections.mask.shape == (1, 6, 5)
