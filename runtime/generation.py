@@ -20,9 +20,8 @@ from cseg.runtime.graphs import OrtGraph
 class KVCache:
     """One sequence-major buffer per layer and kind, allocated once at the maximum length."""
 
-    def __init__(self, names: list[str], max_length: int, kv_heads: int, head_dim: int):
-        self.names = names
-        self.buffers = [np.zeros((1, max_length, kv_heads, head_dim), np.float32) for _ in names]
+    def __init__(self, count: int, max_length: int, kv_heads: int, head_dim: int):
+        self.buffers = [np.zeros((1, max_length, kv_heads, head_dim), np.float32) for _ in range(count)]
         self.length = 0
 
     @property
@@ -49,7 +48,6 @@ class Prefilled:
 class Generated:
     tokens: list[int]
     hidden_states: np.ndarray  # [1, T, H]
-    prefill_ms: float
     decode_ms: float
 
 
@@ -70,7 +68,7 @@ class Decoder:
         self.penalty = float(generation.get("repetition_penalty") or 1.0)
 
     def new_cache(self, length: int) -> KVCache:
-        return KVCache(self.past_names, length, self.kv_heads, self.head_dim)
+        return KVCache(len(self.past_names), length, self.kv_heads, self.head_dim)
 
     def step(self, cache: KVCache, ids: np.ndarray, image_embeds: np.ndarray, positions: np.ndarray,
              mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
@@ -129,11 +127,7 @@ class Decoder:
             if token in self.eos or len(tokens) >= state.budget:
                 break
         decode_ms = (time.perf_counter() - started) * 1000
-        return Generated(tokens, np.stack(hidden, axis=1), state.prefill_ms, decode_ms)
-
-    def generate(self, prompt_ids: np.ndarray, image_embeds: np.ndarray, positions: np.ndarray,
-                 max_new_tokens: int | None) -> Generated:  # fmt: skip
-        return self.decode(self.prefill(prompt_ids, image_embeds, positions, max_new_tokens))
+        return Generated(tokens, np.stack(hidden, axis=1), decode_ms)
 
     def _choose(self, logits: np.ndarray, seen: np.ndarray) -> int:
         """Greedy choice after transformers' RepetitionPenaltyLogitsProcessor (ties go to the lowest id)."""
