@@ -91,9 +91,7 @@ def _answer(backend, state, size, question, demos, route, max_new_tokens, timing
         raw = backend.sam3_segment(state, question, None, timings)
         route_score = backend.presence(raw)
         if route == "shortcut" or prompting.shortcut_accepts(question, route_score):
-            with timed(timings, "postprocess"):
-                mask, instances = backend.postprocess(raw, size)
-            return Segmentation(mask, instances, route_score, "shortcut", route_by, route_score, timings=timings)
+            return _shortcut(backend, raw, size, route_by, route_score, timings)
     reasoning = backend.reason(state, question, demos, max_new_tokens, timings)
     return _full(backend, state, size, reasoning, route_by, route_score, timings)
 
@@ -103,11 +101,15 @@ def _learned(backend, state, size, question, demos, max_new_tokens, timings) -> 
     raw = backend.sam3_segment(state, question, None, timings)
     score, take_shortcut, pending = backend.learned_route(state, question, demos, raw, max_new_tokens, timings)
     if take_shortcut:
-        with timed(timings, "postprocess"):
-            mask, instances = backend.postprocess(raw, size)
-        return Segmentation(mask, instances, backend.presence(raw), "shortcut", "learned", score, timings=timings)
+        return _shortcut(backend, raw, size, "learned", score, timings)
     reasoning = backend.reason(state, question, demos, max_new_tokens, timings, pending=pending)
     return _full(backend, state, size, reasoning, "learned", score, timings)
+
+
+def _shortcut(backend, raw, size, route_by, route_score, timings) -> Segmentation:
+    with timed(timings, "postprocess"):
+        mask, instances = backend.postprocess(raw, size)
+    return Segmentation(mask, instances, backend.presence(raw), "shortcut", route_by, route_score, timings=timings)
 
 
 def _full(backend, state, size, reasoning: Reasoning, route_by, route_score, timings) -> Segmentation:
