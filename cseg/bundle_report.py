@@ -44,4 +44,20 @@ def describe(bundle: str | Path, verify: bool = True) -> str:
                 continue  # one line per KV tensor would drown the rest; they are in manifest.json
             lines.append(f"{key + '.' + name:<40}{entry['max_abs']:>10.2e}{entry['mean_abs']:>10.2e}"
                          f"{entry['tolerance']:>10.1e}")  # fmt: skip
+    if "quantization" in manifest:
+        quant = manifest["quantization"]
+        lines += ["", f"quantization {quant['precision']} (calibration sha256 {quant['calibration']['sha256'][:16]}, "
+                      f"{quant['calibration']['samples']} samples, {quant['calibration']['held_out']} held out)"]  # fmt: skip
+        for key, row in quant["graphs"].items():
+            cosine = min((e["cosine"] for e in row.get("gate", {}).values()), default=float("nan"))
+            lines.append(f"  {key:<13} asked {row['requested']:<5} shipped {row['shipped']:<5} min cosine {cosine:.5f}")
+        end = quant["end_to_end"]
+        lines.append(f"  end to end vs fp32: mask IoU min {end['mask_iou_min']:.4f}, presence |delta| max "
+                     f"{end['presence_delta_max']:.4f}, token agreement {end['token_agreement']:.3f}")  # fmt: skip
+    router = manifest["router"]
+    if router["kind"] == "learned":
+        lines += ["", f"router learned, threshold {router['threshold']:.4f}"]
+        if "held_out" in router:
+            held = router["held_out"]["learned"]
+            lines[-1] += f": held-out skip rate {held['skip_rate']:.3f}, IoU loss {held['iou_loss']:.4f}"
     return "\n".join(lines)

@@ -60,6 +60,15 @@ def test_int8_bundle_is_qdq_where_the_policy_says(int8_bundle, tiny_bundle):
     assert "random-init" in manifest["quantization"]["note"]
 
 
+def test_inspect_shows_the_quantization_table(int8_bundle, capsys):
+    from cseg.cli import main
+
+    assert main(["inspect", str(int8_bundle)]) == 0
+    report = capsys.readouterr().out
+    assert "quantization int8" in report and "vlm_decoder   asked int8  shipped int8" in report
+    assert "end to end vs fp32" in report
+
+
 def test_int4_bundle_uses_blocked_weight_only_matmuls(int4_bundle):
     manifest = read_manifest(int4_bundle)
     graph = manifest["graphs"]["vlm_decoder"]
