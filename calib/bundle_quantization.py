@@ -20,6 +20,7 @@ from cseg.calib.collect import MAX_NEW_TOKENS, collect, feeds
 from cseg.calib.quantize import MIN_COSINE, compare, passes, quantize
 from cseg.engines.targets import FALLBACK
 from cseg.manifest import file_sha256
+from cseg.metrics import iou
 
 RANDOM_WEIGHTS_NOTE = (
     "measured on the checkpoint this bundle was exported from; on random-init test checkpoints these numbers say "
@@ -104,8 +105,7 @@ def _end_to_end(staging: Path, fp32: dict, quantized: dict, held) -> dict:
                                      max_new_tokens=MAX_NEW_TOKENS)  # fmt: skip
             got = candidate.segment(str(item.image), item.prompt, item.demos or None, route=route,
                                     max_new_tokens=MAX_NEW_TOKENS)  # fmt: skip
-            union = np.logical_or(want.mask, got.mask).sum()
-            ious.append(1.0 if union == 0 else float(np.logical_and(want.mask, got.mask).sum() / union))
+            ious.append(iou(want.mask, got.mask))
             presence.append(abs(want.presence - got.presence))
             if route == "full":
                 length = max(len(want.token_ids), len(got.token_ids), 1)

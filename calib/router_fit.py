@@ -24,6 +24,7 @@ from cseg import prompting
 from cseg.errors import InvalidInputError
 from cseg.images import load_image
 from cseg.manifest import file_sha256, read_manifest
+from cseg.metrics import iou
 from cseg.runtime.router import FEATURES, features
 
 ROUTER_FILE = "graphs/router.onnx"
@@ -38,11 +39,6 @@ class Observation:
     iou_full: float
     shortcut_ms: float
     full_ms: float
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
 
 def gather(runtime, items, max_new_tokens: int | None = None, progress=None) -> list[Observation]:
@@ -66,9 +62,9 @@ def gather(runtime, items, max_new_tokens: int | None = None, progress=None) -> 
         if item.mask is not None:
             truth = load_image(str(item.mask)).convert("L").resize((size[1], size[0]))
             truth = np.asarray(truth) > 127
-            ious = (_iou(short_mask, truth), _iou(full_mask, truth))
+            ious = (iou(short_mask, truth), iou(full_mask, truth))
         else:
-            ious = (_iou(short_mask, full_mask), 1.0)
+            ious = (iou(short_mask, full_mask), 1.0)
         observations.append(Observation(item.prompt, row[0], presence, *ious, shortcut_ms, full_ms))
         if progress:
             progress()

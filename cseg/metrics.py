@@ -31,6 +31,12 @@ def intersection_union(pred, gt) -> tuple[int, int]:
     return int(np.logical_and(pred, gt).sum()), int(np.logical_or(pred, gt).sum())
 
 
+def iou(pred, gt) -> float:
+    """Plain IoU of two masks, 1 when both are empty (agreement between two predictions, not a paper metric)."""
+    intersection, union = intersection_union(pred, gt)
+    return 1.0 if union == 0 else intersection / union
+
+
 def giou_sample(pred, gt) -> float:
     intersection, union = intersection_union(pred, gt)
     return 1.0 if union == 0 else intersection / (union + 1e-5)

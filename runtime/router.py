@@ -28,7 +28,6 @@ class Router:
         self.graph = graph
         self.threshold = float(settings["threshold"])
 
-    def score(self, pending, shortcut, question: str) -> float:
-        presence = float(1 / (1 + np.exp(-float(shortcut.presence_logit.reshape(())))))
+    def score(self, pending, shortcut, presence: float, question: str) -> float:
         row = features(pending.prefilled.hidden_states, pending.question_tokens, presence, shortcut.scores, question)
         return float(self.graph.run({"features": row})["p_shortcut"].reshape(()))

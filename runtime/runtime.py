@@ -253,7 +253,7 @@ class Runtime:
         """The fitted router's p(shortcut suffices) from the prefill and the shortcut pass, and its decision."""
         pending = self.prefill(state, question, demos, max_new_tokens, timings)
         with timed(timings, "router"):
-            score = self._router.score(pending, shortcut, question)
+            score = self._router.score(pending, shortcut, self.presence(shortcut), question)
         return score, score >= self._router.threshold, pending
 
     @staticmethod

@@ -10,6 +10,7 @@ import pytest
 
 from cseg.errors import BundleError, InvalidInputError
 from cseg.images import load_image
+from cseg.metrics import iou
 from cseg.runtime import Runtime
 
 # Agreement required between the runtime (ONNX Runtime fp32) and the reference (PyTorch fp32) on the same input:
@@ -21,24 +22,19 @@ MAX_SCORE_DELTA = 1e-4
 MAX_BOX_DELTA_PX = 0.5
 
 
-def _iou(a, b):
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else np.logical_and(a, b).sum() / union
-
-
 def _assert_same(got, want):
     assert (got.route, got.route_by) == (want.route, want.route_by)
     assert got.token_ids == want.token_ids
     assert got.text == want.text and got.answer == want.answer and got.bbox == want.bbox
     assert abs(got.presence - want.presence) <= MAX_SCORE_DELTA
-    assert _iou(got.mask, want.mask) >= MIN_MASK_IOU
+    assert iou(got.mask, want.mask) >= MIN_MASK_IOU
     assert len(got.instances) == len(want.instances)
     if len(want.instances):
         order = np.argsort(-want.instances.scores)  # the runtime returns the top-K sorted by score
         np.testing.assert_allclose(got.instances.scores, want.instances.scores[order], atol=MAX_SCORE_DELTA)
         np.testing.assert_allclose(got.instances.boxes, want.instances.boxes[order], atol=MAX_BOX_DELTA_PX)
         for g, w in zip(got.instances.masks, want.instances.masks[order]):
-            assert _iou(g, w) >= MIN_MASK_IOU
+            assert iou(g, w) >= MIN_MASK_IOU
     if want.route_score is None:
         assert got.route_score is None
     else:
