@@ -1,0 +1,57 @@
+"""Device arrays with a pinned host mirror, allocated once and reused for every request (cuda-python, no torch).
+
+Engines read and write fixed device addresses (which is what lets CUDA graphs replay them): a DeviceArray is
+allocated at its largest shape once; each request copies its data in and out asynchronously on the request's stream
+through the pinned mirror, and views of the first elements serve smaller shapes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+
+import numpy as np
+
+from cseg.runtime.cuda_graphs import Stream, check, runtime_api
+
+
+class DeviceArray:
+    def __init__(self, shape, dtype):
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype = np.dtype(dtype)
+        self.nbytes = max(1, math.prod(self.shape) * self.dtype.itemsize)
+        self._cudart = runtime_api()
+        self.pointer = check(self._cudart.cudaMalloc(self.nbytes), "cudaMalloc")
+        self._host_pointer = check(self._cudart.cudaMallocHost(self.nbytes), "cudaMallocHost")
+        raw = (ctypes.c_byte * self.nbytes).from_address(int(self._host_pointer))
+        self.host = np.frombuffer(raw, dtype=np.uint8)[: math.prod(self.shape) * self.dtype.itemsize]
+        self.host = self.host.view(self.dtype).reshape(self.shape)
+
+    def upload(self, array: np.ndarray, stream: Stream) -> tuple[int, ...]:
+        """Copy `array` (any shape that fits) to the start of the device allocation; returns its shape."""
+        array = np.ascontiguousarray(array, dtype=self.dtype)
+        if array.size > self.host.size:
+            raise ValueError(f"{array.shape} does not fit a device array allocated for {self.shape}")
+        flat = self.host.reshape(-1)
+        flat[: array.size] = array.reshape(-1)
+        self._copy(self.pointer, self._host_pointer, array.nbytes, "HostToDevice", stream)
+        return array.shape
+
+    def download(self, stream: Stream, shape=None) -> np.ndarray:
+        """Copy the first prod(shape) elements back (default: all) and return them as a new array, after syncing."""
+        shape = self.shape if shape is None else tuple(shape)
+        count = math.prod(shape)
+        self._copy(self._host_pointer, self.pointer, count * self.dtype.itemsize, "DeviceToHost", stream)
+        stream.synchronize()
+        return self.host.reshape(-1)[:count].reshape(shape).copy()
+
+    def _copy(self, destination, source, nbytes: int, kind: str, stream: Stream) -> None:
+        direction = getattr(self._cudart.cudaMemcpyKind, f"cudaMemcpy{kind}")
+        check(self._cudart.cudaMemcpyAsync(destination, source, nbytes, direction, stream.handle), "cudaMemcpyAsync")
+
+    def close(self) -> None:
+        if self.pointer is not None:
+            self.host = None
+            check(self._cudart.cudaFree(self.pointer), "cudaFree")
+            check(self._cudart.cudaFreeHost(self._host_pointer), "cudaFreeHost")
+            self.pointer = None

@@ -1,0 +1,167 @@
+"""CUDA streams and CUDA-graph capture/replay of work enqueued on one stream, with cuda-python (no torch, no TensorRT).
+
+The TensorRT backend captures each engine's `execute_async_v3` once and replays it per token (decoder) or per frame
+(SAM 3 decoder + concept head): one graph launch instead of hundreds of kernel launches from Python. Nothing here
+knows about TensorRT; anything that enqueues work on a stream can be captured, so it is tested on any CUDA GPU.
+
+    stream = Stream()
+    work = CapturedWork(stream, lambda s: engine_context.execute_async_v3(s.handle))
+    work.launch(); stream.synchronize()
+
+A capture that fails (work that cannot be captured, e.g. a synchronising call) falls back to enqueueing directly, with
+a warning, so a loop keeps running, only slower.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Callable
+
+from cseg.errors import CsegError
+
+
+class CudaError(CsegError):
+    """A CUDA call failed, or CUDA (cuda-python, a driver, a GPU) is not available on this machine."""
+
+
+def runtime_api():
+    try:
+        from cuda.bindings import runtime
+    except ImportError:
+        raise CudaError(
+            "cuda-python is not installed; install it with pip install 'cseg[tensorrt]' (needs an NVIDIA driver)"
+        ) from None
+    return runtime
+
+
+def check(result, call: str = "CUDA call"):
+    """Unwrap cuda-python's (error, *values) tuples; raise CudaError naming the call and CUDA's message."""
+    cudart = runtime_api()
+    error, *values = result if isinstance(result, tuple) else (result,)
+    if error != cudart.cudaError_t.cudaSuccess:
+        message = cudart.cudaGetErrorString(error)[1]
+        raise CudaError(f"{call} failed: {message.decode() if message else error} ({error!r})")
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def device_count() -> int:
+    """How many CUDA GPUs this process can use: 0 without cuda-python, a driver or a GPU (never raises)."""
+    try:
+        cudart = runtime_api()
+    except CudaError:
+        return 0
+    error, count = cudart.cudaGetDeviceCount()
+    return count if error == cudart.cudaError_t.cudaSuccess else 0
+
+
+def why_unavailable() -> str | None:
+    """None when a CUDA GPU can be used, else the reason in words (for messages and test skips)."""
+    try:
+        cudart = runtime_api()
+    except CudaError as exc:
+        return str(exc)
+    error, count = cudart.cudaGetDeviceCount()
+    if error != cudart.cudaError_t.cudaSuccess:
+        return f"no usable CUDA driver/GPU: {cudart.cudaGetErrorString(error)[1].decode()}"
+    return None if count else "no CUDA GPU found"
+
+
+class Stream:
+    """A non-blocking CUDA stream (does not synchronise with the legacy default stream)."""
+
+    def __init__(self):
+        reason = why_unavailable()
+        if reason:
+            raise CudaError(reason)
+        self._cudart = runtime_api()
+        self.handle = check(self._cudart.cudaStreamCreateWithFlags(self._cudart.cudaStreamNonBlocking),
+                            "cudaStreamCreateWithFlags")  # fmt: skip
+
+    def synchronize(self) -> None:
+        check(self._cudart.cudaStreamSynchronize(self.handle), "cudaStreamSynchronize")
+
+    def close(self) -> None:
+        if self.handle is not None:
+            check(self._cudart.cudaStreamDestroy(self.handle), "cudaStreamDestroy")
+            self.handle = None
+
+    def __int__(self) -> int:
+        return int(self.handle)
+
+
+class CapturedWork:
+    """The work `enqueue(stream)` puts on `stream`, captured into a CUDA graph once and replayed by `launch()`.
+
+    Replay reuses the kernels' arguments as they were at capture: inputs and outputs must stay at the same device
+    addresses (copy new data into them, do not reallocate). After changing the work itself, call `update()`.
+    `warmup` runs the work once uncaptured first: libraries (TensorRT included) allocate lazily on a first run, and
+    allocation is not allowed during capture.
+    """
+
+    def __init__(self, stream: Stream, enqueue: Callable[[Stream], object], *, warmup: bool = True):
+        self.stream = stream
+        self.enqueue = enqueue
+        self._cudart = stream._cudart
+        self._exec = None
+        self.fallback_reason: str | None = None
+        if warmup:
+            enqueue(stream)
+            stream.synchronize()
+        try:
+            graph = self._capture()
+            try:
+                self._exec = check(self._cudart.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
+            finally:
+                check(self._cudart.cudaGraphDestroy(graph), "cudaGraphDestroy")
+        except CudaError as exc:
+            self.fallback_reason = str(exc)
+            warnings.warn(f"CUDA-graph capture failed, enqueueing directly instead (slower): {exc}", stacklevel=2)
+
+    @property
+    def captured(self) -> bool:
+        return self._exec is not None
+
+    def _capture(self):
+        cudart = self._cudart
+        mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+        check(cudart.cudaStreamBeginCapture(self.stream.handle, mode), "cudaStreamBeginCapture")
+        try:
+            self.enqueue(self.stream)
+        except BaseException:
+            cudart.cudaStreamEndCapture(self.stream.handle)  # leave the stream usable; the graph is discarded
+            cudart.cudaGetLastError()
+            raise
+        graph = cudart.cudaStreamEndCapture(self.stream.handle)
+        if graph[0] != cudart.cudaError_t.cudaSuccess:
+            cudart.cudaGetLastError()  # a capture invalidated by an unsupported call leaves its error behind
+        return check(graph, "capture (cudaStreamEndCapture)")
+
+    def launch(self) -> None:
+        """Enqueue one replay on the stream (asynchronous: synchronise the stream before reading results)."""
+        if self._exec is None:
+            self.enqueue(self.stream)
+        else:
+            check(self._cudart.cudaGraphLaunch(self._exec, self.stream.handle), "cudaGraphLaunch")
+
+    def update(self) -> None:
+        """Re-capture `enqueue` and update the executable graph in place; re-instantiate if CUDA refuses the update
+        (a different topology, e.g. another kernel count)."""
+        if self._exec is None:
+            return
+        cudart = self._cudart
+        graph = self._capture()
+        try:
+            error, _ = cudart.cudaGraphExecUpdate(self._exec, graph)
+            if error != cudart.cudaError_t.cudaSuccess:
+                cudart.cudaGetLastError()
+                check(cudart.cudaGraphExecDestroy(self._exec), "cudaGraphExecDestroy")
+                self._exec = check(cudart.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
+        finally:
+            check(cudart.cudaGraphDestroy(graph), "cudaGraphDestroy")
+
+    def close(self) -> None:
+        if self._exec is not None:
+            check(self._cudart.cudaGraphExecDestroy(self._exec), "cudaGraphExecDestroy")
+            self._exec = None

@@ -1,0 +1,194 @@
+"""The CUDA-graph utility (runtime/cuda_graphs.py) and device arrays, on any CUDA GPU; no TensorRT involved.
+
+The work captured is a chain of small NVRTC-compiled kernels (x = x * a + b), launched with cuda-python's driver API
+on the utility's stream: the situation of a decode step, where launch overhead dominates.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import statistics
+import time
+import warnings
+
+import numpy as np
+import pytest
+
+from cseg.runtime.cuda_graphs import CapturedWork, CudaError, Stream, check, runtime_api, why_unavailable
+
+NO_GPU = why_unavailable()
+gpu = pytest.mark.skipif(NO_GPU is not None, reason=f"needs a CUDA GPU: {NO_GPU}")
+
+AFFINE = b"""
+extern "C" __global__ void affine(float *x, float a, float b, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] = x[i] * a + b;
+}
+"""
+N = 4096
+CHAIN = 64  # kernels per captured chain
+
+
+@pytest.mark.skipif(NO_GPU is None, reason="this machine has a CUDA GPU")
+def test_without_a_gpu_the_utility_says_why():
+    assert isinstance(NO_GPU, str) and NO_GPU
+    with pytest.raises(CudaError, match="cuda|CUDA"):
+        Stream()
+
+
+@pytest.fixture(scope="module")
+def affine_kernel():
+    from cuda.bindings import driver, nvrtc
+
+    cudart = runtime_api()
+    check(cudart.cudaSetDevice(0), "cudaSetDevice")  # makes the primary context current for the driver API
+    major = check(cudart.cudaDeviceGetAttribute(cudart.cudaDeviceAttr.cudaDevAttrComputeCapabilityMajor, 0))
+    minor = check(cudart.cudaDeviceGetAttribute(cudart.cudaDeviceAttr.cudaDevAttrComputeCapabilityMinor, 0))
+    program = _nvrtc(nvrtc.nvrtcCreateProgram(AFFINE, b"affine.cu", 0, [], []))
+    options = [f"--gpu-architecture=compute_{major}{minor}".encode()]
+    (error,) = nvrtc.nvrtcCompileProgram(program, len(options), options)
+    if error != nvrtc.nvrtcResult.NVRTC_SUCCESS:
+        size = _nvrtc(nvrtc.nvrtcGetProgramLogSize(program))
+        log = b" " * size
+        nvrtc.nvrtcGetProgramLog(program, log)
+        raise AssertionError(log.decode())
+    ptx = b" " * _nvrtc(nvrtc.nvrtcGetPTXSize(program))
+    _nvrtc(nvrtc.nvrtcGetPTX(program, ptx))
+    module = _driver(driver.cuModuleLoadData(ptx))
+    return _driver(driver.cuModuleGetFunction(module, b"affine"))
+
+
+def _nvrtc(result):
+    from cuda.bindings import nvrtc
+
+    error, *values = result
+    assert error == nvrtc.nvrtcResult.NVRTC_SUCCESS, error
+    return values[0] if values else None
+
+
+def _driver(result):
+    from cuda.bindings import driver
+
+    error, *values = result
+    assert error == driver.CUresult.CUDA_SUCCESS, error
+    return values[0] if values else None
+
+
+def _chain(kernel, array, coefficients):
+    """enqueue(stream) launching one affine kernel per (a, b), in order, on the array's device memory."""
+    from cuda.bindings import driver
+
+    def enqueue(stream):
+        for a, b in coefficients:
+            arguments = ((int(array.pointer), a, b, N), (ctypes.c_void_p, ctypes.c_float, ctypes.c_float, ctypes.c_int))
+            _driver(driver.cuLaunchKernel(kernel, (N + 255) // 256, 1, 1, 256, 1, 1, 0, stream.handle, arguments, 0))
+
+    return enqueue
+
+
+def _coefficients(seed):
+    rng = np.random.default_rng(seed)
+    return [(float(a), float(b)) for a, b in rng.uniform(0.9, 1.1, size=(CHAIN, 2))]
+
+
+@pytest.fixture()
+def device_array():
+    from cseg.runtime.cuda_buffers import DeviceArray
+
+    array = DeviceArray((N,), np.float32)
+    yield array
+    array.close()
+
+
+@gpu
+def test_replay_gives_the_results_of_direct_enqueue(affine_kernel, device_array):
+    stream = Stream()
+    start = np.linspace(-1, 1, N, dtype=np.float32)
+    enqueue = _chain(affine_kernel, device_array, _coefficients(0))
+    repeats = 5
+
+    device_array.upload(start, stream)
+    for _ in range(repeats):
+        enqueue(stream)
+    direct = device_array.download(stream)
+
+    device_array.upload(start, stream)
+    work = CapturedWork(stream, enqueue, warmup=False)
+    assert work.captured
+    for _ in range(repeats):
+        work.launch()
+    replayed = device_array.download(stream)
+    np.testing.assert_array_equal(replayed, direct)  # same kernels, same order: bit-identical
+
+    expected = start.astype(np.float64)
+    for _ in range(repeats):
+        for a, b in _coefficients(0):
+            expected = expected * a + b
+    np.testing.assert_allclose(replayed, expected, rtol=1e-4, atol=1e-4)
+    work.close()
+    stream.close()
+
+
+@gpu
+def test_update_replays_the_new_work(affine_kernel, device_array):
+    stream = Stream()
+    start = np.ones(N, np.float32)
+    coefficients = _coefficients(1)
+    work = CapturedWork(stream, _chain(affine_kernel, device_array, coefficients), warmup=False)
+    coefficients[:] = _coefficients(2)  # the same kernels with other arguments: updated in place
+    work.update()
+    device_array.upload(start, stream)
+    work.launch()
+    updated = device_array.download(stream)
+
+    device_array.upload(start, stream)
+    _chain(affine_kernel, device_array, _coefficients(2))(stream)
+    np.testing.assert_array_equal(updated, device_array.download(stream))
+    work.close()
+    stream.close()
+
+
+@gpu
+def test_work_that_cannot_be_captured_falls_back_to_direct_enqueue(affine_kernel, device_array):
+    stream = Stream()
+    chain = _chain(affine_kernel, device_array, _coefficients(3))
+
+    def synchronising(s):  # a stream synchronisation is not allowed inside a capture
+        chain(s)
+        s.synchronize()
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        work = CapturedWork(stream, synchronising, warmup=False)
+    assert not work.captured and "capture failed" in str(caught[0].message)
+    start = np.full(N, 0.5, np.float32)
+    device_array.upload(start, stream)
+    work.launch()
+    fallback = device_array.download(stream)
+    device_array.upload(start, stream)
+    chain(stream)
+    np.testing.assert_array_equal(fallback, device_array.download(stream))
+    stream.close()
+
+
+@gpu
+def test_replay_is_faster_than_enqueue_for_a_chain_of_small_kernels(affine_kernel, device_array):
+    stream = Stream()
+    enqueue = _chain(affine_kernel, device_array, _coefficients(4))
+    work = CapturedWork(stream, enqueue)
+
+    def timed(run, rounds=20):
+        stream.synchronize()
+        began = time.perf_counter()
+        for _ in range(rounds):
+            run()
+        stream.synchronize()
+        return (time.perf_counter() - began) / rounds
+
+    direct = statistics.median(timed(lambda: enqueue(stream)) for _ in range(7))
+    replay = statistics.median(timed(work.launch) for _ in range(7))
+    print(f"\nchain of {CHAIN} kernels: enqueue {direct * 1e6:.1f} us, replay {replay * 1e6:.1f} us, "
+          f"ratio {direct / replay:.1f}x")  # fmt: skip
+    assert replay < direct
+    work.close()
+    stream.close()
