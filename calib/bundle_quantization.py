@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import onnx
 
 from cseg.calib.calibration_set import CalibrationSet
 from cseg.calib.collect import MAX_NEW_TOKENS, collect, feeds
 from cseg.calib.quantize import MIN_COSINE, compare, passes, quantize
-from cseg.engines.targets import FALLBACK
 from cseg.manifest import file_sha256
 from cseg.metrics import iou
 
@@ -28,9 +28,11 @@ RANDOM_WEIGHTS_NOTE = (
 )
 
 
-def quantize_bundle(staging: Path, manifest: dict, policy: dict[str, str], precision: str, calib: CalibrationSet,
+def quantize_bundle(staging: Path, manifest: dict, profile: dict, precision: str, calib: CalibrationSet,
                     report: Callable[[str], None], progress: bool = True) -> dict:  # fmt: skip
-    """Quantize `staging`'s graphs in place per `policy`; returns the updated manifest (files not yet re-hashed)."""
+    """Quantize `staging`'s graphs in place per the target profile's `precision` policy; returns the updated manifest
+    (files not yet re-hashed). For a GPU target every graph is converted (fp16 at least) and gated."""
+    policy = profile["policies"][precision]
     train, held = calib.split()
     work = Path(tempfile.mkdtemp(prefix=".calib-", dir=staging))
     try:
@@ -40,7 +42,7 @@ def quantize_bundle(staging: Path, manifest: dict, policy: dict[str, str], preci
         quantized = {**manifest, "graphs": {k: dict(v) for k, v in manifest["graphs"].items()}}
         table, replaced = {}, []
         for key, wanted in policy.items():
-            entry, row = _quantize_graph(staging, manifest["graphs"][key], key, wanted, work, report)
+            entry, row = _quantize_graph(staging, manifest["graphs"][key], key, wanted, work, profile, report)
             quantized["graphs"][key].update(entry)
             table[key] = row
             if entry["precision"] != "fp32":
@@ -66,13 +68,15 @@ def quantize_bundle(staging: Path, manifest: dict, policy: dict[str, str], preci
     return quantized
 
 
-def _quantize_graph(staging: Path, entry: dict, key: str, wanted: str, work: Path, report) -> tuple[dict, dict]:
+def _quantize_graph(staging: Path, entry: dict, key: str, wanted: str, work: Path, profile: dict,
+                    report) -> tuple[dict, dict]:  # fmt: skip
     source = staging / entry["file"]
     calibration, held_out = feeds(work / "train" / key), feeds(work / "held" / key)
-    precision, tried = wanted, []
+    precision, tried, fallback = wanted, [], profile["fallback"]
     while precision != "fp32":
         target = staging / "graphs" / f"{key}.{precision}.onnx"
-        info = quantize(source, target, precision, calibration, entry.get("keep_fp32", []))
+        info = quantize(source, target, precision, calibration, entry.get("keep_fp32", []),
+                        tensorrt=profile["backend"] == "tensorrt")  # fmt: skip
         gate = compare(source, target, held_out)
         worst = min(gate.values(), key=lambda e: e["cosine"])
         tried.append({"precision": precision, "passed": passes(gate, precision), "worst_cosine": worst["cosine"]})
@@ -82,15 +86,23 @@ def _quantize_graph(staging: Path, entry: dict, key: str, wanted: str, work: Pat
             return (
                 {"file": f"graphs/{target.name}", "sha256": file_sha256(target), "precision": precision,
                  "data_files": [f"graphs/{f.name}" for f in files[1:]], "bytes": sum(f.stat().st_size for f in files),
-                 "quantization": info},
+                 "quantization": info, **_io_types(target, entry)},
                 {"requested": wanted, "shipped": precision, "gate": gate, "tried": tried, **info},
             )  # fmt: skip
         report(f"  WARNING {key}: {precision} misses its gate (min cosine {worst['cosine']:.5f} < "
-               f"{MIN_COSINE[precision]}), falling back to {FALLBACK[precision]}")  # fmt: skip
+               f"{MIN_COSINE[precision]}), falling back to {fallback[precision]}")  # fmt: skip
         target.unlink()
         Path(str(target) + ".data").unlink(missing_ok=True)
-        precision = FALLBACK[precision]
+        precision = fallback[precision]
     return {"precision": "fp32"}, {"requested": wanted, "shipped": "fp32", "tried": tried}
+
+
+def _io_types(path: Path, entry: dict) -> dict:
+    """The manifest's inputs/outputs with the dtypes the converted graph declares (an fp16 KV cache, say)."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    dtypes = {t.name: onnx.helper.tensor_dtype_to_np_dtype(t.type.tensor_type.elem_type).name
+              for t in (*graph.input, *graph.output)}  # fmt: skip
+    return {side: [{**t, "dtype": dtypes.get(t["name"], t["dtype"])} for t in entry[side]] for side in ("inputs", "outputs")}
 
 
 def _end_to_end(staging: Path, fp32: dict, quantized: dict, held) -> dict:

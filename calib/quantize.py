@@ -5,8 +5,14 @@ symmetric per-channel weights and symmetric per-tensor activations (zero-point 0
 explicit-quantization builder expects, runs on the ORT CPU provider, and needs nothing beyond onnxruntime; modelopt's
 ONNX extra would replace onnxruntime with onnxruntime-gpu in the runtime's environment. FP8 is E4M3 with scales from
 the activations' standard deviation (ORT's FP8 rule); the CPU executes it as simulated FP8: accuracy, not speed.
-INT4 is weight-only, blocked, symmetric: ORT's MatMulNBits (what the CPU provider runs natively).
+INT4 is weight-only, blocked, symmetric: ORT's MatMulNBits (what the CPU provider runs natively) for the CPU; for
+TensorRT the same blocks as DequantizeLinear of INT4 weights (opset 21, TensorRT's weight-only INT4 pattern).
 `quant_pre_process` is skipped: it fails on graphs with If nodes.
+
+TensorRT builds strongly typed networks: the ONNX types are the precisions. So for a GPU target every graph is
+converted to fp16 last (ORT's float16 converter), QDQ scales included (opset 19+ allows fp16 scales), except the
+arithmetic of the spec's fp32-keep modules (norms, rotary tables, scoring); the weight-bearing layers inside those
+modules (e.g. the LLM's output head) do become fp16, since that is where the memory is.
 
 Only the linear layers (MatMul/Conv/Gemm with a constant weight) are quantized, and only their activations are
 calibrated, here, one input at a time. ORT's own calibrator (quantize_static) records the inputs and outputs of every
@@ -25,11 +31,18 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnxruntime.quantization import CalibrationMethod, QuantType
+from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
 from onnxruntime.quantization.calibrate import TensorData, TensorsData
-from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+_root = logging.getLogger()
+_before = list(_root.handlers), _root.level
+from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer  # noqa: E402
+
+# that module calls logging.basicConfig(level=INFO) when imported, which makes every library print its INFO logs
+_root.handlers[:], _root.level = _before
 from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
 from onnxruntime.quantization.quant_utils import update_opset_version
+from onnxruntime.transformers.float16 import convert_float_to_float16
 
 # MatMulNBitsQuantizer logs one INFO line per node of the graph; the export log reports what matters.
 for _name in ("onnxruntime.quantization", "onnxruntime.quantization.matmul_nbits_quantizer"):
@@ -37,9 +50,11 @@ for _name in ("onnxruntime.quantization", "onnxruntime.quantization.matmul_nbits
 
 QUANTIZED_OPS = ["MatMul", "Conv", "Gemm"]
 INT4_BLOCK = 32
-SCOPE_KEY = "pkg.torch.onnx.name_scopes"  # module paths the dynamo exporter records on every node
+SCOPE_KEY = "pkg.torch.onnx.name_scopes"
+KV_PREFIXES = ("past_key_", "past_value_", "new_key_", "new_value_")  # module paths the dynamo exporter records on every node
 # Gate: every output of the quantized graph must keep this cosine similarity with fp32 on held-out inputs.
-MIN_COSINE = {"int8": 0.99, "fp8": 0.99, "int4": 0.98}
+MIN_COSINE = {"fp16": 0.999, "int8": 0.99, "fp8": 0.99, "int4": 0.98}
+QDQ_FP16_OPSET = 19  # DequantizeLinear with fp16 scales
 
 
 def excluded_nodes(model: onnx.ModelProto, patterns: list[str]) -> list[str]:
@@ -61,16 +76,33 @@ def weight_nodes(model: onnx.ModelProto) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type in QUANTIZED_OPS and any(i in constants for i in n.input)]
 
 
-def quantize(source: Path, target: Path, precision: str, calibration: list[dict], keep_fp32: list[str]) -> dict:
-    """Write the `precision` version of `source` to `target`; returns what was done (for the manifest)."""
+def quantize(source: Path, target: Path, precision: str, calibration: list[dict], keep_fp32: list[str],
+             tensorrt: bool = False) -> dict:  # fmt: skip
+    """Write the `precision` version of `source` to `target`; returns what was done (for the manifest).
+
+    tensorrt=True: the per-target ONNX of a GPU target (int4 as QDQ, everything not quantized in fp16)."""
     model = onnx.load(str(source))
+    info = {"scheme": "fp16", "excluded_nodes": 0, "calibration_inputs": 0}
+    if precision != "fp16":
+        model, info = _quantized(source, model, precision, calibration, keep_fp32, tensorrt)
+    if tensorrt:
+        model = to_fp16(model, keep_fp32)
+        info["scheme"] += "" if precision == "fp16" else "; fp16 elsewhere"
+    save(model, target)
+    return info
+
+
+def _quantized(source: Path, model: onnx.ModelProto, precision: str, calibration: list[dict], keep_fp32: list[str],
+               tensorrt: bool) -> tuple[onnx.ModelProto, dict]:  # fmt: skip
     excluded = excluded_nodes(model, keep_fp32)
     if precision == "int4":
-        quantizer = MatMulNBitsQuantizer(model, block_size=INT4_BLOCK, is_symmetric=True, nodes_to_exclude=excluded)
+        quantizer = MatMulNBitsQuantizer(model, algo_config=DefaultWeightOnlyQuantConfig(
+            block_size=INT4_BLOCK, is_symmetric=True, quant_format=QuantFormat.QDQ if tensorrt else QuantFormat.QOperator,
+            op_types_to_quantize=("MatMul",)), nodes_to_exclude=excluded)  # fmt: skip
         quantizer.process()
-        quantizer.model.save_model_to_file(str(target), use_external_data_format=_large(quantizer.model.model))
-        return {"scheme": f"weight-only int4, blocks of {INT4_BLOCK}, symmetric (MatMulNBits)",
-                "excluded_nodes": len(excluded), "calibration_inputs": 0}  # fmt: skip
+        form = "DequantizeLinear, opset 21" if tensorrt else "MatMulNBits"
+        return quantizer.model.model, {"scheme": f"weight-only int4, blocks of {INT4_BLOCK}, symmetric ({form})",
+                                       "excluded_nodes": len(excluded), "calibration_inputs": 0}  # fmt: skip
     kind = {"int8": QuantType.QInt8, "fp8": QuantType.QFLOAT8E4M3FN}[precision]
     chosen = [name for name in weight_nodes(model) if name not in set(excluded)]
     ranges = activation_statistics(source, model, chosen, calibration)
@@ -80,10 +112,20 @@ def quantize(source: Path, target: Path, precision: str, calibration: list[dict]
         {"ActivationSymmetric": True, "WeightSymmetric": True},
     )  # fmt: skip
     quantizer.quantize_model()
-    quantizer.model.save_model_to_file(str(target), use_external_data_format=_large(model))
     scheme = ("int8 QDQ, per-channel symmetric weights, per-tensor symmetric activations (min/max)" if precision == "int8"
-              else "fp8 E4M3 QDQ (scales from activation std), simulated on the CPU")  # fmt: skip
-    return {"scheme": scheme, "excluded_nodes": len(excluded), "calibration_inputs": len(calibration)}
+              else "fp8 E4M3 QDQ (scales from activation std)" + ("" if tensorrt else ", simulated on the CPU"))  # fmt: skip
+    return quantizer.model.model, {"scheme": scheme, "excluded_nodes": len(excluded),
+                                   "calibration_inputs": len(calibration)}  # fmt: skip
+
+
+def to_fp16(model: onnx.ModelProto, keep_fp32: list[str]) -> onnx.ModelProto:
+    """fp16 weights and activations; graph inputs/outputs keep their types except the KV cache (fp16 end to end)."""
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx") and opset.version < QDQ_FP16_OPSET:
+            opset.version = QDQ_FP16_OPSET
+    kept = set(excluded_nodes(model, keep_fp32)) - {n.name for n in model.graph.node if n.op_type in QUANTIZED_OPS}
+    io = [t.name for t in (*model.graph.input, *model.graph.output) if not t.name.startswith(KV_PREFIXES)]
+    return convert_float_to_float16(model, keep_io_types=io, node_block_list=sorted(kept))
 
 
 def activation_statistics(source: Path, model: onnx.ModelProto, nodes: list[str], calibration: list[dict]) -> TensorsData:
@@ -97,7 +139,7 @@ def activation_statistics(source: Path, model: onnx.ModelProto, nodes: list[str]
     stats: dict[str, list] = {}
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "augmented.onnx"
-        onnx.save(augmented, str(path), save_as_external_data=_large(augmented))
+        save(augmented, path)
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         inputs = {i.name for i in session.get_inputs()}
         for feed in calibration:
@@ -116,8 +158,12 @@ def activation_statistics(source: Path, model: onnx.ModelProto, nodes: list[str]
     return TensorsData(CalibrationMethod.MinMax, data)
 
 
-def _large(model: onnx.ModelProto) -> bool:
-    return model.ByteSize() > 1_800_000_000
+def save(model: onnx.ModelProto, path: Path) -> None:
+    """Save, with the weights in `<name>.data` beside it when the model is near protobuf's 2 GB limit."""
+    if model.ByteSize() > 1_800_000_000:
+        onnx.save(model, str(path), save_as_external_data=True, location=f"{Path(path).name}.data")
+    else:
+        onnx.save(model, str(path))
 
 
 def compare(reference: Path, candidate: Path, held_out: list[dict]) -> dict[str, dict[str, float]]:
@@ -126,7 +172,7 @@ def compare(reference: Path, candidate: Path, held_out: list[dict]) -> dict[str,
     names = [o.name for o in sessions[0].get_outputs()]
     report = {name: {"cosine": 1.0, "max_abs": 0.0, "mean_abs": 0.0} for name in names}
     for feed in held_out:
-        outputs = [s.run(names, {k: v for k, v in feed.items() if k in {i.name for i in s.get_inputs()}}) for s in sessions]
+        outputs = [s.run(names, _typed(s, feed)) for s in sessions]
         for name, want, got in zip(names, *outputs):
             want, got = want.astype(np.float64).ravel(), got.astype(np.float64).ravel()
             norm = np.linalg.norm(want) * np.linalg.norm(got)
@@ -136,6 +182,13 @@ def compare(reference: Path, candidate: Path, held_out: list[dict]) -> dict[str,
             entry["max_abs"] = max(entry["max_abs"], float(np.abs(want - got).max(initial=0.0)))
             entry["mean_abs"] = max(entry["mean_abs"], float(np.abs(want - got).mean()) if want.size else 0.0)
     return report
+
+
+def _typed(session: ort.InferenceSession, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The feed for `session`'s inputs, floats cast to what it declares (an fp16 KV cache is fed recorded fp32)."""
+    floats = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+    return {i.name: feed[i.name].astype(floats[i.type]) if i.type in floats else feed[i.name]
+            for i in session.get_inputs() if i.name in feed}  # fmt: skip
 
 
 def passes(report: dict[str, dict[str, float]], precision: str) -> bool:

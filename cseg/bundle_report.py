@@ -54,6 +54,13 @@ def describe(bundle: str | Path, verify: bool = True) -> str:
         end = quant["end_to_end"]
         lines.append(f"  end to end vs fp32: mask IoU min {end['mask_iou_min']:.4f}, presence |delta| max "
                      f"{end['presence_delta_max']:.4f}, token agreement {end['token_agreement']:.3f}")  # fmt: skip
+    if "target_profile" in manifest:
+        device, fit = manifest["target_profile"]["device"], manifest["footprint"]
+        lines += ["", f"device      {device['name']} ({device['arch']}, {device['memory_gb']:g} GB); estimated footprint "
+                      f"{fit['total_gb']:.1f} GB of {fit['usable_gb']:.1f} GB usable" + ("" if fit["fits"] else " (DOES NOT FIT)")]  # fmt: skip
+        built = manifest.get("tensorrt")
+        lines.append(f"engines     built with TensorRT {built['version']} for {built['gpu']} on {built['built']}" if built
+                     else "engines     not built yet: run `cseg build` on the device (recipe.json, build_engines.sh)")  # fmt: skip
     router = manifest["router"]
     if router["kind"] == "learned":
         lines += ["", f"router learned, threshold {router['threshold']:.4f}"]

@@ -2,6 +2,8 @@
 
     cseg make-checkpoint --size tiny --seed 0 --out ckpt/
     cseg export --model ckpt/conceptseg-r1 --sam3 ckpt/sam3 --target cpu --out bundle/     (= cseg-export ...)
+    cseg-export --model ckpt/conceptseg-r1 --sam3 ckpt/sam3 --target orin-nx --out bundle-nx/  (GPU: ONNX + recipe)
+    cseg build bundle-nx/                                                    (on the device: TensorRT engines)
     cseg inspect bundle/
     cseg segment --bundle bundle/ sample:astronaut "astronaut" --out overlay.png --json
     cseg segment --model ckpt/conceptseg-r1 --sam3 ckpt/sam3 sample:astronaut "astronaut"  (PyTorch reference)
@@ -10,7 +12,8 @@
     cseg induce --bundle bundle/ --demo good.png --boxes "10,10,80,60" "scratch on the lid" --out rule.json
     cseg watch --bundle bundle/ --rule rule.json frames/ --out overlays/ --budget-ms 500
 
-Errors a user can cause (bad paths, bad images, broken checkpoints) print one line and exit with status 2.
+Errors a user can cause (bad paths, bad images, broken checkpoints) print one line and exit with status 2;
+`cseg build` on a machine without TensorRT exits with status 3.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from cseg.errors import CsegError, InvalidInputError
+from cseg.errors import CsegError, EngineError, InvalidInputError
 
 
 def _make_checkpoint(args) -> int:
@@ -63,7 +66,7 @@ def _segment(args) -> int:
     if args.bundle:
         from cseg.runtime import Runtime
 
-        backend = Runtime.open(args.bundle)
+        backend = Runtime.open(args.bundle, device=args.device)
     else:
         from cseg.export.reference import ReferencePipeline
 
@@ -111,16 +114,34 @@ def _as_json(result, overlay_path) -> dict:
 def _export(args) -> int:
     from cseg.engines.targets import resolve
 
-    resolve(args.target, args.precision)  # refuse unknown targets/precisions before loading anything
+    profile, _ = resolve(args.target, args.precision)  # refuse unknown targets/precisions before loading anything
     if args.top_k < 1:
         raise InvalidInputError(f"--top-k must be at least 1, got {args.top_k}")
     from cseg.export.bundle import export_bundle
 
     out = export_bundle(
         args.model, args.sam3, args.out, target=args.target, precision=args.precision, top_k=args.top_k,
-        calib=args.calib, force=args.force,
+        calib=args.calib, force=args.force, allow_oversize=args.allow_oversize, memory_gb=args.memory_gb,
     )  # fmt: skip
-    print(f"next: cseg segment --bundle {out} sample:astronaut \"astronaut\" --out overlay.png   (details: cseg inspect {out})")
+    if profile["backend"] == "tensorrt":
+        print(f"next, on the device: cseg build {out}   (or by hand: sh {out}/build_engines.sh; then cseg build {out} "
+              f"--register). Check the converted graphs here: cseg segment --bundle {out} --device cpu ...")  # fmt: skip
+    else:
+        print(f"next: cseg segment --bundle {out} sample:astronaut \"astronaut\" --out overlay.png   (details: cseg inspect {out})")
+    return 0
+
+
+def _build(args) -> int:
+    from cseg.engines.build import build_bundle
+
+    try:
+        manifest = build_bundle(args.bundle, cache=args.cache, force=args.force, register=args.register)
+    except EngineError as exc:
+        print(f"cseg build: error: {exc}", file=sys.stderr)
+        return 3
+    built = manifest["tensorrt"]
+    print(f"engines for {built['gpu']} with TensorRT {built['version']} recorded in {args.bundle}/manifest.json; "
+          f"serve it: cseg segment --bundle {args.bundle} ...")  # fmt: skip
     return 0
 
 
@@ -142,7 +163,7 @@ def _bench(args) -> int:
     from cseg.runtime import Runtime
 
     images = [load_image(samples.resolve(path)) for path in args.image]
-    backends = {"runtime": Runtime.open(args.bundle)}
+    backends = {"runtime": Runtime.open(args.bundle, device=args.device)}
     if args.reference:
         from cseg.export.reference import ReferencePipeline
 
@@ -181,7 +202,7 @@ def _induce(args) -> int:
     from cseg import samples
     from cseg.runtime import Runtime
 
-    runtime = Runtime.open(args.bundle)
+    runtime = Runtime.open(args.bundle, device=args.device)
     image = samples.resolve(args.image) if args.image else None
     rule = runtime.induce(_demos(args), args.question, image=image, max_new_tokens=args.max_new_tokens)
     path = rule.save(args.out)
@@ -196,7 +217,7 @@ def _watch(args) -> int:
 
     if args.every < 1 or (args.max_frames is not None and args.max_frames < 1):
         raise InvalidInputError("--every and --max-frames must be at least 1")
-    runtime = Runtime.open(args.bundle)
+    runtime = Runtime.open(args.bundle, device=args.device)
     summary = watch(runtime, Rule.load(args.rule), args.source, out=args.out, jsonl=args.jsonl,
                     budget_ms=args.budget_ms, drop=args.drop, max_frames=args.max_frames, every=args.every)  # fmt: skip
     print(f"{summary['frames']} frames, {summary['errors']} errors, {summary['dropped']} dropped", file=sys.stderr)
@@ -211,7 +232,7 @@ def _eval(args) -> int:
         raise InvalidInputError("--limit must be at least 1")
     samples = datasets.read(args.format, args.data, split=args.split, prompt=args.prompt, demos=args.demos)
     samples = samples[: args.limit] if args.limit else samples
-    runtime = Runtime.open(args.bundle)
+    runtime = Runtime.open(args.bundle, device=args.device)
     work = Path(args.work)
     masks = Path(args.save_masks) if args.save_masks else work / "masks"
     records = evaluate.evaluate(runtime, samples, work, masks, route=args.route, max_new_tokens=args.max_new_tokens)
@@ -252,7 +273,7 @@ def _fit_router(args) -> int:
     train, held = calibration.split()
     if not held:
         raise InvalidInputError("the calibration set needs at least 2 samples to fit and check a router")
-    runtime = Runtime.open(args.bundle)
+    runtime = Runtime.open(args.bundle, device=args.device)
     with tqdm(total=len(calibration.items), desc="both routes", unit="sample") as progress:
         fitted_on = router_fit.gather(runtime, train, args.max_new_tokens, progress.update)
         checked_on = router_fit.gather(runtime, held, args.max_new_tokens, progress.update)
@@ -280,12 +301,25 @@ def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="ConceptSeg-R1 checkpoint directory (or hub id)")
     parser.add_argument("--sam3", required=True, help="SAM 3 checkpoint directory (or hub id)")
     parser.add_argument("--out", required=True, help="bundle directory to create")
-    parser.add_argument("--target", default="cpu", help="deployment target (default cpu)")
-    parser.add_argument("--precision", default=None, help="fp32 | int8 | int4 | fp8 | auto (default: the target's)")
+    parser.add_argument("--target", default="cpu",
+                        help="cpu | orin-agx (= orin) | orin-nx | orin-nano | ada | hopper (default cpu)")
+    parser.add_argument("--precision", default=None,
+                        help="cpu: fp32|int8|int4|fp8|auto; GPU: fp16|int8|int4|fp8 (ada, hopper)|auto (default: the "
+                             "target's; auto on a GPU = the most accurate that fits)")
     parser.add_argument("--calib", default=None, help="calibration folder with calib.jsonl (default: bundled photos)")
     parser.add_argument("--top-k", type=int, default=20, help="instances SAM 3's decoder graph returns (default 20)")
     parser.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
+    parser.add_argument("--allow-oversize", action="store_true",
+                        help="GPU targets: export even if the estimated footprint does not fit the device (warns)")
+    parser.add_argument("--memory-gb", type=float, default=None,
+                        help="GPU targets: the module's memory when the target comes in several (e.g. 32 for orin-agx)")
     parser.set_defaults(run=_export, command="export")
+
+
+def _add_device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "tensorrt"],
+                        help="auto: ONNX Runtime for cpu bundles, TensorRT engines for GPU targets; cpu: any bundle's "
+                             "ONNX graphs on the CPU (checks a GPU target's converted graphs)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -298,6 +332,14 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--out", required=True, help="folder to write conceptseg-r1/ and sam3/ into")
     make.set_defaults(run=_make_checkpoint)
 
+    build = sub.add_parser("build", help="build a GPU-target bundle's TensorRT engines, on the device itself")
+    build.add_argument("bundle", help="bundle written by cseg-export --target orin-*|ada|hopper")
+    build.add_argument("--cache", default=None, help="engine cache folder (default ~/.cache/cseg/engines)")
+    build.add_argument("--force", action="store_true", help="rebuild even engines the cache holds")
+    build.add_argument("--register", action="store_true",
+                       help="build nothing: record engines built by hand with the bundle's build_engines.sh")
+    build.set_defaults(run=_build)
+
     _add_export_arguments(sub.add_parser("export", help="export a checkpoint pair to a bundle (= cseg-export)"))
 
     inspect = sub.add_parser("inspect", help="print a bundle's manifest readably and verify its files")
@@ -307,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench_parser = sub.add_parser("bench", help="per-stage latency of a bundle (and of the PyTorch reference)")
     bench_parser.add_argument("--bundle", required=True)
+    _add_device_argument(bench_parser)
     bench_parser.add_argument("--reference", help="checkpoint folder (conceptseg-r1/ + sam3/) to time side by side")
     bench_parser.add_argument("--image", action="append", default=None, help="image(s); default sample:astronaut")
     bench_parser.add_argument("--prompt", default="helmet")
@@ -328,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     fit = calib_sub.add_parser("fit-router", help="fit the learned Shortcut Router and install it in a bundle")
     fit.add_argument("--bundle", required=True)
+    _add_device_argument(fit)
     fit.add_argument("--calib", help="calibration folder (calib.jsonl; ground-truth masks used when given)")
     budget = fit.add_mutually_exclusive_group(required=True)
     budget.add_argument("--max-iou-loss", type=float, help="largest mean IoU loss allowed on held-out samples")
@@ -338,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="the paper's metrics of a bundle on a dataset (resumable)")
     ev.add_argument("--bundle", required=True)
+    _add_device_argument(ev)
     ev.add_argument("--data", required=True, help="dataset folder")
     ev.add_argument("--format", required=True, choices=["conceptseg", "reasonseg", "cityscapes", "folder"])
     ev.add_argument("--split", default=None, help="split to evaluate (conceptseg: test, cityscapes: val)")
@@ -356,6 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     induce = sub.add_parser("induce", help="reason once over demonstrations and save the rule for cseg watch")
     induce.add_argument("question")
     induce.add_argument("--bundle", required=True)
+    _add_device_argument(induce)
     induce.add_argument("--demo", action="append", default=[], required=True, help="demonstration image (up to 4)")
     induce.add_argument("--boxes", action="append", help="boxes on the matching --demo: 'x1,y1,x2,y2;...'")
     induce.add_argument("--image", help="target image to reason about (default: the first --demo)")
@@ -366,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     watch_parser = sub.add_parser("watch", help="apply a rule to a folder, a video file or a camera index")
     watch_parser.add_argument("source", help="folder of images, video file, or camera index (0, 1, ...)")
     watch_parser.add_argument("--bundle", required=True)
+    _add_device_argument(watch_parser)
     watch_parser.add_argument("--rule", required=True, help="rule file from cseg induce")
     watch_parser.add_argument("--out", help="write overlays here")
     watch_parser.add_argument("--every", type=int, default=1, help="write an overlay every N-th frame")
@@ -381,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--bundle", help="bundle directory written by cseg export (torch-free runtime)")
     seg.add_argument("--model", help="ConceptSeg-R1 checkpoint directory: run the PyTorch reference instead")
     seg.add_argument("--sam3", help="SAM 3 checkpoint directory (with --model)")
+    _add_device_argument(seg)
     seg.add_argument("--demo", action="append", default=[], help="demonstration image (repeat for up to 4)")
     seg.add_argument("--boxes", action="append", help="boxes on the matching --demo: 'x1,y1,x2,y2;...' in pixels")
     seg.add_argument("--route", default="auto", choices=["auto", "shortcut", "full"])

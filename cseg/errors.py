@@ -21,6 +21,10 @@ class BundleError(CsegError):
     """A bundle that is incomplete, tampered with, or built for another target, GPU or TensorRT version."""
 
 
+class EngineError(CsegError):
+    """TensorRT is missing, an engine cannot be built, or engines belong to another GPU or TensorRT version."""
+
+
 class ExportError(CsegError):
     """An export step failed: a graph could not be exported, or does not reproduce its PyTorch module."""
 

@@ -89,6 +89,12 @@ def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
+def hash_files(bundle: Path) -> dict[str, str]:
+    """The `files` section: sha256 of every file under `bundle` except the manifest itself."""
+    return {str(f.relative_to(bundle)): file_sha256(f) for f in sorted(Path(bundle).rglob("*"))
+            if f.is_file() and f.name != MANIFEST_NAME}  # fmt: skip
+
+
 def validate_manifest(manifest: dict) -> None:
     """Raise BundleError naming the first schema violation (format version first: it explains the rest)."""
     import jsonschema

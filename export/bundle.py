@@ -21,17 +21,20 @@ from PIL import Image
 from tqdm import tqdm
 
 import cseg
+from cseg.engines.footprint import checkpoint_inventory, choose, describe
+from cseg.engines.recipe import RECIPE_NAME, write_recipe
+from cseg.engines.targets import canonical, with_memory
 from cseg.engines.targets import resolve as resolve_target
 from cseg.calib.bundle_quantization import quantize_bundle
 from cseg.errors import BundleError, InvalidInputError
 from cseg.export.graphs import GRAPHS
 from cseg.export.graphs.sam3_text import TEXT_LENGTH
-from cseg.export.loading import load_conceptseg, load_sam3
+from cseg.export.loading import load_conceptseg, load_sam3, resolve_checkpoint_dir
 from cseg.export.onnx_export import export_graph
 from cseg.export.parity import check_parity
 from cseg.export.reference import INSTANCE_SCORE_THRESHOLD, RESEARCH_MAX_LENGTH
 from cseg.images import SAM3_MEAN, SAM3_STD, VLM_SIDE
-from cseg.manifest import FORMAT_VERSION, MANIFEST_NAME, file_sha256, validate_manifest
+from cseg.manifest import FORMAT_VERSION, MANIFEST_NAME, file_sha256, hash_files, validate_manifest
 from cseg.prompting import template
 
 DEFAULT_TOP_K = 20
@@ -50,19 +53,32 @@ def export_bundle(
     top_k: int = DEFAULT_TOP_K,
     calib: str | Path | None = None,
     force: bool = False,
+    allow_oversize: bool = False,
+    memory_gb: float | None = None,
     report: Callable[[str], None] = tqdm.write,
     progress: bool = True,
 ) -> Path:
     """Export both checkpoints into the bundle directory `out`; returns its path.
 
     A precision other than fp32 quantizes the graphs its policy names, calibrated on `calib` (a calibration folder,
-    see cseg.calib.calibration_set; default: photographs that ship with scikit-image).
+    see cseg.calib.calibration_set; default: photographs that ship with scikit-image). A GPU target (orin-*, ada,
+    hopper) first checks that the bundle fits the device (`memory_gb`: a smaller module of that target), converts
+    every graph (fp16, or QDQ per its policy; gated like quantization) and writes the TensorRT build recipe.
     """
     profile, precision = resolve_target(target, precision)
-    policy = profile["policies"][precision]
+    profile, target = with_memory(profile, memory_gb), canonical(target)
     out = Path(out)
     if out.exists() and not force:
         raise BundleError(f"{out} already exists; pass --force to replace it (a bundle is never updated in place)")
+    footprint = None
+    if profile["backend"] == "tensorrt":
+        # from the safetensors headers, before loading anything: a bundle that cannot fit is refused in seconds
+        counts, kv = checkpoint_inventory(resolve_checkpoint_dir(model_dir, "ConceptSeg-R1"),
+                                          resolve_checkpoint_dir(sam3_dir, "SAM 3"))  # fmt: skip
+        precision, footprint = choose(counts, kv, target, profile, precision, allow_oversize, report)
+        report(f"target {target} ({profile['device']['name']}, {profile['device']['memory_gb']:g} GB), precision "
+               f"{precision}: {describe(footprint)}")  # fmt: skip
+    policy = profile["policies"][precision]
     calibration = _calibration_set(calib) if policy else None
     staging = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
@@ -72,8 +88,11 @@ def export_bundle(
         manifest = _export_into(staging, model_dir, sam3_dir, target, profile, precision, top_k, report, progress)
         if policy:
             (staging / MANIFEST_NAME).write_text(json.dumps(manifest))  # the fp32 bundle serves the calibration runs
-            manifest = quantize_bundle(staging, manifest, policy, precision, calibration, report, progress)
-            manifest["files"] = _hash_files(staging)
+            manifest = quantize_bundle(staging, manifest, profile, precision, calibration, report, progress)
+        if footprint is not None:
+            manifest = _for_tensorrt(staging, manifest, target, profile, footprint)
+        if policy or footprint is not None:
+            manifest["files"] = hash_files(staging)
             validate_manifest(manifest)
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
         _replace(staging, out)
@@ -115,7 +134,7 @@ def _export_into(staging, model_dir, sam3_dir, target, profile, precision, top_k
             "file": f"graphs/{key}.onnx",
             "sha256": file_sha256(files[0]),
             "data_files": [f"graphs/{f.name}" for f in files[1:]],
-            "backend": profile["backend"],
+            "backend": "onnxruntime",  # what was exported; a GPU target's graphs go to TensorRT once converted
             "precision": "fp32",  # what was exported; quantization (below) changes it per graph
             "bytes": sum(f.stat().st_size for f in files),
             "export_seconds": round(exported, 2),
@@ -154,14 +173,22 @@ def _export_into(staging, model_dir, sam3_dir, target, profile, precision, top_k
         "parity": {k: {o: {m: v[m] for m in ("max_abs", "mean_abs", "tolerance", "scale")} for o, v in p.items()}
                    for k, p in parity.items()},  # fmt: skip
     }
-    manifest["files"] = _hash_files(staging)
+    manifest["files"] = hash_files(staging)
     validate_manifest(manifest)
     return manifest
 
 
-def _hash_files(staging: Path) -> dict[str, str]:
-    return {str(f.relative_to(staging)): file_sha256(f) for f in sorted(staging.rglob("*"))
-            if f.is_file() and f.name != MANIFEST_NAME}  # fmt: skip
+def _for_tensorrt(staging: Path, manifest: dict, target: str, profile: dict, footprint: dict) -> dict:
+    """Mark the graphs for TensorRT, record the target and the footprint, write the build recipe."""
+    manifest = {**manifest, "graphs": {k: {**v, "backend": "tensorrt"} for k, v in manifest["graphs"].items()}}
+    manifest["target_profile"] = {
+        key: profile[key] for key in ("device", "tensorrt_versions", "base_precision", "shapes", "workspace_mb",
+                                      "reserved_gb", "dla_graphs")
+    }  # fmt: skip
+    manifest["footprint"] = {**footprint, "onnx_gb": round(sum(g["bytes"] for g in manifest["graphs"].values()) / 1e9, 3)}
+    manifest["recipe"] = RECIPE_NAME
+    write_recipe(staging, manifest)
+    return manifest
 
 
 def _calibration_set(calib):

@@ -117,14 +117,31 @@ def published_key(name: str) -> str:
     return name
 
 
-def _write_conceptseg(dims: dict, seed: int, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
+def published_shapes(size: str) -> tuple[dict, dict[str, list[int]], dict[str, list[int]]]:
+    """(conceptseg config.json, conceptseg tensor shapes, SAM 3 tensor shapes) of `size` under the published names,
+    from meta-device models: what `make_checkpoint` would write, without writing it (the full size is ~19 GB)."""
+    vlm, _, config_dict = _conceptseg_meta(SIZES[size]["qwen"])
+    sam3, _ = _sam3_meta(SIZES[size]["sam3"])
+    return (
+        config_dict,
+        {published_key(n): list(t.shape) for n, t in vlm.state_dict().items()},
+        {n: list(t.shape) for n, t in sam3.state_dict().items()},
+    )
+
+
+def _conceptseg_meta(dims: dict):
     tok = qwen_tokenizer()
     token_ids = {t: tok.token_to_id(t) for t in QWEN_SPECIAL_TOKENS}
     vocab_size = dims["vocab_size"] or _round_up(tok.get_vocab_size(), 64)
     config_dict = conceptseg_config(dims, token_ids, vocab_size)
     with torch.device("meta"):
         model = ConceptSegR1ForConditionalGeneration(Qwen2_5_VLConfig(**config_dict))
+    return model, (tok, token_ids), config_dict
+
+
+def _write_conceptseg(dims: dict, seed: int, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    model, (tok, token_ids), config_dict = _conceptseg_meta(dims)
     _save_random_weights(model, seed, torch.bfloat16, out, rename=published_key, desc="conceptseg-r1 weights")
     (out / "config.json").write_text(json.dumps(config_dict, indent=2) + "\n")
     _write_qwen_tokenizer_files(tok, token_ids, out)
@@ -216,15 +233,20 @@ def sam3_config(dims: dict, vocab_size: int, bos: int, eos: int) -> Sam3Config:
     )
 
 
-def _write_sam3(dims: dict, seed: int, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
+def _sam3_meta(dims: dict):
     tok = clip_tokenizer(SAM3_TEXT_CONTEXT)
     bos, eos = (tok.token_to_id(t) for t in CLIP_SPECIAL_TOKENS)
     config = sam3_config(dims, tok.get_vocab_size(), bos, eos)
     with torch.device("meta"):
         model = Sam3Model(config)
+    return model, tok
+
+
+def _write_sam3(dims: dict, seed: int, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    model, tok = _sam3_meta(dims)
     _save_random_weights(model, seed, torch.float32, out, rename=lambda n: n, desc="sam3 weights")
-    config.save_pretrained(out)
+    model.config.save_pretrained(out)
     tok.save(str(out / "tokenizer.json"))
     _write_json(
         out / "tokenizer_config.json",

@@ -68,6 +68,18 @@ def why_unavailable() -> str | None:
     return None if count else "no CUDA GPU found"
 
 
+def device_identity(device: int = 0) -> dict:
+    """The GPU's name and compute capability: what a TensorRT plan is bound to."""
+    reason = why_unavailable()
+    if reason:
+        raise CudaError(reason)
+    cudart = runtime_api()
+    properties = check(cudart.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
+    name = properties.name.split(b"\0", 1)[0].decode() if isinstance(properties.name, bytes) else str(properties.name)
+    return {"gpu": name, "compute_capability": [properties.major, properties.minor],
+            "memory_gb": round(properties.totalGlobalMem / 1e9, 1)}  # fmt: skip
+
+
 class Stream:
     """A non-blocking CUDA stream (does not synchronise with the legacy default stream)."""
 

@@ -20,8 +20,8 @@ from cseg.runtime.graphs import OrtGraph
 class KVCache:
     """One sequence-major buffer per layer and kind, allocated once at the maximum length."""
 
-    def __init__(self, count: int, max_length: int, kv_heads: int, head_dim: int):
-        self.buffers = [np.zeros((1, max_length, kv_heads, head_dim), np.float32) for _ in range(count)]
+    def __init__(self, count: int, max_length: int, kv_heads: int, head_dim: int, dtype=np.float32):
+        self.buffers = [np.zeros((1, max_length, kv_heads, head_dim), dtype) for _ in range(count)]
         self.length = 0
 
     @property
@@ -51,12 +51,22 @@ class Generated:
     decode_ms: float
 
 
+def static_decode_mask(mask: np.ndarray, start: int, capacity: int) -> np.ndarray:
+    """The attention mask of a decode step run against the whole cache of `capacity` positions (static shapes, for
+    CUDA-graph replay): the filled positions as in `mask`, the unfilled ones 0, and the new token last (the key it
+    attends to is appended after the past by the decoder graph)."""
+    static = np.zeros((1, capacity + 1), np.int64)
+    static[0, :start] = mask[0, :start]
+    static[0, capacity] = mask[0, start]
+    return static
+
+
 class Decoder:
     """Runs vlm_decoder with IO binding: past = the cache's filled prefix, new keys/values written right after it."""
 
-    def __init__(self, graph: OrtGraph, model: dict, generation: dict):
+    def __init__(self, graph: OrtGraph, model: dict, generation: dict, kv_dtype: str = "float32"):
         self.graph = graph
-        self.session = graph.session
+        self.kv_dtype = np.dtype(kv_dtype)  # float16 in GPU-target bundles
         self.past_names = [f"past_{kind}_{i}" for i in range(model["num_layers"]) for kind in ("key", "value")]
         self.new_names = [f"new_{kind}_{i}" for i in range(model["num_layers"]) for kind in ("key", "value")]
         self.kv_heads, self.head_dim = model["num_kv_heads"], model["head_dim"]
@@ -68,14 +78,14 @@ class Decoder:
         self.penalty = float(generation.get("repetition_penalty") or 1.0)
 
     def new_cache(self, length: int) -> KVCache:
-        return KVCache(len(self.past_names), length, self.kv_heads, self.head_dim)
+        return KVCache(len(self.past_names), length, self.kv_heads, self.head_dim, self.kv_dtype)
 
     def step(self, cache: KVCache, ids: np.ndarray, image_embeds: np.ndarray, positions: np.ndarray,
              mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
         seq, start = ids.shape[1], cache.length
         if start + seq > cache.capacity:
             raise ValueError(f"KV cache of {cache.capacity} positions is full")
-        binding = self.session.io_binding()
+        binding = self.graph.session.io_binding()
         for name, value in (("input_ids", ids), ("image_embeds", image_embeds), ("position_ids", positions),
                             ("attention_mask", mask)):  # fmt: skip
             if name in self.graph.input_names:
@@ -83,10 +93,10 @@ class Decoder:
         for past, new, buffer in zip(self.past_names, self.new_names, cache.buffers):
             binding.bind_cpu_input(past, buffer[:, :start])
             target = buffer[:, start : start + seq]  # contiguous: the cache is sequence-major, batch 1
-            binding.bind_output(new, "cpu", 0, np.float32, list(target.shape), target.ctypes.data)
+            binding.bind_output(new, "cpu", 0, self.kv_dtype, list(target.shape), target.ctypes.data)
         binding.bind_output("logits")
         binding.bind_output("hidden_states")
-        self.session.run_with_iobinding(binding)
+        self.graph.session.run_with_iobinding(binding)
         logits, hidden = binding.copy_outputs_to_cpu()[-2:]
         cache.length = start + seq
         return logits, hidden

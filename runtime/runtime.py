@@ -1,4 +1,5 @@
-"""`Runtime`: serve a bundle with ONNX Runtime. No torch, no transformers.
+"""`Runtime`: serve a bundle with ONNX Runtime (cpu bundles) or its TensorRT engines (GPU targets). No torch, no
+transformers.
 
     from cseg import Runtime
     rt = Runtime.open("bundle/")
@@ -10,6 +11,7 @@ the model steps on the bundle's graphs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections import OrderedDict
@@ -20,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from cseg import pipeline, prompting
-from cseg.errors import BundleError, InvalidInputError
+from cseg.errors import InvalidInputError
 from cseg.images import check_demos, load_image, render_demonstrations, sam3_pixels, vlm_image
 from cseg.manifest import read_manifest, verify_files
 from cseg.pipeline import Reasoning, timed
@@ -34,7 +36,7 @@ from cseg.runtime.text import ChatTokenizer, Sam3Tokenizer
 from cseg.runtime.vlm_inputs import image_patches, rope_positions, vision_inputs
 from cseg.segmentation import Instances, Segmentation
 
-DEVICES = ("auto", "cpu")
+DEVICES = ("auto", "cpu", "tensorrt")
 TEXT_CACHE_SIZE = 256  # SAM 3 text features per phrase: inspection loops repeat the same few phrases
 
 
@@ -66,10 +68,12 @@ class Runtime:
     """A loaded bundle. Create with `Runtime.open(bundle)`.
 
     Thread-safe: ONNX Runtime sessions accept concurrent runs, every request keeps its own state (image features,
-    KV cache), and the phrase cache is locked. Calls from several threads run concurrently.
+    KV cache), and the phrase cache is locked. Calls from several threads run concurrently on ONNX Runtime and one
+    at a time on TensorRT (one set of device buffers).
     """
 
-    def __init__(self, bundle: Path, manifest: dict, graphs: dict[str, OrtGraph]):
+    def __init__(self, bundle: Path, manifest: dict, graphs: dict, decoder: Decoder | None = None,
+                 request_lock: threading.Lock | None = None):  # fmt: skip
         self.bundle = bundle
         self.manifest = manifest
         self.graphs = graphs
@@ -77,7 +81,13 @@ class Runtime:
         tokenizers = manifest["tokenizers"]
         self.chat = ChatTokenizer(bundle / tokenizers["vlm"]["tokenizer.json"])
         self.sam3_tokenizer = Sam3Tokenizer(bundle / tokenizers["sam3"]["tokenizer.json"], self.model["sam3_text_length"])
-        self.decoder = Decoder(graphs["vlm_decoder"], self.model, manifest["generation"])
+        if decoder is None:
+            kv_dtype = next(t["dtype"] for t in manifest["graphs"]["vlm_decoder"]["inputs"] if t["name"] == "past_key_0")
+            decoder = Decoder(graphs["vlm_decoder"], self.model, manifest["generation"], kv_dtype)
+        self.decoder = decoder
+        self.backend = "tensorrt" if request_lock is not None else "onnxruntime"
+        # TensorRT: one set of device buffers and one KV cache, so requests take turns; ONNX Runtime runs them together
+        self._requests = request_lock or contextlib.nullcontext()
         self.prep = manifest["preprocessing"]
         self._text_cache: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._text_lock = threading.Lock()
@@ -87,6 +97,9 @@ class Runtime:
     def open(cls, bundle, device: str = "auto", *, verify: bool = True, session: dict | None = None) -> "Runtime":
         """Load a bundle: check its manifest, the sha256 of every file, and that this machine can run its target.
 
+        device: "auto" serves a cpu bundle with ONNX Runtime and a GPU-target bundle with its TensorRT engines (built
+        by `cseg build`); "cpu" serves any bundle's ONNX graphs with ONNX Runtime on the CPU (for a GPU target: an
+        accuracy check of its fp16/quantized graphs, slowly); "tensorrt" insists on the engines.
         `session` overrides the target profile's ONNX Runtime options (e.g. {"intra_op_num_threads": 2}).
         `verify=False` skips hashing the files (seconds for multi-GB bundles) when they are known to be intact.
         """
@@ -101,19 +114,20 @@ class Runtime:
         """Serve `manifest`'s graphs from `bundle` (open() after its checks; the exporter for bundles in the making)."""
         if device not in DEVICES:
             raise InvalidInputError(f"device must be one of {DEVICES} for a {manifest['target']} bundle, got {device!r}")
-        backends = {graph["backend"] for graph in manifest["graphs"].values()}
-        if backends != {"onnxruntime"}:
-            raise BundleError(
-                f"bundle target {manifest['target']!r} needs the {', '.join(sorted(backends))} backend, which this "
-                "runtime cannot serve yet; export for --target cpu"
-            )
+        engines = any(graph["backend"] == "tensorrt" for graph in manifest["graphs"].values())
+        if device == "tensorrt" and not engines:
+            raise InvalidInputError(f"a {manifest['target']} bundle has no TensorRT engines; open it with device='cpu'")
         options = session_options({**manifest.get("session", {}), **(session or {})})
-        providers = ["CPUExecutionProvider"]
-        graphs = {
-            key: OrtGraph(key, bundle / entry["file"], entry, options, providers)
-            for key, entry in manifest["graphs"].items()
-        }
-        return cls(bundle, manifest, graphs)
+        on_cpu = {key: entry for key, entry in manifest["graphs"].items()
+                  if device == "cpu" or not engines or entry["backend"] == "onnxruntime"}  # fmt: skip
+        graphs = {key: OrtGraph(key, bundle / entry["file"], entry, options, ["CPUExecutionProvider"])
+                  for key, entry in on_cpu.items()}  # fmt: skip
+        if len(on_cpu) == len(manifest["graphs"]):
+            return cls(bundle, manifest, graphs)
+        from cseg.runtime.tensorrt_graphs import open_engines
+
+        engine_graphs, decoder, lock = open_engines(bundle, manifest)
+        return cls(bundle, manifest, {**graphs, **engine_graphs}, decoder, lock)
 
     # --- public calls ----------------------------------------------------------------------------------------------
 
@@ -123,12 +137,15 @@ class Runtime:
 
         demos: up to 4 (image, boxes) demonstrations; route: "auto" (Shortcut Router), "shortcut" or "full".
         """
-        return pipeline.segment(self, image, prompt, demos, route=route, max_new_tokens=max_new_tokens, bgr=bgr)
+        with self._requests:
+            return pipeline.segment(self, image, prompt, demos, route=route, max_new_tokens=max_new_tokens, bgr=bgr)
 
     def segment_many(self, image, prompts, demos=None, *, route: str = "auto", max_new_tokens: int | None = None,
                      bgr: bool = False) -> list[Segmentation]:  # fmt: skip
         """Several concepts on one image with one image-encoder pass (and one VLM vision pass)."""
-        return pipeline.segment_many(self, image, prompts, demos, route=route, max_new_tokens=max_new_tokens, bgr=bgr)
+        with self._requests:
+            return pipeline.segment_many(self, image, prompts, demos, route=route, max_new_tokens=max_new_tokens,
+                                         bgr=bgr)  # fmt: skip
 
     # --- rule reuse (inspection loops) ------------------------------------------------------------------------------
 
@@ -143,9 +160,10 @@ class Runtime:
         if not demos:
             raise InvalidInputError("induce() needs at least one (image, boxes) demonstration")
         target = demos[0][0] if image is None else load_image(image, bgr=bgr)
-        state = self.image_state(target, {})
-        reasoning = self.reason(state, question, demos, max_new_tokens, {})
-        features, mask = self._text_features(reasoning.parsed.answer)
+        with self._requests:
+            state = self.image_state(target, {})
+            reasoning = self.reason(state, question, demos, max_new_tokens, {})
+            features, mask = self._text_features(reasoning.parsed.answer)
         parsed = reasoning.parsed
         return Rule(
             question=question, answer=parsed.answer, rule=parsed.rule, think=parsed.think, text=reasoning.text,
@@ -161,8 +179,9 @@ class Runtime:
         timings: dict[str, float] = {}
         with timed(timings, "preprocess"):
             image = load_image(frame, bgr=bgr)
-        state = self.image_state(image, timings)
-        raw = self._sam3_decode(state, rule.text_features, rule.text_mask, rule.concept_tokens, timings)
+        with self._requests:
+            state = self.image_state(image, timings)
+            raw = self._sam3_decode(state, rule.text_features, rule.text_mask, rule.concept_tokens, timings)
         with timed(timings, "postprocess"):
             mask, instances = self.postprocess(raw, (image.height, image.width))
         return Segmentation(

@@ -97,3 +97,12 @@ def int8_bundle(tiny_checkpoint, tmp_path_factory, calibration_folder):
 @pytest.fixture(scope="session")
 def int4_bundle(tiny_checkpoint, tmp_path_factory, calibration_folder):
     return _quantized_bundle(tiny_checkpoint, tmp_path_factory, calibration_folder, "int4")
+
+
+@pytest.fixture(scope="session")
+def orin_bundle(tiny_checkpoint, tmp_path_factory, calibration_folder):
+    """A GPU-target bundle: orin-nx with its int4 policy (int4 LLM, int8 ViTs, fp16 elsewhere), ONNX + recipe."""
+    from cseg.export.bundle import export_bundle
+
+    return export_bundle(*tiny_checkpoint, tmp_path_factory.mktemp("bundles") / "orin-nx", target="orin-nx",
+                         precision="int4", calib=calibration_folder, progress=False, report=lambda line: None)  # fmt: skip

@@ -215,8 +215,8 @@ def test_export_refuses_existing_bundles_and_unknown_targets(tiny_checkpoint, ti
 
     with pytest.raises(BundleError, match="--force"):
         export_bundle(*tiny_checkpoint, tiny_bundle, progress=False)
-    with pytest.raises(InvalidInputError, match="valid targets: cpu"):
-        export_bundle(*tiny_checkpoint, tiny_bundle.parent / "x", target="orin", progress=False)
+    with pytest.raises(InvalidInputError, match="valid targets: cpu, orin-agx"):
+        export_bundle(*tiny_checkpoint, tiny_bundle.parent / "x", target="jetson", progress=False)
     with pytest.raises(InvalidInputError, match="valid: fp32"):
         export_bundle(*tiny_checkpoint, tiny_bundle.parent / "x", precision="int3", progress=False)
 

@@ -54,7 +54,7 @@ class VisionTower(nn.Module):
 
 def host_inputs(grid_thw: torch.Tensor, vision_config) -> dict[str, torch.Tensor]:
     """The grid-dependent inputs, computed with transformers' own helpers (the runtime has a numpy port)."""
-    merge, unit = vision_config.spatial_merge_size, vision_config.spatial_merge_size**2
+    merge = vision_config.spatial_merge_size
     position_ids = get_vision_position_ids(grid_thw, merge)
     window_index, cu_window = get_vision_window_index(
         grid_thw, spatial_merge_size=merge, window_size=vision_config.window_size, patch_size=vision_config.patch_size

@@ -1,0 +1,234 @@
+"""Serving a GPU-target bundle from its TensorRT engines (TensorRT + cuda-python; no torch).
+
+Every engine gets one execution context per optimization profile and device buffers allocated once, at the largest
+shapes its profiles allow, with fixed addresses bound to every context: work whose shapes repeat can then be captured
+as a CUDA graph the first time and replayed afterwards (cuda_graphs.CapturedWork). Replayed: the decoder's decode
+step (static shapes: the whole KV cache of `total_tokens` positions, unfilled positions masked), and the SAM 3
+decoder and concept head per input shape. A capture that fails falls back to plain enqueueing, with a warning.
+
+Requests run one at a time per Runtime on its stream (a lock): one KV cache and one set of buffers on the device.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from cseg.errors import BundleError, EngineError
+from cseg.runtime.cuda_buffers import DeviceArray
+from cseg.runtime.cuda_graphs import CapturedWork, Stream, check, device_identity, runtime_api
+from cseg.runtime.generation import Decoder, static_decode_mask
+
+INSTALL_HINT = (
+    "On a Jetson, TensorRT comes with JetPack (its Python bindings: sudo apt install python3-libnvinfer); on a "
+    "workstation: pip install tensorrt (the build matching your CUDA), plus pip install 'cseg[tensorrt]'."
+)
+CAPTURED_SHAPES = 8  # CUDA graphs kept per engine (one per distinct input-shape set, least recently used dropped)
+
+
+def tensorrt_module():
+    """Import TensorRT or raise EngineError saying how to install it (never an ImportError traceback)."""
+    try:
+        import tensorrt
+    except (ImportError, OSError) as exc:  # OSError: the bindings are there but a TensorRT library is not
+        raise EngineError(f"TensorRT is not available on this machine ({exc}). {INSTALL_HINT}") from None
+    return tensorrt
+
+
+def require_engines(bundle: Path, manifest: dict) -> None:
+    if not manifest.get("tensorrt"):
+        raise BundleError(
+            f"this {manifest['target']} bundle has no TensorRT engines yet: run `cseg build {bundle}` on the device "
+            "(or open it with device='cpu' to check its ONNX graphs on the CPU)"
+        )
+
+
+def check_engines(bundle: Path, manifest: dict, tensorrt_version: str, identity: dict) -> None:
+    """Refuse engines this machine cannot run, saying what to do: a plan runs only where it was built."""
+    require_engines(bundle, manifest)
+    built = manifest["tensorrt"]
+    if built["version"] != tensorrt_version:
+        raise BundleError(
+            f"the engines in {bundle} were built with TensorRT {built['version']}, this machine has TensorRT "
+            f"{tensorrt_version}: re-run `cseg build {bundle}` here"
+        )
+    if built["gpu"] != identity["gpu"] or list(built["compute_capability"]) != list(identity["compute_capability"]):
+        raise BundleError(
+            f"the engines in {bundle} were built for {built['gpu']} (sm_{''.join(map(str, built['compute_capability']))}), "
+            f"this machine has {identity['gpu']} (sm_{''.join(map(str, identity['compute_capability']))}): re-run "
+            f"`cseg build {bundle}` here"
+        )
+
+
+class TrtGraph:
+    """One engine, with the `run(feed) -> outputs` interface of OrtGraph (plus profiles and device-resident I/O)."""
+
+    def __init__(self, trt, runtime, key: str, path: Path, entry: dict, recipe: dict, stream: Stream, *,
+                 capture: tuple[str, ...] = (), buffer_shapes: dict | None = None):  # fmt: skip
+        """capture: the profiles whose runs are captured as CUDA graphs (per input-shape set); buffer_shapes: own
+        buffer shapes that differ from the profiles' largest (None: no own buffer, the caller binds device memory)."""
+        self.key, self.trt, self.stream, self.capture = key, trt, stream, capture
+        self.engine = runtime.deserialize_cuda_engine(path.read_bytes())
+        if self.engine is None:
+            raise BundleError(f"TensorRT {trt.__version__} cannot load {path.name}: re-run `cseg build` on this device")
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.input_names = {n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT}
+        self.output_names = [t["name"] for t in entry["outputs"]]  # the manifest's order (the FPN levels, say)
+        if sorted(self.output_names) != sorted(set(names) - self.input_names):
+            raise BundleError(f"engine {path.name} has outputs {sorted(set(names) - self.input_names)}, manifest.json "
+                              f"says {self.output_names}: re-run `cseg build`")  # fmt: skip
+        self.profiles = [p["name"] for p in recipe["profiles"]] or ["default"]
+        self.contexts = {}
+        for index, name in enumerate(self.profiles):
+            context = self.engine.create_execution_context()
+            if not context.set_optimization_profile_async(index, stream.handle):
+                raise EngineError(f"{key}: TensorRT refused optimization profile {name}")
+            self.contexts[name] = context
+        shapes = {**self._largest_shapes(recipe), **(buffer_shapes or {})}
+        self.buffers = {name: DeviceArray(shape, np.dtype(trt.nptype(self.engine.get_tensor_dtype(name))))
+                        for name, shape in shapes.items() if shape is not None}  # fmt: skip
+        for context in self.contexts.values():
+            for name, buffer in self.buffers.items():
+                context.set_tensor_address(name, int(buffer.pointer))
+        self._captured: OrderedDict[tuple, CapturedWork] = OrderedDict()
+
+    def _largest_shapes(self, recipe: dict) -> dict[str, tuple[int, ...]]:
+        largest = {n: tuple(self.engine.get_tensor_shape(n)) for n in self.input_names if -1 not in self.engine.get_tensor_shape(n)}
+        for profile, context in zip(recipe["profiles"] or [{"shapes": {}}], self.contexts.values()):
+            for name, shapes in profile["shapes"].items():
+                context.set_input_shape(name, shapes["max"])
+                largest[name] = tuple(max(a, b) for a, b in zip(largest.get(name, shapes["max"]), shapes["max"]))
+            for name in self.output_names:
+                shape = tuple(context.get_tensor_shape(name))
+                largest[name] = tuple(max(a, b) for a, b in zip(largest.get(name, shape), shape))
+        return largest
+
+    def run(self, feed: dict[str, np.ndarray], profile: str = "default", *, device_inputs: dict | None = None,
+            device_outputs: dict | None = None, fetch=None) -> dict[str, np.ndarray]:  # fmt: skip
+        """Copy `feed` in, run, copy the outputs in `fetch` (default: all) out.
+
+        device_inputs / device_outputs: {name: (pointer, shape)} already on the device (the KV cache), bound instead
+        of this engine's own buffers."""
+        context = self.contexts[profile]
+        device_inputs, device_outputs = device_inputs or {}, device_outputs or {}
+        signature = [profile]
+        for name in sorted(self.input_names):
+            if name in device_inputs:
+                pointer, shape = device_inputs[name]
+            elif name in feed:
+                pointer, shape = self.buffers[name].pointer, self.buffers[name].upload(feed[name], self.stream)
+            else:
+                raise BundleError(f"engine {self.key} needs input {name}, which the runtime did not provide")
+            context.set_input_shape(name, shape)
+            context.set_tensor_address(name, int(pointer))
+            signature.append((name, int(pointer), tuple(shape)))
+        for name in self.output_names:
+            pointer = device_outputs[name][0] if name in device_outputs else self.buffers[name].pointer
+            context.set_tensor_address(name, int(pointer))
+            signature.append((name, int(pointer)))
+        self._launch(context, profile, tuple(signature))
+        wanted = self.output_names if fetch is None else fetch
+        return {name: self.buffers[name].download(self.stream, context.get_tensor_shape(name)) for name in wanted}
+
+    def _launch(self, context, profile: str, signature: tuple) -> None:
+        if profile not in self.capture:
+            if not context.execute_async_v3(self.stream.handle):
+                raise EngineError(f"TensorRT could not enqueue {self.key}")
+            return
+        work = self._captured.get(signature)
+        if work is None:
+            work = CapturedWork(self.stream, lambda s: context.execute_async_v3(s.handle))  # runs once uncaptured first
+            self._captured[signature] = work
+            if len(self._captured) > CAPTURED_SHAPES:
+                self._captured.popitem(last=False)[1].close()
+        else:
+            self._captured.move_to_end(signature)
+        work.launch()
+
+
+class DeviceKVCache:
+    """The KV cache on the device: one [1, capacity, kv_heads, head_dim] buffer per layer and kind, allocated once."""
+
+    def __init__(self, count: int, capacity: int, kv_heads: int, head_dim: int, dtype):
+        self.arrays = [DeviceArray((1, capacity, kv_heads, head_dim), dtype) for _ in range(count)]
+        self.row_bytes = kv_heads * head_dim * np.dtype(dtype).itemsize
+        self.capacity, self.length = capacity, 0
+
+    def at(self, index: int, row: int) -> int:
+        return int(self.arrays[index].pointer) + row * self.row_bytes
+
+
+class TrtDecoder(Decoder):
+    """Decoder steps on the vlm_decoder engine: `prefill` profile for the prompt (new keys/values written straight
+    into the cache), `decode` profile for single tokens against the whole static cache (captured, replayed)."""
+
+    def __init__(self, graph: TrtGraph, model: dict, generation: dict, kv_dtype: str, capacity: int):
+        super().__init__(graph, model, generation, kv_dtype)
+        self.capacity = capacity
+        self.max_length = min(self.max_length, capacity)  # generation stops where the engine's static cache ends
+        self.cache = DeviceKVCache(len(self.past_names), capacity, self.kv_heads, self.head_dim, self.kv_dtype)
+
+    def new_cache(self, length: int) -> DeviceKVCache:
+        if length > self.capacity:
+            raise ValueError(f"{length} positions exceed the engine's KV cache of {self.capacity} (its total_tokens)")
+        self.cache.length = 0
+        return self.cache
+
+    def step(self, cache: DeviceKVCache, ids, image_embeds, positions, mask):
+        seq, start = ids.shape[1], cache.length
+        feed = {"input_ids": ids, "image_embeds": image_embeds, "position_ids": positions}
+        shape = (1, seq, self.kv_heads, self.head_dim)
+        if start == 0:
+            empty = (1, 0, self.kv_heads, self.head_dim)
+            device_inputs = {name: (cache.at(i, 0), empty) for i, name in enumerate(self.past_names)}
+            device_outputs = {name: (cache.at(i, 0), shape) for i, name in enumerate(self.new_names)}
+            out = self.graph.run({**feed, "attention_mask": mask}, "prefill", device_inputs=device_inputs,
+                                 device_outputs=device_outputs, fetch=["logits", "hidden_states"])  # fmt: skip
+        else:
+            full = (1, cache.capacity, self.kv_heads, self.head_dim)
+            device_inputs = {name: (cache.at(i, 0), full) for i, name in enumerate(self.past_names)}
+            static = static_decode_mask(mask, start, cache.capacity)
+            out = self.graph.run({**feed, "attention_mask": static}, "decode", device_inputs=device_inputs,
+                                 fetch=["logits", "hidden_states"])  # fmt: skip
+            cudart = runtime_api()
+            for i, name in enumerate(self.new_names):  # the step's keys/values into their row of the cache
+                check(cudart.cudaMemcpyAsync(cache.at(i, start), self.graph.buffers[name].pointer, cache.row_bytes,
+                                             cudart.cudaMemcpyKind.cudaMemcpyDeviceToDevice, self.graph.stream.handle),
+                      "cudaMemcpyAsync")  # fmt: skip
+        cache.length = start + seq
+        return out["logits"], out["hidden_states"]
+
+
+def open_engines(bundle: Path, manifest: dict):
+    """(graphs, decoder, lock) serving `bundle` from its engines; graphs the bundle keeps as ONNX (the router) are
+    left to the caller."""
+    require_engines(bundle, manifest)  # before TensorRT: a bundle without engines says what to do, anywhere
+    trt = tensorrt_module()
+    check_engines(bundle, manifest, trt.__version__, device_identity())
+    recipe = json.loads((bundle / manifest["recipe"]).read_text())
+    logger = trt.Logger(trt.Logger.WARNING)
+    runtime = trt.Runtime(logger)
+    stream = Stream()
+    model = manifest["model"]
+    kv_names = [f"{io}_{kind}_{i}" for io in ("past", "new") for kind in ("key", "value") for i in range(model["num_layers"])]
+    graphs = {}
+    for key, engine in manifest["tensorrt"]["engines"].items():
+        # vlm_vision and the prefill see new shapes per request: plain enqueue. The decode step always has the same
+        # shapes; SAM 3's graphs and the concept head repeat theirs (per concept count / generated length).
+        capture, buffers = ("default",), None
+        if key == "vlm_vision":
+            capture = ()
+        elif key == "vlm_decoder":
+            # past: the cache itself is bound; new: written into the cache (prefill) or staged one row (decode)
+            one_row = (1, 1, model["num_kv_heads"], model["head_dim"])
+            capture, buffers = ("decode",), {n: None if n.startswith("past") else one_row for n in kv_names}
+        graphs[key] = TrtGraph(trt, runtime, key, bundle / engine["file"], manifest["graphs"][key],
+                               recipe["graphs"][key], stream, capture=capture, buffer_shapes=buffers)  # fmt: skip
+    kv_dtype = next(t["dtype"] for t in manifest["graphs"]["vlm_decoder"]["inputs"] if t["name"] == "past_key_0")
+    decoder = TrtDecoder(graphs["vlm_decoder"], model, manifest["generation"], kv_dtype,
+                         manifest["target_profile"]["shapes"]["total_tokens"])  # fmt: skip
+    return graphs, decoder, threading.Lock()
