@@ -50,8 +50,8 @@ for _name in ("onnxruntime.quantization", "onnxruntime.quantization.matmul_nbits
 
 QUANTIZED_OPS = ["MatMul", "Conv", "Gemm"]
 INT4_BLOCK = 32
-SCOPE_KEY = "pkg.torch.onnx.name_scopes"
-KV_PREFIXES = ("past_key_", "past_value_", "new_key_", "new_value_")  # module paths the dynamo exporter records on every node
+SCOPE_KEY = "pkg.torch.onnx.name_scopes"  # module paths the dynamo exporter records on every node
+KV_PREFIXES = ("past_key_", "past_value_", "new_key_", "new_value_")
 # Gate: every output of the quantized graph must keep this cosine similarity with fp32 on held-out inputs.
 MIN_COSINE = {"fp16": 0.999, "int8": 0.99, "fp8": 0.99, "int4": 0.98}
 QDQ_FP16_OPSET = 19  # DequantizeLinear with fp16 scales

@@ -97,7 +97,8 @@ class TrtGraph:
         self._captured: OrderedDict[tuple, CapturedWork] = OrderedDict()
 
     def _largest_shapes(self, recipe: dict) -> dict[str, tuple[int, ...]]:
-        largest = {n: tuple(self.engine.get_tensor_shape(n)) for n in self.input_names if -1 not in self.engine.get_tensor_shape(n)}
+        static = {n: tuple(self.engine.get_tensor_shape(n)) for n in self.input_names}
+        largest = {n: shape for n, shape in static.items() if -1 not in shape}
         for profile, context in zip(recipe["profiles"] or [{"shapes": {}}], self.contexts.values()):
             for name, shapes in profile["shapes"].items():
                 context.set_input_shape(name, shapes["max"])
@@ -135,13 +136,16 @@ class TrtGraph:
         return {name: self.buffers[name].download(self.stream, context.get_tensor_shape(name)) for name in wanted}
 
     def _launch(self, context, profile: str, signature: tuple) -> None:
-        if profile not in self.capture:
-            if not context.execute_async_v3(self.stream.handle):
+        def enqueue(stream: Stream) -> None:
+            if not context.execute_async_v3(stream.handle):
                 raise EngineError(f"TensorRT could not enqueue {self.key}")
+
+        if profile not in self.capture:
+            enqueue(self.stream)
             return
         work = self._captured.get(signature)
         if work is None:
-            work = CapturedWork(self.stream, lambda s: context.execute_async_v3(s.handle))  # runs once uncaptured first
+            work = CapturedWork(self.stream, enqueue)  # runs once uncaptured first (TensorRT allocates lazily)
             self._captured[signature] = work
             if len(self._captured) > CAPTURED_SHAPES:
                 self._captured.popitem(last=False)[1].close()
