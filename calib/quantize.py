@@ -41,7 +41,6 @@ from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQua
 # that module calls logging.basicConfig(level=INFO) when imported, which makes every library print its INFO logs
 _root.handlers[:], _root.level = _before
 from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
-from onnxruntime.quantization.quant_utils import update_opset_version
 from onnxruntime.transformers.float16 import convert_float_to_float16
 
 # MatMulNBitsQuantizer logs one INFO line per node of the graph; the export log reports what matters.
@@ -54,7 +53,7 @@ SCOPE_KEY = "pkg.torch.onnx.name_scopes"  # module paths the dynamo exporter rec
 KV_PREFIXES = ("past_key_", "past_value_", "new_key_", "new_value_")
 # Gate: every output of the quantized graph must keep this cosine similarity with fp32 on held-out inputs.
 MIN_COSINE = {"fp16": 0.999, "int8": 0.99, "fp8": 0.99, "int4": 0.98}
-QDQ_FP16_OPSET = 19  # DequantizeLinear with fp16 scales
+QDQ_OPSET = 19  # FP8 Q/DQ, and DequantizeLinear with fp16 scales
 
 
 def excluded_nodes(model: onnx.ModelProto, patterns: list[str]) -> list[str]:
@@ -106,7 +105,8 @@ def _quantized(source: Path, model: onnx.ModelProto, precision: str, calibration
     kind = {"int8": QuantType.QInt8, "fp8": QuantType.QFLOAT8E4M3FN}[precision]
     chosen = [name for name in weight_nodes(model) if name not in set(excluded)]
     ranges = activation_statistics(source, model, chosen, calibration)
-    model = update_opset_version(model, kind, kind)  # FP8 Q/DQ need opset 19, as quantize_static would set
+    if precision == "fp8":
+        _raise_opset(model, QDQ_OPSET)  # FP8 Q/DQ need opset 19 (ORT's own bump warns "please verify": the gate does)
     quantizer = QDQQuantizer(
         model, precision == "int8", False, kind, kind, ranges, chosen, excluded, QUANTIZED_OPS,
         {"ActivationSymmetric": True, "WeightSymmetric": True},
@@ -120,12 +120,19 @@ def _quantized(source: Path, model: onnx.ModelProto, precision: str, calibration
 
 def to_fp16(model: onnx.ModelProto, keep_fp32: list[str]) -> onnx.ModelProto:
     """fp16 weights and activations; graph inputs/outputs keep their types except the KV cache (fp16 end to end)."""
-    for opset in model.opset_import:
-        if opset.domain in ("", "ai.onnx") and opset.version < QDQ_FP16_OPSET:
-            opset.version = QDQ_FP16_OPSET
+    _raise_opset(model, QDQ_OPSET)
     kept = set(excluded_nodes(model, keep_fp32)) - {n.name for n in model.graph.node if n.op_type in QUANTIZED_OPS}
     io = [t.name for t in (*model.graph.input, *model.graph.output) if not t.name.startswith(KV_PREFIXES)]
     return convert_float_to_float16(model, keep_io_types=io, node_block_list=sorted(kept))
+
+
+def _raise_opset(model: onnx.ModelProto, version: int) -> None:
+    """Declare at least `version` of the default domain. The ops the exporter writes mean the same from 18 to 21 for
+    the types used here; onnx's version converter would serialise the whole model, which fails above protobuf's
+    2 GB (every full-size LLM graph). ORT's int4 QDQ path raises the number the same way."""
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx") and opset.version < version:
+            opset.version = version
 
 
 def activation_statistics(source: Path, model: onnx.ModelProto, nodes: list[str], calibration: list[dict]) -> TensorsData:
