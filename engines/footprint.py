@@ -17,6 +17,7 @@ against the module's memory less what the target reserves for the OS and the use
 from __future__ import annotations
 
 import json
+import math
 import struct
 from pathlib import Path
 
@@ -64,12 +65,9 @@ def inventory(conceptseg: dict[str, list[int]], sam3: dict[str, list[int]]) -> d
     counts = {key: {"quantizable": 0, "base": 0} for key in GRAPH_ORDER}
     for model, shapes in (("conceptseg", conceptseg), ("sam3", sam3)):
         for name, shape in shapes.items():
-            size = 1
-            for dim in shape:
-                size *= dim
             quantizable = (len(shape) >= 2 and not any(w in name for w in _EMBEDDING_WORDS)
                            and not name.startswith(_KEPT_AT_BASE))  # fmt: skip
-            counts[_graph_of(name, model)]["quantizable" if quantizable else "base"] += size
+            counts[_graph_of(name, model)]["quantizable" if quantizable else "base"] += math.prod(shape)
     return counts
 
 
@@ -116,7 +114,7 @@ def estimate(counts: dict, kv: dict, profile: dict, policy: dict[str, str]) -> d
         "device_gb": device["memory_gb"],
         "usable_gb": usable,
         "fits": total <= usable,
-        "assumptions": {"runtime_gb": RUNTIME_GB, "host_gb": HOST_GB if device["shared_memory"] else 0.0},
+        "assumptions": {"runtime_gb": parts["runtime"], "host_gb": parts["host"]},
     }
 
 
@@ -134,13 +132,13 @@ def choose(counts: dict, kv: dict, target: str, profile: dict, precision: str, a
     footprint = tried.get(precision) or estimate(counts, kv, profile, profile["policies"][precision])
     if footprint["fits"]:
         return precision, footprint
-    device = profile["device"]
+    device, smallest = profile["device"], min(tried, key=lambda name: tried[name]["total_gb"])
     message = (
         f"the bundle needs about {footprint['total_gb']:.1f} GB at {precision} ({_parts(footprint)}), but {target} "
         f"({device['name']}, {device['memory_gb']:g} GB) leaves about {footprint['usable_gb']:.1f} GB for it. "
         + (f"--precision {fitting[0]} would fit ({tried[fitting[0]]['total_gb']:.1f} GB)." if fitting else
-           f"No precision of this target fits (the smallest, {min(tried, key=lambda n: tried[n]['total_gb'])}, needs "
-           f"{min(t['total_gb'] for t in tried.values()):.1f} GB): choose a module with more memory.")
+           f"No precision of this target fits (the smallest, {smallest}, needs {tried[smallest]['total_gb']:.1f} GB): "
+           "choose a module with more memory.")
     )  # fmt: skip
     if not allow_oversize:
         raise InvalidInputError(message + " Pass --allow-oversize to export anyway.")

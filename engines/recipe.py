@@ -38,8 +38,7 @@ def _axes(manifest: dict) -> dict[str, dict[str, dict[str, int]]]:
         "vlm_vision": {"default": {"patches": span(*(n * patches for n in images.values())),
                                    "merged": span(*(n * merged for n in images.values()))}},
         "vlm_decoder": {
-            "prefill": {"seq": span(prompt["min"], prompt["opt"], prompt["max"]), "past": span(0, 0, 0),
-                        "total": span(prompt["min"], prompt["opt"], prompt["max"]),
+            "prefill": {"seq": prompt, "past": span(0, 0, 0), "total": prompt,
                         "image_tokens": span(1, merged * images["opt"], merged * images["max"])},
             "decode": {"seq": span(1, 1, 1), "past": span(total, total, total),
                        "total": span(total + 1, total + 1, total + 1), "image_tokens": span(1, 1, 1)},
@@ -58,9 +57,9 @@ def make_recipe(manifest: dict) -> dict:
     axes = _axes(manifest)
     graphs = {}
     for key, entry in manifest["graphs"].items():
+        dynamic = [t for t in entry["inputs"] if any(isinstance(d, str) for d in t["shape"])]
         profiles = []
         for name, values in axes.get(key, {"default": {}}).items():
-            dynamic = [t for t in entry["inputs"] if any(isinstance(d, str) for d in t["shape"])]
             profiles.append({
                 "name": name,
                 "shapes": {t["name"]: {which: _shape(t["shape"], values, which) for which in ("min", "opt", "max")}

@@ -51,6 +51,11 @@ class Generated:
     decode_ms: float
 
 
+def kv_dtype(manifest: dict) -> str:
+    """The KV cache's dtype, as the decoder graph declares it (float16 in GPU-target bundles)."""
+    return next(t["dtype"] for t in manifest["graphs"]["vlm_decoder"]["inputs"] if t["name"] == "past_key_0")
+
+
 def static_decode_mask(mask: np.ndarray, start: int, capacity: int) -> np.ndarray:
     """The attention mask of a decode step run against the whole cache of `capacity` positions (static shapes, for
     CUDA-graph replay): the filled positions as in `mask`, the unfilled ones 0, and the new token last (the key it

@@ -27,7 +27,7 @@ from cseg.images import check_demos, load_image, render_demonstrations, sam3_pix
 from cseg.manifest import read_manifest, verify_files
 from cseg.pipeline import Reasoning, timed
 from cseg.runtime import postprocess
-from cseg.runtime.generation import Decoder, Prefilled
+from cseg.runtime.generation import Decoder, Prefilled, kv_dtype
 from cseg.runtime.graphs import OrtGraph, session_options
 from cseg.runtime.router import Router
 from cseg.runtime.rules import Rule, bundle_id
@@ -82,8 +82,7 @@ class Runtime:
         self.chat = ChatTokenizer(bundle / tokenizers["vlm"]["tokenizer.json"])
         self.sam3_tokenizer = Sam3Tokenizer(bundle / tokenizers["sam3"]["tokenizer.json"], self.model["sam3_text_length"])
         if decoder is None:
-            kv_dtype = next(t["dtype"] for t in manifest["graphs"]["vlm_decoder"]["inputs"] if t["name"] == "past_key_0")
-            decoder = Decoder(graphs["vlm_decoder"], self.model, manifest["generation"], kv_dtype)
+            decoder = Decoder(graphs["vlm_decoder"], self.model, manifest["generation"], kv_dtype(manifest))
         self.decoder = decoder
         self.backend = "tensorrt" if request_lock is not None else "onnxruntime"
         # TensorRT: one set of device buffers and one KV cache, so requests take turns; ONNX Runtime runs them together

@@ -21,7 +21,7 @@ import numpy as np
 from cseg.errors import BundleError, EngineError
 from cseg.runtime.cuda_buffers import DeviceArray
 from cseg.runtime.cuda_graphs import CapturedWork, Stream, check, device_identity, runtime_api
-from cseg.runtime.generation import Decoder, static_decode_mask
+from cseg.runtime.generation import Decoder, kv_dtype, static_decode_mask
 
 INSTALL_HINT = (
     "On a Jetson, TensorRT comes with JetPack (its Python bindings: sudo apt install python3-libnvinfer); on a "
@@ -232,7 +232,6 @@ def open_engines(bundle: Path, manifest: dict):
             capture, buffers = ("decode",), {n: None if n.startswith("past") else one_row for n in kv_names}
         graphs[key] = TrtGraph(trt, runtime, key, bundle / engine["file"], manifest["graphs"][key],
                                recipe["graphs"][key], stream, capture=capture, buffer_shapes=buffers)  # fmt: skip
-    kv_dtype = next(t["dtype"] for t in manifest["graphs"]["vlm_decoder"]["inputs"] if t["name"] == "past_key_0")
-    decoder = TrtDecoder(graphs["vlm_decoder"], model, manifest["generation"], kv_dtype,
+    decoder = TrtDecoder(graphs["vlm_decoder"], model, manifest["generation"], kv_dtype(manifest),
                          manifest["target_profile"]["shapes"]["total_tokens"])  # fmt: skip
     return graphs, decoder, threading.Lock()
