@@ -4,13 +4,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OUT := demo-output
+# the native part's sources: a change rebuilds it on the next make
+NATIVE := CMakeLists.txt $(wildcard runtime/kernels/*)
 
 .PHONY: demo test install clean
 
 install: $(STAMP)
 
 # torch is installed first and pinned (CPU wheel): a bare torch requirement would pull a multi-GB CUDA build.
-$(STAMP): pyproject.toml
+# The project's install builds the native part (CMakeLists.txt) with scikit-build-core.
+$(STAMP): pyproject.toml $(NATIVE)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "torch==2.13.0"
@@ -27,4 +30,4 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(OUT) $(VENV)
+	rm -rf $(OUT) $(VENV) build

@@ -22,7 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from cseg import prompting
 from cseg.errors import InvalidInputError
-from cseg.images import load_image
+from cseg.images import load_frame, load_image
 from cseg.manifest import file_sha256, read_manifest
 from cseg.metrics import iou
 from cseg.runtime.router import FEATURES, features
@@ -45,7 +45,7 @@ def gather(runtime, items, max_new_tokens: int | None = None, progress=None) -> 
     """Serve every item both ways and keep what fitting needs."""
     observations = []
     for item in items:
-        image = load_image(str(item.image))
+        image = load_frame(str(item.image))
         size, timings = (image.height, image.width), {}
         started = time.perf_counter()
         state = runtime.image_state(image, timings)

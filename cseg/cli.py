@@ -180,7 +180,9 @@ def _bench(args) -> int:
             fps[name] = bench.frame_loop(backend, (images * args.frames)[: args.frames], args.prompt)
             progress.update()
     summary = bench.report(results, fps)
+    summary["host_path"] = bench.host_path()
     print(bench.table(summary))
+    print(bench.host_path_table(summary["host_path"]))
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=1))
     if args.plot:

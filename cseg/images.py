@@ -1,13 +1,15 @@
 """Image input handling shared by the reference and the runtime: validation, the two model resizes, demonstrations.
 
 Accepted images: a path (str / os.PathLike), a PIL image, or a numpy uint8 array HxWx3 (RGB; pass bgr=True for
-OpenCV frames). Monochrome inspection cameras are common, so HxW and HxWx1 uint8 arrays are taken as grayscale and
-expanded to RGB. Everything else is refused with an InvalidInputError that says what was received.
+OpenCV frames). Monochrome inspection cameras are common, so HxW and HxWx1 uint8 arrays are taken as grayscale.
+Everything else is refused with an InvalidInputError that says what was received, before any kernel runs.
+Numpy frames reach the SAM 3 kernel as they are (a `Frame`); PIL serves paths, PIL inputs and the VLM's resize.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -24,6 +26,53 @@ DEMO_BOX_WIDTH = 2
 MAX_DEMOS = 4  # the research mosaic has 2x2 tiles
 
 
+@dataclass
+class Frame:
+    """A validated image as the host path reads it: HxWx3 uint8 pixels with any strides (a camera buffer, a flipped
+    view, a grey frame broadcast over 3 channels), in RGB or BGR order. Numpy frames are never copied or converted;
+    the PIL image (for the VLM path and drawing) is made only when asked for."""
+
+    pixels: np.ndarray
+    bgr: bool = False
+    image: Image.Image | None = field(default=None, repr=False)
+
+    @property
+    def height(self) -> int:
+        return self.pixels.shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.pixels.shape[1]
+
+    def pil(self) -> Image.Image:
+        """The frame as an RGB PIL image (made on first use)."""
+        if self.image is None:
+            self.image = Image.fromarray(np.ascontiguousarray(self.pixels[:, :, ::-1] if self.bgr else self.pixels))
+        return self.image
+
+
+def load_frame(image, *, bgr: bool = False, what: str = "image") -> Frame:
+    """Return `image` as a Frame, or raise InvalidInputError naming what is wrong with it."""
+    if isinstance(image, Frame):
+        return image
+    if not isinstance(image, np.ndarray):
+        pil = load_image(image, bgr=bgr, what=what)
+        return Frame(np.asarray(pil), False, pil)
+    if image.dtype != np.uint8:
+        raise InvalidInputError(
+            f"{what} array has dtype {image.dtype}; expected uint8 (0-255). "
+            "For floats in [0, 1] use (a * 255).round().astype(np.uint8)"
+        )
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3):
+        hint = " (drop the alpha channel: a[..., :3])" if image.ndim == 3 and image.shape[2] == 4 else ""
+        raise InvalidInputError(f"{what} array has shape {image.shape}; expected HxWx3 (or HxW grayscale){hint}")
+    _check_size(image.shape[1], image.shape[0], what)
+    # a grey frame is read through a zero channel stride: no copy, and bgr makes no difference to it
+    return Frame(np.broadcast_to(image, (*image.shape[:2], 3)), bool(bgr) and image.shape[2] == 3)
+
+
 def load_image(image, *, bgr: bool = False, what: str = "image") -> Image.Image:
     """Return `image` as an RGB PIL image, or raise InvalidInputError naming what is wrong with it."""
     if isinstance(image, (str, os.PathLike)):
@@ -32,10 +81,8 @@ def load_image(image, *, bgr: bool = False, what: str = "image") -> Image.Image:
         pil = image
         if bgr:
             raise InvalidInputError(f"{what}: bgr=True applies to numpy arrays only, got a PIL image")
-    elif isinstance(image, np.ndarray):
-        rgb = _array_to_rgb(image, bgr, what)
-        _check_size(rgb.shape[1], rgb.shape[0], what)
-        pil = Image.fromarray(rgb)
+    elif isinstance(image, (np.ndarray, Frame)):
+        return load_frame(image, bgr=bgr, what=what).pil()
     elif image is None:
         raise InvalidInputError(f"{what} is None: pass a path, a PIL image or an HxWx3 uint8 numpy array")
     else:
@@ -64,31 +111,20 @@ def _open(path: str, what: str) -> Image.Image:
         raise InvalidInputError(f"{what} path {path!r} is not a readable image: {exc}") from None
 
 
-def _array_to_rgb(array: np.ndarray, bgr: bool, what: str) -> np.ndarray:
-    if array.dtype != np.uint8:
-        raise InvalidInputError(
-            f"{what} array has dtype {array.dtype}; expected uint8 (0-255). "
-            "For floats in [0, 1] use (a * 255).round().astype(np.uint8)"
-        )
-    if array.ndim == 3 and array.shape[2] == 1:
-        array = array[:, :, 0]
-    if array.ndim == 2:
-        return np.ascontiguousarray(np.repeat(array[:, :, None], 3, axis=2))
-    if array.ndim != 3 or array.shape[2] != 3:
-        hint = " (drop the alpha channel: a[..., :3])" if array.ndim == 3 and array.shape[2] == 4 else ""
-        raise InvalidInputError(f"{what} array has shape {array.shape}; expected HxWx3 (or HxW grayscale){hint}")
-    return np.ascontiguousarray(array[:, :, ::-1] if bgr else array)
-
-
 def vlm_image(image: Image.Image) -> Image.Image:
     """The research VLM input: a VLM_SIDE square, aspect ratio not kept (PIL bicubic, as Image.resize defaults)."""
     return image.resize((VLM_SIDE, VLM_SIDE), Image.Resampling.BICUBIC)
 
 
-def sam3_pixels(image: Image.Image, size: int) -> np.ndarray:
-    """SAM 3 input [1, 3, size, size] float32: bilinear resize, scale to [0, 1], normalise with mean = std = 0.5."""
-    resized = np.asarray(image.resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
-    return ((resized - SAM3_MEAN) / SAM3_STD).transpose(2, 0, 1)[None].copy()
+def sam3_pixels(frame: Frame, size: int) -> np.ndarray:
+    """SAM 3 input [1, 3, size, size] float32, as Meta's processor makes it: an antialiased bilinear resize of the
+    uint8 image (torchvision v2 Resize), rounded to grey levels, scaled to [0, 1], normalised with mean = std = 0.5.
+    One pass of the native kernel (cseg.runtime.native), shared by the reference and the runtime."""
+    from cseg.runtime import native  # not at import: cseg.runtime's package imports this module
+
+    out = np.empty((1, 3, size, size), np.float32)
+    native.preprocess(frame.pixels, out, frame.bgr, [SAM3_MEAN] * 3, [SAM3_STD] * 3)
+    return out
 
 
 def check_demos(demos) -> list[tuple[Image.Image, list[tuple[float, float, float, float]]]]:

@@ -5,7 +5,7 @@ the assembly of the `Segmentation`. Keeping the flow here is what makes the refe
 they can differ only in the steps, never in the routing.
 
 Backend protocol:
-    image_state(image: PIL.Image, timings) -> state        SAM 3 image features (and whatever else is per image)
+    image_state(frame: cseg.images.Frame, timings) -> state   SAM 3 image features (and whatever else is per image)
     sam3_segment(state, text, concept_tokens, timings) -> raw   SAM 3 for one phrase (+ concept tokens or None)
     reason(state, question, demos, max_new_tokens, timings) -> Reasoning   the full reasoning path up to SAM 3
     presence(raw) -> float                                   sigmoid of SAM 3's presence logit
@@ -24,7 +24,7 @@ from typing import Any
 
 from cseg import prompting
 from cseg.errors import InvalidInputError
-from cseg.images import check_demos, load_image
+from cseg.images import check_demos, load_frame
 from cseg.segmentation import Segmentation
 
 ROUTE_CHOICES = ("auto", "shortcut", "full")
@@ -71,12 +71,12 @@ def segment_many(backend, image, prompts, demos=None, *, route="auto", max_new_t
     timings: dict[str, float] = {}
     with timed(timings, "preprocess"):
         questions = [prompting.check_prompt(p) for p in prompts]
-        pil = load_image(image, bgr=bgr)
+        frame = load_frame(image, bgr=bgr)
         demos = check_demos(demos)
-    state = backend.image_state(pil, timings)
+    state = backend.image_state(frame, timings)
     results = []
     for question in questions:
-        results.append(_answer(backend, state, (pil.height, pil.width), question, demos, route, max_new_tokens,
+        results.append(_answer(backend, state, (frame.height, frame.width), question, demos, route, max_new_tokens,
                                timings))  # fmt: skip
         timings = {}  # the image's preprocessing and encoding are charged to the first prompt only
     return results

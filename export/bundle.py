@@ -266,7 +266,8 @@ def _preprocessing(vlm, sam3, grid) -> dict:
             "temporal_patch_size": processor.temporal_patch_size,
             "merge_size": processor.merge_size,
         },
-        "sam3": {"size": sam3.image_size, "resample": "bilinear", "mean": SAM3_MEAN, "std": SAM3_STD},
+        "sam3": {"size": sam3.image_size, "resample": "bilinear, antialiased, rounded to uint8 (torchvision v2 Resize)",
+                 "mean": SAM3_MEAN, "std": SAM3_STD},
     }
 
 

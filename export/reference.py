@@ -16,14 +16,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from cseg import pipeline, prompting
 from cseg.errors import InvalidInputError
 from cseg.export.loading import ConceptSegCheckpoint, Sam3Checkpoint, load_conceptseg, load_sam3
 from cseg.export.sam3_prompt import sam3_prompt
-from cseg.images import render_demonstrations, sam3_pixels, vlm_image
+from cseg.images import Frame, render_demonstrations, sam3_pixels, vlm_image
 from cseg.pipeline import timed
 from cseg.segmentation import Instances, Segmentation
 
@@ -51,7 +50,7 @@ class Sam3Result:
 
 @dataclass
 class ImageState:
-    image: Image.Image
+    frame: Frame
     vision: object  # SAM 3 vision features (Sam3VisionEncoderOutput)
 
 
@@ -93,11 +92,11 @@ class ReferencePipeline:
 
     # --- the backend protocol of cseg.pipeline ------------------------------------------------------------------
 
-    def image_state(self, image: Image.Image, timings: dict) -> ImageState:
+    def image_state(self, frame: Frame, timings: dict) -> ImageState:
         with timed(timings, "sam3_preprocess"):
-            pixels = torch.from_numpy(sam3_pixels(image, self.sam3.image_size)).to(self.sam3.model.dtype)
+            pixels = torch.from_numpy(sam3_pixels(frame, self.sam3.image_size)).to(self.sam3.model.dtype)
         with timed(timings, "sam3_vision"):
-            return ImageState(image, self.sam3_vision(pixels))
+            return ImageState(frame, self.sam3_vision(pixels))
 
     def sam3_segment(self, state: ImageState, text: str, concept_tokens, timings: dict) -> Sam3Result:
         with timed(timings, "sam3_text"):
@@ -107,7 +106,7 @@ class ReferencePipeline:
 
     def reason(self, state: ImageState, question: str, demos, max_new_tokens, timings: dict) -> Reasoning:
         with timed(timings, "vlm_preprocess"):
-            inputs = self.vlm_inputs(state.image, question, demos)
+            inputs = self.vlm_inputs(state.frame.pil(), question, demos)
         return self.generate(inputs, max_new_tokens, timings)
 
     @staticmethod

@@ -22,28 +22,45 @@ class DeviceArray:
         self.nbytes = max(1, math.prod(self.shape) * self.dtype.itemsize)
         self._cudart = runtime_api()
         self.pointer = check(self._cudart.cudaMalloc(self.nbytes), "cudaMalloc")
-        self._host_pointer = check(self._cudart.cudaMallocHost(self.nbytes), "cudaMallocHost")
-        raw = (ctypes.c_byte * self.nbytes).from_address(int(self._host_pointer))
+        self.host_pointer = check(self._cudart.cudaMallocHost(self.nbytes), "cudaMallocHost")
+        raw = (ctypes.c_byte * self.nbytes).from_address(int(self.host_pointer))
         self.host = np.frombuffer(raw, dtype=np.uint8)[: math.prod(self.shape) * self.dtype.itemsize]
         self.host = self.host.view(self.dtype).reshape(self.shape)
 
     def upload(self, array: np.ndarray, stream: Stream) -> tuple[int, ...]:
         """Copy `array` (any shape that fits) to the start of the device allocation; returns its shape."""
+        array = self.stage(array)
+        self.push(stream, array.nbytes)
+        return array.shape
+
+    def stage(self, array: np.ndarray) -> np.ndarray:
+        """Write `array` into the start of the pinned mirror (no copy to the device yet); returns it as written."""
         array = np.ascontiguousarray(array, dtype=self.dtype)
         if array.size > self.host.size:
             raise ValueError(f"{array.shape} does not fit a device array allocated for {self.shape}")
-        flat = self.host.reshape(-1)
-        flat[: array.size] = array.reshape(-1)
-        self._copy(self.pointer, self._host_pointer, array.nbytes, "HostToDevice", stream)
-        return array.shape
+        self.host.reshape(-1)[: array.size] = array.reshape(-1)
+        return array
+
+    def push(self, stream: Stream, nbytes: int | None = None) -> None:
+        """Enqueue the copy of the pinned mirror's first `nbytes` (default: all) to the device. Capturable: a
+        replayed graph copies whatever the mirror holds at replay time (fill `host` first)."""
+        self._copy(self.pointer, self.host_pointer, self.nbytes if nbytes is None else nbytes, "HostToDevice", stream)
+
+    def pull(self, stream: Stream, nbytes: int | None = None) -> None:
+        """Enqueue the copy of the device's first `nbytes` (default: all) into the pinned mirror (capturable; read
+        `host` after synchronising the stream)."""
+        self._copy(self.host_pointer, self.pointer, self.nbytes if nbytes is None else nbytes, "DeviceToHost", stream)
+
+    def host_view(self, shape) -> np.ndarray:
+        """The mirror's first prod(shape) elements as an array of `shape` (no copy)."""
+        return self.host.reshape(-1)[: math.prod(shape)].reshape(shape)
 
     def download(self, stream: Stream, shape=None) -> np.ndarray:
         """Copy the first prod(shape) elements back (default: all) and return them as a new array, after syncing."""
         shape = self.shape if shape is None else tuple(shape)
-        count = math.prod(shape)
-        self._copy(self._host_pointer, self.pointer, count * self.dtype.itemsize, "DeviceToHost", stream)
+        self.pull(stream, math.prod(shape) * self.dtype.itemsize)
         stream.synchronize()
-        return self.host.reshape(-1)[:count].reshape(shape).copy()
+        return self.host_view(shape).copy()
 
     def _copy(self, destination, source, nbytes: int, kind: str, stream: Stream) -> None:
         direction = getattr(self._cudart.cudaMemcpyKind, f"cudaMemcpy{kind}")
@@ -53,5 +70,5 @@ class DeviceArray:
         if self.pointer is not None:
             self.host = None
             check(self._cudart.cudaFree(self.pointer), "cudaFree")
-            check(self._cudart.cudaFreeHost(self._host_pointer), "cudaFreeHost")
+            check(self._cudart.cudaFreeHost(self.host_pointer), "cudaFreeHost")
             self.pointer = None

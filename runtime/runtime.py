@@ -23,14 +23,14 @@ from PIL import Image
 
 from cseg import pipeline, prompting
 from cseg.errors import InvalidInputError
-from cseg.images import check_demos, load_image, render_demonstrations, sam3_pixels, vlm_image
+from cseg.images import Frame, check_demos, load_frame, render_demonstrations, vlm_image
 from cseg.manifest import read_manifest, verify_files
 from cseg.pipeline import Reasoning, timed
-from cseg.runtime import postprocess
 from cseg.runtime.generation import Decoder, Prefilled, kv_dtype
 from cseg.runtime.graphs import OrtGraph, session_options
 from cseg.runtime.router import Router
 from cseg.runtime.rules import Rule, bundle_id
+from cseg.runtime.sam3_steps import HostSam3, ImageState, Sam3Output
 from cseg.runtime.stream import stream as stream_frames
 from cseg.runtime.text import ChatTokenizer, Sam3Tokenizer
 from cseg.runtime.vlm_inputs import image_patches, rope_positions, vision_inputs
@@ -41,27 +41,11 @@ TEXT_CACHE_SIZE = 256  # SAM 3 text features per phrase: inspection loops repeat
 
 
 @dataclass
-class ImageState:
-    image: Image.Image
-    fpn: list[np.ndarray]
-    vlm_target: tuple[list[int], np.ndarray] | None = None  # grid and vision tokens of the target, once computed
-
-
-@dataclass
 class Pending:
     """A prompt prefilled and not decoded yet, and where the user's question sits in it."""
 
     prefilled: Prefilled
     question_tokens: np.ndarray  # indices of the question's tokens in the prompt
-
-
-@dataclass
-class Sam3Output:
-    semantic_logits: np.ndarray
-    presence_logit: np.ndarray
-    scores: np.ndarray
-    boxes: np.ndarray
-    masks: np.ndarray
 
 
 class Runtime:
@@ -73,7 +57,7 @@ class Runtime:
     """
 
     def __init__(self, bundle: Path, manifest: dict, graphs: dict, decoder: Decoder | None = None,
-                 request_lock: threading.Lock | None = None):  # fmt: skip
+                 request_lock: threading.Lock | None = None, sam3=None):  # fmt: skip
         self.bundle = bundle
         self.manifest = manifest
         self.graphs = graphs
@@ -88,6 +72,7 @@ class Runtime:
         # TensorRT: one set of device buffers and one KV cache, so requests take turns; ONNX Runtime runs them together
         self._requests = request_lock or contextlib.nullcontext()
         self.prep = manifest["preprocessing"]
+        self.sam3 = sam3 or HostSam3(graphs["sam3_vision"], graphs["sam3_decoder"], self.prep["sam3"]["size"])
         self._text_cache: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._text_lock = threading.Lock()
         self._router = Router(graphs["router"], manifest["router"]) if "router" in graphs else None
@@ -125,8 +110,8 @@ class Runtime:
             return cls(bundle, manifest, graphs)
         from cseg.runtime.tensorrt_graphs import open_engines
 
-        engine_graphs, decoder, lock = open_engines(bundle, manifest)
-        return cls(bundle, manifest, {**graphs, **engine_graphs}, decoder, lock)
+        engine_graphs, decoder, lock, sam3 = open_engines(bundle, manifest)
+        return cls(bundle, manifest, {**graphs, **engine_graphs}, decoder, lock, sam3)
 
     # --- public calls ----------------------------------------------------------------------------------------------
 
@@ -158,7 +143,7 @@ class Runtime:
         demos = check_demos(demos)
         if not demos:
             raise InvalidInputError("induce() needs at least one (image, boxes) demonstration")
-        target = demos[0][0] if image is None else load_image(image, bgr=bgr)
+        target = load_frame(demos[0][0]) if image is None else load_frame(image, bgr=bgr)
         with self._requests:
             state = self.image_state(target, {})
             reasoning = self.reason(state, question, demos, max_new_tokens, {})
@@ -177,12 +162,11 @@ class Runtime:
         rule.check_bundle(self.manifest)
         timings: dict[str, float] = {}
         with timed(timings, "preprocess"):
-            image = load_image(frame, bgr=bgr)
+            frame = load_frame(frame, bgr=bgr)
+        threshold = self.manifest["postprocess"]["instance_score_threshold"]
         with self._requests:
-            state = self.image_state(image, timings)
-            raw = self._sam3_decode(state, rule.text_features, rule.text_mask, rule.concept_tokens, timings)
-        with timed(timings, "postprocess"):
-            mask, instances = self.postprocess(raw, (image.height, image.width))
+            raw, mask, instances = self.sam3.apply(frame, rule.text_features, rule.text_mask, rule.concept_tokens,
+                                                   threshold, timings)  # fmt: skip
         return Segmentation(
             mask, instances, self.presence(raw), "rule", "user", answer=rule.answer, rule=rule.rule, think=rule.think,
             text=rule.text, token_ids=rule.token_ids, timings=timings,
@@ -200,29 +184,13 @@ class Runtime:
 
     # --- the backend protocol of cseg.pipeline --------------------------------------------------------------------
 
-    def image_state(self, image: Image.Image, timings: dict) -> ImageState:
-        with timed(timings, "sam3_preprocess"):
-            pixels = sam3_pixels(image, self.prep["sam3"]["size"])
-        with timed(timings, "sam3_vision"):
-            out = self.graphs["sam3_vision"].run({"pixel_values": pixels})
-        return ImageState(image, [out[name] for name in self.graphs["sam3_vision"].output_names])
+    def image_state(self, frame: Frame, timings: dict) -> ImageState:
+        return self.sam3.encode(frame, timings)
 
     def sam3_segment(self, state: ImageState, text: str, concept_tokens, timings: dict) -> Sam3Output:
         with timed(timings, "sam3_text"):
             features, mask = self._text_features(text)
-        return self._sam3_decode(state, features, mask, concept_tokens, timings)
-
-    def _sam3_decode(self, state: ImageState, features, mask, concept_tokens, timings: dict) -> Sam3Output:
-        with timed(timings, "sam3_decoder"):
-            feed = {f"fpn_{i}": level for i, level in enumerate(state.fpn)}
-            feed.update(
-                text_features=features,
-                text_mask=mask,
-                concept_tokens=concept_tokens if concept_tokens is not None else np.zeros((1, 0, 256), np.float32),
-            )
-            out = self.graphs["sam3_decoder"].run(feed)
-        return Sam3Output(*(out[k] for k in ("semantic_logits", "presence_logit", "instance_scores",
-                                             "instance_boxes", "instance_masks")))  # fmt: skip
+        return self.sam3.decode(state, features, mask, concept_tokens, timings)
 
     def prefill(self, state: ImageState, question: str, demos, max_new_tokens, timings: dict) -> Pending:
         """Vision tower and decoder prefill: everything before the first token (what the learned router reads)."""
@@ -236,7 +204,7 @@ class Runtime:
                 grids.append(grid)
                 embeds.append(reference_embeds)
             if state.vlm_target is None:  # the target's vision tokens serve every prompt on this image
-                state.vlm_target = self._vision(vlm_image(state.image))
+                state.vlm_target = self._vision(vlm_image(state.frame.pil()))
             grids.append(state.vlm_target[0])
             embeds.append(state.vlm_target[1])
         with timed(timings, "vlm_preprocess"):
@@ -279,11 +247,7 @@ class Runtime:
         return float(1.0 / (1.0 + np.exp(-np.float64(raw.presence_logit.reshape(())))))
 
     def postprocess(self, raw: Sam3Output, size: tuple[int, int]) -> tuple[np.ndarray, Instances]:
-        threshold = self.manifest["postprocess"]["instance_score_threshold"]
-        return (
-            postprocess.semantic_mask(raw.semantic_logits, size),
-            postprocess.instances(raw.scores, raw.boxes, raw.masks, size, threshold),
-        )
+        return self.sam3.masks(raw, size, self.manifest["postprocess"]["instance_score_threshold"])
 
     # --- helpers ----------------------------------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from cseg.errors import BundleError, EngineError
 from cseg.runtime.cuda_buffers import DeviceArray
 from cseg.runtime.cuda_graphs import CapturedWork, Stream, check, device_identity, runtime_api
 from cseg.runtime.generation import Decoder, kv_dtype, static_decode_mask
+from cseg.runtime.tensorrt_frames import DeviceSam3
 
 INSTALL_HINT = (
     "On a Jetson, TensorRT comes with JetPack (its Python bindings: sudo apt install python3-libnvinfer); on a "
@@ -112,40 +113,47 @@ class TrtGraph:
             device_outputs: dict | None = None, fetch=None) -> dict[str, np.ndarray]:  # fmt: skip
         """Copy `feed` in, run, copy the outputs in `fetch` (default: all) out.
 
-        device_inputs / device_outputs: {name: (pointer, shape)} already on the device (the KV cache), bound instead
-        of this engine's own buffers."""
+        device_inputs / device_outputs: {name: (pointer, shape)} already on the device (the KV cache, SAM 3's FPN),
+        bound instead of this engine's own buffers."""
+        inputs = dict(device_inputs or {})
+        for name in sorted(self.input_names - inputs.keys()):
+            if name not in feed:
+                raise BundleError(f"engine {self.key} needs input {name}, which the runtime did not provide")
+            inputs[name] = (self.buffers[name].pointer, self.buffers[name].upload(feed[name], self.stream))
+        context, signature = self.bind(profile, inputs, device_outputs)
+        self.launch(context, profile, signature)
+        wanted = self.output_names if fetch is None else fetch
+        return {name: self.buffers[name].download(self.stream, context.get_tensor_shape(name)) for name in wanted}
+
+    def bind(self, profile: str, inputs: dict, outputs: dict | None = None):
+        """Point `profile`'s context at device memory: inputs {name: (pointer, shape)}, outputs {name: (pointer,
+        shape)} (default: this engine's own buffers). Returns the context and the signature captures are keyed by."""
         context = self.contexts[profile]
-        device_inputs, device_outputs = device_inputs or {}, device_outputs or {}
         signature = [profile]
         for name in sorted(self.input_names):
-            if name in device_inputs:
-                pointer, shape = device_inputs[name]
-            elif name in feed:
-                pointer, shape = self.buffers[name].pointer, self.buffers[name].upload(feed[name], self.stream)
-            else:
-                raise BundleError(f"engine {self.key} needs input {name}, which the runtime did not provide")
+            pointer, shape = inputs[name]
             context.set_input_shape(name, shape)
             context.set_tensor_address(name, int(pointer))
             signature.append((name, int(pointer), tuple(shape)))
         for name in self.output_names:
-            pointer = device_outputs[name][0] if name in device_outputs else self.buffers[name].pointer
+            pointer = outputs[name][0] if outputs and name in outputs else self.buffers[name].pointer
             context.set_tensor_address(name, int(pointer))
             signature.append((name, int(pointer)))
-        self._launch(context, profile, tuple(signature))
-        wanted = self.output_names if fetch is None else fetch
-        return {name: self.buffers[name].download(self.stream, context.get_tensor_shape(name)) for name in wanted}
+        return context, tuple(signature)
 
-    def _launch(self, context, profile: str, signature: tuple) -> None:
-        def enqueue(stream: Stream) -> None:
-            if not context.execute_async_v3(stream.handle):
-                raise EngineError(f"TensorRT could not enqueue {self.key}")
+    def enqueue(self, context, stream: Stream) -> None:
+        if not context.execute_async_v3(stream.handle):
+            raise EngineError(f"TensorRT could not enqueue {self.key}")
 
+    def launch(self, context, profile: str, signature: tuple) -> None:
+        """Enqueue a bound run: replayed from its CUDA graph when the profile is captured (one per signature)."""
         if profile not in self.capture:
-            enqueue(self.stream)
+            self.enqueue(context, self.stream)
             return
         work = self._captured.get(signature)
         if work is None:
-            work = CapturedWork(self.stream, enqueue)  # runs once uncaptured first (TensorRT allocates lazily)
+            # runs once uncaptured first (TensorRT allocates lazily)
+            work = CapturedWork(self.stream, lambda stream: self.enqueue(context, stream))
             self._captured[signature] = work
             if len(self._captured) > CAPTURED_SHAPES:
                 self._captured.popitem(last=False)[1].close()
@@ -208,7 +216,7 @@ class TrtDecoder(Decoder):
 
 
 def open_engines(bundle: Path, manifest: dict):
-    """(graphs, decoder, lock) serving `bundle` from its engines; graphs the bundle keeps as ONNX (the router) are
+    """(graphs, decoder, lock, SAM 3's device steps) serving `bundle` from its engines; graphs the bundle keeps as ONNX (the router) are
     left to the caller."""
     require_engines(bundle, manifest)  # before TensorRT: a bundle without engines says what to do, anywhere
     trt = tensorrt_module()
@@ -234,4 +242,5 @@ def open_engines(bundle: Path, manifest: dict):
                                recipe["graphs"][key], stream, capture=capture, buffer_shapes=buffers)  # fmt: skip
     decoder = TrtDecoder(graphs["vlm_decoder"], model, manifest["generation"], kv_dtype(manifest),
                          manifest["target_profile"]["shapes"]["total_tokens"])  # fmt: skip
-    return graphs, decoder, threading.Lock()
+    sam3 = DeviceSam3(graphs["sam3_vision"], graphs["sam3_decoder"], manifest["preprocessing"]["sam3"], stream)
+    return graphs, decoder, threading.Lock(), sam3

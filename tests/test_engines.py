@@ -14,7 +14,7 @@ import onnx
 import pytest
 
 from cseg.errors import BundleError
-from cseg.images import load_image
+from cseg.images import load_frame
 from cseg.manifest import read_manifest, verify_files
 from cseg.metrics import iou
 from cseg.runtime import Runtime
@@ -133,7 +133,7 @@ def test_decode_step_against_the_whole_static_cache_equals_the_growing_one(runti
     from cseg.runtime.generation import KVCache, static_decode_mask
 
     decoder = runtime.decoder
-    state = runtime.image_state(load_image(photo), {})
+    state = runtime.image_state(load_frame(photo), {})
     pending = runtime.prefill(state, "astronaut", [], max_new_tokens=4, timings={})
     prefilled = pending.prefilled
     cache, start = prefilled.cache, prefilled.cache.length
@@ -223,4 +223,12 @@ def test_tensorrt_backend_on_a_tensorrt_double_serves_what_onnx_runtime_serves(o
             assert got.token_ids == want.token_ids, route
             assert iou(want.mask, got.mask) >= 0.999 and abs(want.presence - got.presence) <= 1e-4, route
             np.testing.assert_allclose(got.instances.scores, want.instances.scores, atol=1e-4)
+        # the rule path: the whole frame on the device (one graph per input size, here its enqueued fallback)
+        rule = onnx_cpu.induce([(photo, [[40, 30, 300, 260]])], "astronaut", max_new_tokens=8)
+        for frame, bgr in ((photo, False), (photo[::-1, :, ::-1], True), (photo[:301, :203], False)):
+            want, got = onnx_cpu.apply(rule, frame, bgr=bgr), served.apply(rule, frame, bgr=bgr)
+            assert iou(want.mask, got.mask) >= 0.999 and abs(want.presence - got.presence) <= 1e-4
+            assert got.instances.masks.shape == want.instances.masks.shape
+            assert all(iou(a, b) >= 0.999 for a, b in zip(want.instances.masks, got.instances.masks))
+            assert "sam3_frame_graph" in got.timings
     assert any("CUDA-graph capture failed" in str(w.message) for w in caught)  # the double cannot be captured

@@ -10,7 +10,7 @@ from tokenizers import Tokenizer
 
 from cseg.errors import BundleError, InvalidInputError
 from cseg.export.graphs.vlm_vision import host_inputs
-from cseg.images import load_image, sam3_pixels
+from cseg.images import load_frame, load_image, sam3_pixels
 from cseg.manifest import GRAPH_KEYS, file_sha256, read_manifest, validate_manifest, verify_files
 
 
@@ -138,8 +138,7 @@ def test_decode_step_hidden_states_equal_the_research_second_forward(reference, 
 
 def test_sam3_graphs_chain_to_the_reference_result(reference, sessions, tiny_bundle, photo):
     manifest = read_manifest(tiny_bundle)
-    image = load_image(photo)
-    pixels = sam3_pixels(image, reference.sam3.image_size)
+    pixels = sam3_pixels(load_frame(photo), reference.sam3.image_size)
     fpn = sessions["sam3_vision"].run(None, {"pixel_values": pixels})
     vision = reference.sam3_vision(torch.from_numpy(pixels))
     for got, want in zip(fpn, vision.fpn_hidden_states):

@@ -42,6 +42,20 @@ def test_grayscale_arrays_are_expanded_to_rgb():
 def test_bad_images_are_refused_with_what_was_received(bad, message):
     with pytest.raises(InvalidInputError, match=message):
         images.load_image(bad)
+    with pytest.raises(InvalidInputError, match=message):
+        images.load_frame(bad)
+
+
+def test_numpy_frames_are_served_as_they_are(photo):
+    """The host path reads a camera buffer in place: no copy, no channel swap, no PIL image unless asked for."""
+    bgr = photo[:, :, ::-1]
+    frame = images.load_frame(bgr, bgr=True)
+    assert np.shares_memory(frame.pixels, photo) and frame.bgr and frame.image is None
+    assert np.array_equal(np.asarray(frame.pil()), photo)
+    grey = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    frame = images.load_frame(grey, bgr=True)  # bgr means nothing to a grey frame
+    assert np.shares_memory(frame.pixels, grey) and frame.pixels.shape == (8, 8, 3) and not frame.bgr
+    assert frame.pixels.strides[2] == 0
 
 
 def test_unreadable_and_missing_paths(tmp_path):
@@ -57,7 +71,7 @@ def test_unreadable_and_missing_paths(tmp_path):
 
 def test_sam3_pixels_are_normalised_with_mean_and_std_half():
     white = Image.new("RGB", (50, 30), (255, 0, 128))
-    pixels = images.sam3_pixels(white, 28)
+    pixels = images.sam3_pixels(images.load_frame(white), 28)
     assert pixels.shape == (1, 3, 28, 28) and pixels.dtype == np.float32
     np.testing.assert_allclose(pixels[0, :, 5, 5], [1.0, -1.0, 128 / 255 * 2 - 1], atol=1e-6)
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from cseg import prompting
 from cseg.errors import InvalidInputError
 from cseg.export.reference import Sam3Result
-from cseg.images import sam3_pixels, load_image
+from cseg.images import load_frame, load_image, sam3_pixels
 
 
 def test_one_word_prompt_takes_the_shortcut_when_presence_is_high(reference, photo):
@@ -47,7 +47,7 @@ def test_full_path_feeds_the_concept_tokens_into_sam3(reference, photo):
     assert completion <= 5
     assert reasoning.hidden_states.shape == (1, completion, reference.vlm.model.config.text_config.hidden_size)
     assert reasoning.concept_tokens.shape == (1, reference.vlm.num_queries, 256)
-    vision = reference.sam3_vision(torch.from_numpy(sam3_pixels(load_image(photo), reference.sam3.image_size)))
+    vision = reference.sam3_vision(torch.from_numpy(sam3_pixels(load_frame(photo), reference.sam3.image_size)))
     features, mask = reference.sam3_text(reasoning.parsed.answer)
     with_concepts = reference.sam3_decode(vision, features, mask, reasoning.concept_tokens)
     without = reference.sam3_decode(vision, features, mask, None)
@@ -56,7 +56,7 @@ def test_full_path_feeds_the_concept_tokens_into_sam3(reference, photo):
 
 def test_mask_is_the_upsampled_semantic_logit_above_zero(reference, photo):
     result = reference.segment(photo, "astronaut", route="shortcut")
-    vision = reference.sam3_vision(torch.from_numpy(sam3_pixels(load_image(photo), reference.sam3.image_size)))
+    vision = reference.sam3_vision(torch.from_numpy(sam3_pixels(load_frame(photo), reference.sam3.image_size)))
     sam = reference.sam3_decode(vision, *reference.sam3_text("astronaut"))
     expected = F.interpolate(sam.semantic_logits, size=photo.shape[:2], mode="bilinear", align_corners=False)[0, 0] > 0
     assert np.array_equal(result.mask, expected.numpy())

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cseg.errors import BundleError, InvalidInputError
-from cseg.images import load_image
+from cseg.images import load_frame, load_image
 from cseg.metrics import iou
 from cseg.runtime import Runtime
 
@@ -86,7 +86,7 @@ def test_instances_match_the_reference(runtime, reference, photo, monkeypatch):
 def test_generated_ids_concept_tokens_match_the_reference(runtime, reference, photo, demos):
     from skimage import data
 
-    image = load_image(photo)
+    image = load_frame(photo)
     demos = [(load_image(data.coffee()), [(30.0, 40.0, 300.0, 200.0)])] if demos else []
     state = runtime.image_state(image, {})
     got = runtime.reason(state, "helmet", demos, 9, {})

@@ -9,7 +9,7 @@ from PIL import Image
 from cseg import prompting
 from cseg.export.graphs.vlm_vision import host_inputs
 from cseg.images import load_image, vlm_image
-from cseg.runtime.postprocess import resize_bilinear
+from oracles import resize_bilinear
 from cseg.runtime.vlm_inputs import image_patches, rope_positions, vision_inputs
 
 
