@@ -6,6 +6,7 @@
 #include <nanobind/stl/vector.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <stdexcept>
@@ -31,7 +32,8 @@ int thread_count() {
     return std::max(1u, std::thread::hardware_concurrency());
 }
 
-// Runs body(begin, end) over [0, n) in contiguous chunks, one per thread.
+// Runs body(begin, end) over [0, n). Threads take small chunks in turn rather than one share each: a thread the OS
+// preempts (a shared CPU, a Jetson busy with its camera pipeline) then delays only its current chunk.
 template <class Body>
 void parallel_for(int64_t n, const Body& body) {
     const int64_t workers = std::min<int64_t>(thread_count(), n);
@@ -39,11 +41,15 @@ void parallel_for(int64_t n, const Body& body) {
         if (n > 0) body(0, n);
         return;
     }
+    const int64_t chunk = std::max<int64_t>(1, n / (workers * 8));
+    std::atomic<int64_t> next{0};
+    const auto work = [&] {
+        for (int64_t begin = next.fetch_add(chunk); begin < n; begin = next.fetch_add(chunk))
+            body(begin, std::min(n, begin + chunk));
+    };
     std::vector<std::thread> threads;
-    const int64_t chunk = (n + workers - 1) / workers;
-    for (int64_t begin = chunk; begin < n; begin += chunk)
-        threads.emplace_back([&body, begin, end = std::min(n, begin + chunk)] { body(begin, end); });
-    body(0, std::min(n, chunk));
+    for (int64_t i = 1; i < workers; ++i) threads.emplace_back(work);
+    work();
     for (auto& thread : threads) thread.join();
 }
 
