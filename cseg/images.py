@@ -8,6 +8,8 @@ expanded to RGB. Everything else is refused with an InvalidInputError that says 
 from __future__ import annotations
 
 import os
+import threading
+from contextlib import contextmanager
 from typing import Sequence
 
 import numpy as np
@@ -22,6 +24,9 @@ SAM3_MEAN = SAM3_STD = 0.5
 DEMO_BOX_COLOR = "red"
 DEMO_BOX_WIDTH = 2
 MAX_DEMOS = 4  # the research mosaic has 2x2 tiles
+_limit_lock = threading.Lock()  # guards PIL's global pixel limit (see _pixel_limit)
+_limit_users = 0
+_limit_saved = Image.MAX_IMAGE_PIXELS
 
 
 def load_image(image, *, bgr: bool = False, what: str = "image") -> Image.Image:
@@ -53,13 +58,36 @@ def _check_size(width: int, height: int, what: str) -> None:
         raise InvalidInputError(f"{what} is {width}x{height}; each side must be between 2 and {MAX_SIDE} pixels")
 
 
+@contextmanager
+def _pixel_limit():
+    """PIL's own bomb limit (~89M pixels, process-wide) refused legal images such as 16384x11000; it is raised to
+    MAX_SIDE² only while cseg opens a file, whose size _open checks from the header before decoding, and the
+    caller's value is back once the last concurrent open ends."""
+    global _limit_users, _limit_saved
+    with _limit_lock:
+        if _limit_users == 0:
+            _limit_saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, MAX_SIDE * MAX_SIDE
+        _limit_users += 1
+    try:
+        yield
+    finally:
+        with _limit_lock:
+            _limit_users -= 1
+            if _limit_users == 0:
+                Image.MAX_IMAGE_PIXELS = _limit_saved
+
+
 def _open(path: str, what: str) -> Image.Image:
     if not os.path.isfile(path):
         raise InvalidInputError(f"{what} path {path!r} does not exist or is not a file")
     try:
-        with Image.open(path) as opened:
+        with _pixel_limit(), Image.open(path) as opened:
+            _check_size(*opened.size, what)  # from the header: a small file can declare a huge image
             opened.load()
             return opened.copy()
+    # PIL refuses a header above twice the raised limit itself, and warns above it (an error where warnings are)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InvalidInputError(f"{what} path {path!r} declares too many pixels: {exc}") from None
     except (UnidentifiedImageError, OSError) as exc:
         raise InvalidInputError(f"{what} path {path!r} is not a readable image: {exc}") from None
 

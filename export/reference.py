@@ -203,7 +203,9 @@ class ReferencePipeline:
         # The research call: generate(max_length=2816, use_cache=True, do_sample=False) on top of the checkpoint's
         # generation_config.json, whose other settings (repetition_penalty, eos ids) stay in force.
         config = copy.deepcopy(self.vlm.generation_config)
-        budget = {"max_new_tokens": max_new_tokens} if max_new_tokens else {"max_length": self.max_length}
+        # max_length bounds prompt + completion; max_new_tokens can only lower it (vlm_inputs left room for one)
+        room = self.max_length - prompt_length
+        budget = {"max_new_tokens": min(max_new_tokens, room)} if max_new_tokens else {"max_length": self.max_length}
         # sampling settings of the checkpoint do nothing under do_sample=False; cleared to keep generate() quiet
         config.update(do_sample=False, use_cache=True, temperature=None, top_p=None, top_k=None, **budget)
         with timed(timings, "generate"):

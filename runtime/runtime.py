@@ -243,9 +243,6 @@ class Runtime:
             problem = prompting.build_question(question, n_references=len(grids) - 1, boxes_drawn=boxes_drawn)
             per_image = [t * h * w // merge**2 for t, h, w in grids]
             ids, question_tokens = self.chat.encode_prompt(problem, per_image, question)
-            limit = self.manifest["generation"]["max_length"]
-            if ids.shape[1] >= limit and not max_new_tokens:
-                raise InvalidInputError(f"the prompt is {ids.shape[1]} tokens, leaving no room to generate within {limit}")
             positions = rope_positions(ids, self.model["image_token_id"], grids, merge)
         prefilled = self.decoder.prefill(ids, np.concatenate(embeds), positions, max_new_tokens)
         timings["vlm_prefill"] = prefilled.prefill_ms

@@ -1,11 +1,14 @@
 """Regression tests of issue 19's input-hardening items: each case once escaped as the wrong error, hung, read
 unbounded data or let user text act as model control tokens."""
 
+import struct
+import zlib
 from collections import Counter
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from cseg import prompting
 from cseg.errors import InvalidInputError
@@ -57,3 +60,50 @@ def test_typed_clip_special_tokens_stay_plain_text(runtime, reference):
     features, got_mask = runtime._text_features(phrase)
     assert np.array_equal(got_mask, want_mask.numpy())
     np.testing.assert_allclose(features, want_features.numpy(), atol=1e-4)
+
+
+# --- bounded work from small inputs ---------------------------------------------------------------------------------
+
+
+def _png_header(path, width: int, height: int):
+    """A PNG that declares width x height and holds almost no data: what a decompression bomb's header looks like."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.parametrize("width, height, message", [
+    (30000, 30000, "too many pixels"),  # PIL's DecompressionBombError escaped
+    (17000, 17000, "17000x17000"),  # between PIL's warning and error: refused from the header by cseg's own limit
+    (16384, 11000, "truncated"),  # legal size: PIL's limit refused it; now it is read (and this file is truncated)
+])  # fmt: skip
+def test_image_headers_are_checked_before_decoding(tmp_path, width, height, message):
+    limit = Image.MAX_IMAGE_PIXELS
+    with pytest.raises(InvalidInputError, match=message):
+        load_image(_png_header(tmp_path / "bomb.png", width, height))
+    assert Image.MAX_IMAGE_PIXELS == limit  # PIL's process-wide limit is the caller's again
+
+
+def _with_max_length(runtime, max_length):
+    from cseg.runtime import Runtime
+
+    manifest = {**runtime.manifest, "generation": {**runtime.manifest["generation"], "max_length": max_length}}
+    return Runtime(runtime.bundle, manifest, runtime.graphs)
+
+
+def test_max_new_tokens_is_capped_by_max_length_and_long_prompts_are_refused(runtime, reference, photo):
+    from cseg.export.reference import ReferencePipeline
+
+    pending = runtime.prefill(runtime.image_state(load_image(photo), {}), "bolt", [], None, {})
+    prompt = pending.prefilled.cache.length
+    short = _with_max_length(runtime, prompt + 3)
+    got = short.segment(photo, "bolt", route="full", max_new_tokens=10**9)  # tried to allocate 119 GiB
+    assert 1 <= len(got.token_ids) <= 3
+    want = ReferencePipeline(reference.vlm, reference.sam3, max_length=prompt + 3)
+    assert want.segment(photo, "bolt", route="full", max_new_tokens=10**9).token_ids == got.token_ids
+    with pytest.raises(InvalidInputError, match=f"the prompt is {prompt} tokens"):  # refused before the prefill
+        _with_max_length(runtime, prompt).segment(photo, "bolt", route="full", max_new_tokens=5)
