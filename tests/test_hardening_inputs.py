@@ -107,3 +107,158 @@ def test_max_new_tokens_is_capped_by_max_length_and_long_prompts_are_refused(run
     assert want.segment(photo, "bolt", route="full", max_new_tokens=10**9).token_ids == got.token_ids
     with pytest.raises(InvalidInputError, match=f"the prompt is {prompt} tokens"):  # refused before the prefill
         _with_max_length(runtime, prompt).segment(photo, "bolt", route="full", max_new_tokens=5)
+
+
+# --- rule files -----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def hand_rule(runtime):
+    """A valid rule for the tiny bundle without the reasoning run (the arrays' values do not matter here)."""
+    from cseg.runtime.rules import Rule, bundle_id
+
+    features, mask = runtime._text_features("bolt")
+    concept = np.zeros((1, runtime.model["num_queries"], features.shape[2]), np.float32)
+    return Rule(question="bolt", answer="bolt", rule="", think="", text="", concept_tokens=concept,
+                text_features=features, text_mask=mask, bundle=bundle_id(runtime.manifest))  # fmt: skip
+
+
+def _rewrite(path, meta=None, **arrays):
+    """Change a saved rule's JSON and/or arrays, keeping its sha256 consistent (what a hand edit does)."""
+    import hashlib
+    import io
+    import json
+
+    meta = meta or json.loads(path.read_text())
+    if arrays:
+        with np.load(path.with_suffix(".npz")) as data:
+            values = {**dict(data), **arrays}
+        buffer = io.BytesIO()
+        np.savez(buffer, **values)
+        path.with_suffix(".npz").write_bytes(buffer.getvalue())
+        meta["arrays"]["sha256"] = hashlib.sha256(buffer.getvalue()).hexdigest()
+    path.write_text(json.dumps(meta))
+
+
+def test_rule_save_and_load_take_the_same_path(hand_rule, tmp_path):
+    from cseg.runtime.rules import Rule
+
+    saved = hand_rule.save(tmp_path / "scratch")
+    assert saved == tmp_path / "scratch.json" and Rule.load(tmp_path / "scratch").answer == "bolt"
+    (tmp_path / "notes.npz").write_bytes(b"the user's own file")
+    hand_rule.save(tmp_path / "notes.txt")  # used to overwrite notes.npz
+    assert (tmp_path / "notes.npz").read_bytes() == b"the user's own file"
+    assert Rule.load(tmp_path / "notes.txt").question == "bolt"
+    for bad in (None, b"x.json", 3):
+        with pytest.raises(InvalidInputError, match="rule path"):
+            Rule.load(bad)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m.pop("answer"), "'answer' is missing"),
+    (lambda m: m.update(question=["a"]), "'question' is missing or not a string"),
+    (lambda m: m.update(token_ids=[1, -2]), "token_ids"),
+    (lambda m: m.update(token_ids="123"), "token_ids"),
+    (lambda m: m.update(arrays=[]), "'arrays'"),
+    (lambda m: m["arrays"].update(file="../outside.npz"), "beside the rule"),
+    (lambda m: m["arrays"].update(file="/dev/zero"), "beside the rule"),  # read 8.9 GB
+    (lambda m: m.update(format=True), "format"),
+])  # fmt: skip
+def test_rule_json_is_validated_at_load(hand_rule, tmp_path, edit, message):
+    import json
+
+    from cseg.runtime.rules import Rule
+
+    path = hand_rule.save(tmp_path / "r.json")
+    meta = json.loads(path.read_text())
+    edit(meta)
+    _rewrite(path, meta)
+    with pytest.raises(InvalidInputError, match=message):
+        Rule.load(path)
+
+
+@pytest.mark.parametrize("arrays, message", [
+    ({"concept_tokens": np.zeros((1, 8, 256), np.float64)}, "float64"),
+    ({"text_features": np.zeros((32, 64), np.float32)}, "3 axes"),
+    ({"concept_tokens": np.full((1, 8, 256), np.nan, np.float32)}, "NaN"),
+    ({"text_mask": np.full((1, 32), 7, np.int64)}, "0/1"),
+    ({"text_mask": np.ones((1, 5), np.int64)}, "disagree"),
+    ({"extra": np.zeros(3)}, "expected"),
+])  # fmt: skip
+def test_rule_arrays_are_validated_at_load(hand_rule, tmp_path, arrays, message):
+    from cseg.runtime.rules import Rule
+
+    path = hand_rule.save(tmp_path / "r.json")
+    _rewrite(path, **arrays)
+    with pytest.raises(InvalidInputError, match=message):
+        Rule.load(path)
+
+
+def test_rule_arrays_that_are_not_regular_files_or_bombs_are_refused(hand_rule, tmp_path):
+    import hashlib
+    import io
+    import json
+    import os
+    import zipfile
+
+    from cseg.runtime.rules import MAX_ARRAYS_BYTES, Rule
+
+    path = hand_rule.save(tmp_path / "r.json")
+    arrays = path.with_suffix(".npz")
+    arrays.unlink()
+    os.mkfifo(arrays)  # hung the reader
+    with pytest.raises(InvalidInputError, match="not a regular file"):
+        Rule.load(path)
+    arrays.unlink()
+    arrays.symlink_to("/dev/zero")
+    with pytest.raises(InvalidInputError, match="not a regular file"):
+        Rule.load(path)
+    arrays.unlink()
+    # a few kilobytes that declare a large member (the 3.2 MB bomb loaded as 3 GiB)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name in ("concept_tokens", "text_features", "text_mask"):
+            archive.writestr(f"{name}.npy", b"\0" * (MAX_ARRAYS_BYTES // 2))
+    arrays.write_bytes(buffer.getvalue())
+    meta = json.loads(path.read_text())
+    meta["arrays"]["sha256"] = hashlib.sha256(buffer.getvalue()).hexdigest()
+    path.write_text(json.dumps(meta))
+    with pytest.raises(InvalidInputError, match="declares more than"):
+        Rule.load(path)
+    # an npy header that declares more elements than its data holds (np.load allocates from the header)
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (1, 10**8, 256)})
+    members = {f"{k}.npy": _npy(getattr(hand_rule, k)) for k in ("concept_tokens", "text_features", "text_mask")}
+    members["concept_tokens.npy"] = header.getvalue() + b"\0" * 64
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, blob in members.items():
+            archive.writestr(name, blob)
+    arrays.write_bytes(buffer.getvalue())
+    meta["arrays"]["sha256"] = hashlib.sha256(buffer.getvalue()).hexdigest()
+    path.write_text(json.dumps(meta))
+    with pytest.raises(InvalidInputError, match="more than its data holds"):
+        Rule.load(path)
+    path.write_text("[" * 100_000)
+    with pytest.raises(InvalidInputError, match="nested too deeply"):
+        Rule.load(path)
+
+
+def _npy(value) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, value)
+    return buffer.getvalue()
+
+
+def test_rule_arrays_must_fit_the_bundles_model(runtime, hand_rule, photo):
+    import dataclasses
+
+    too_many = dataclasses.replace(hand_rule, concept_tokens=np.zeros((1, 99, hand_rule.concept_tokens.shape[2]), np.float32))
+    with pytest.raises(InvalidInputError, match="this bundle's model takes"):
+        runtime.apply(too_many, photo)
+    bad_values = dataclasses.replace(hand_rule, text_mask=hand_rule.text_mask * 3)
+    with pytest.raises(InvalidInputError, match="0/1"):
+        runtime.apply(bad_values, photo)
+    assert runtime.apply(hand_rule, photo).route == "rule"
