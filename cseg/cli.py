@@ -418,7 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
     watch_parser.add_argument("--every", type=int, default=1, help="write an overlay every N-th frame")
     watch_parser.add_argument("--jsonl", help="write JSON lines here (default: stdout)")
     watch_parser.add_argument("--budget-ms", type=float, default=None, help="latency budget per frame")
-    watch_parser.add_argument("--drop", default="oldest", choices=["oldest", "none"], help="policy when behind")
+    watch_parser.add_argument("--drop", default=None, choices=["oldest", "none"],
+                              help="policy when behind (default: none for a folder, oldest for a video or camera)")
     watch_parser.add_argument("--max-frames", type=int, default=None)
     watch_parser.set_defaults(run=_watch)
 

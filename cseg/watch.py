@@ -36,7 +36,7 @@ def open_source(source: str):
     return capture, True
 
 
-def watch(runtime, rule, source: str, *, out: str | None, jsonl: str | None, budget_ms, drop: str,
+def watch(runtime, rule, source: str, *, out: str | None, jsonl: str | None, budget_ms, drop: str | None,
           max_frames: int | None, every: int) -> dict:  # fmt: skip
     from cseg.images import load_image
     from cseg.overlay import overlay

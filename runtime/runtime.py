@@ -172,9 +172,7 @@ class Runtime:
 
     def apply(self, rule: Rule, frame, *, bgr: bool = False) -> Segmentation:
         """SAM 3 alone on `frame`, prompted with the rule's phrase and concept tokens (no reasoning)."""
-        if not isinstance(rule, Rule):
-            raise InvalidInputError(f"rule must be a cseg Rule (Runtime.induce or Rule.load), got {type(rule).__name__}")
-        rule.check_bundle(self.manifest)
+        _check_rule(rule, self.manifest)
         timings: dict[str, float] = {}
         with timed(timings, "preprocess"):
             image = load_image(frame, bgr=bgr)
@@ -188,12 +186,14 @@ class Runtime:
             text=rule.text, token_ids=rule.token_ids, timings=timings,
         )  # fmt: skip
 
-    def stream(self, frames, rule: Rule, *, budget_ms: float | None = None, drop: str = "oldest",
+    def stream(self, frames, rule: Rule, *, budget_ms: float | None = None, drop: str | None = None,
                bgr: bool | None = None):  # fmt: skip
         """Apply `rule` to every frame of `frames` (iterable of arrays/paths, or an OpenCV capture); yields
         FrameResult(index, result, error, latency_ms, dropped_before, over_budget). A bad frame gives an error
-        result and the stream goes on. OpenCV captures deliver BGR: bgr defaults to True for them."""
-        rule.check_bundle(self.manifest)
+        result and the stream goes on. drop: "none" (every frame, in order), "oldest" (stay live) or None: "none"
+        for a finite sequence, "oldest" for an iterator or capture. OpenCV captures deliver BGR: bgr defaults to
+        True for them."""
+        _check_rule(rule, self.manifest)
         if bgr is None:
             bgr = hasattr(frames, "read")
         return stream_frames(lambda frame: self.apply(rule, frame, bgr=bgr), frames, budget_ms=budget_ms, drop=drop)
@@ -302,3 +302,9 @@ class Runtime:
         patches, grid = image_patches(image, self.prep["vlm"])
         feed = {"pixel_values": patches, **vision_inputs([grid], self.model["vision"])}
         return grid, self.graphs["vlm_vision"].run(feed)["image_embeds"]
+
+
+def _check_rule(rule, manifest: dict) -> None:
+    if not isinstance(rule, Rule):
+        raise InvalidInputError(f"rule must be a cseg Rule (Runtime.induce or Rule.load), got {type(rule).__name__}")
+    rule.check_bundle(manifest)

@@ -262,3 +262,92 @@ def test_rule_arrays_must_fit_the_bundles_model(runtime, hand_rule, photo):
     with pytest.raises(InvalidInputError, match="0/1"):
         runtime.apply(bad_values, photo)
     assert runtime.apply(hand_rule, photo).route == "rule"
+
+
+# --- Runtime.stream -------------------------------------------------------------------------------------------------
+
+
+def _readers() -> int:
+    import threading
+
+    return sum(t.name == "cseg-stream-reader" for t in threading.enumerate())
+
+
+def _wait_for(condition, seconds=3.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return condition()
+
+
+def test_an_abandoned_stream_stops_pulling_its_endless_source(monkeypatch):
+    import time
+
+    from cseg.runtime import stream as stream_module
+
+    monkeypatch.setattr(stream_module, "IDLE_S", 0.1)
+    pulled = [0]
+
+    def endless():
+        while True:
+            pulled[0] += 1
+            yield pulled[0]
+
+    held = stream_module.stream(lambda f: f, endless(), budget_ms=None, drop=None)  # an iterator: live, "oldest"
+    assert next(held).error is None
+    time.sleep(0.3)  # the consumer holds a result and does not come back
+    before = pulled[0]
+    time.sleep(0.3)
+    assert pulled[0] - before <= 1  # was ~1.5M frames in 3 s at 100% CPU
+    assert next(held).index > 0  # asking again resumes the reader
+    held.close()
+    assert _wait_for(lambda: _readers() == 0)
+    dropped = stream_module.stream(lambda f: f, endless(), budget_ms=None, drop="oldest")
+    next(dropped)
+    del dropped  # no reference left: the reader stops at once, not at garbage collection
+    assert _wait_for(lambda: _readers() == 0)
+
+
+def test_a_failing_source_keeps_its_last_good_frame_with_drop_oldest():
+    import time
+
+    from cseg.runtime.stream import stream
+
+    def unplugged():
+        yield from (1, 2, 3)
+        raise RuntimeError("camera unplugged")
+
+    results = list(stream(lambda f: (time.sleep(0.05), f)[1], unplugged(), budget_ms=None, drop="oldest"))
+    assert results[-1].error == "frame source failed: RuntimeError: camera unplugged"
+    assert results[-2].index == 2 and results[-2].result == 3  # the newest good frame is not replaced by the error
+
+
+def test_finite_sources_lose_no_frames_by_default():
+    import time
+
+    from cseg.runtime.stream import stream
+
+    slow = lambda f: (time.sleep(0.01), f)[1]  # noqa: E731
+    assert [r.index for r in stream(slow, list(range(20)), budget_ms=None, drop=None)] == list(range(20))
+    assert [r.index for r in stream(slow, np.zeros((5, 2, 2, 3), np.uint8), budget_ms=None, drop=None)] == list(range(5))
+
+
+@pytest.mark.parametrize("frames, kwargs, message", [
+    ("frame.png", {}, "frames is a str"),
+    (b"frame.png", {}, "frames is a bytes"),
+    (42, {}, "iterable of frames"),
+    ([], {"budget_ms": "100"}, "budget_ms"),
+    ([], {"budget_ms": float("nan")}, "budget_ms"),
+    ([], {"budget_ms": True}, "budget_ms"),
+    ([], {"drop": "newest"}, "drop"),
+])  # fmt: skip
+def test_stream_arguments_are_refused_before_the_first_frame(runtime, hand_rule, frames, kwargs, message):
+    with pytest.raises(InvalidInputError, match=message):
+        runtime.stream(frames, hand_rule, **kwargs)
+
+
+def test_stream_needs_a_rule(runtime):
+    with pytest.raises(InvalidInputError, match="rule must be a cseg Rule"):
+        runtime.stream([], "x")
