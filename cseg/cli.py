@@ -230,6 +230,8 @@ def _eval(args) -> int:
 
     if args.limit is not None and args.limit < 1:
         raise InvalidInputError("--limit must be at least 1")
+    if args.worst < 0:
+        raise InvalidInputError("--worst must be 0 (no overlays) or a positive number of samples")
     samples = datasets.read(args.format, args.data, split=args.split, prompt=args.prompt, demos=args.demos)
     samples = samples[: args.limit] if args.limit else samples
     runtime = Runtime.open(args.bundle, device=args.device)

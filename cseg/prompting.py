@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -28,16 +29,21 @@ def template() -> dict:
 
 
 def check_prompt(prompt) -> str:
-    """The user's question, validated: a non-empty string of at most MAX_PROMPT_CHARS characters."""
+    """The user's question, validated: a string of at most MAX_PROMPT_CHARS characters, valid Unicode, with at least
+    one visible character."""
     if not isinstance(prompt, str):
         raise InvalidInputError(f"prompt must be a str, got {type(prompt).__name__}")
-    if not prompt.strip():
-        raise InvalidInputError("prompt is empty: pass the concept or question to segment, e.g. 'scratch on the lid'")
     if len(prompt) > MAX_PROMPT_CHARS:
         raise InvalidInputError(
             f"prompt has {len(prompt)} characters, more than the {MAX_PROMPT_CHARS} allowed: "
             "ConceptSeg-R1 expects a short question or concept"
         )
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as exc:  # lone surrogates (e.g. from surrogateescape): no tokenizer takes them
+        raise InvalidInputError(f"prompt is not valid Unicode text: {exc.reason} at position {exc.start}") from None
+    if not any(unicodedata.category(c)[0] not in "ZC" for c in prompt):  # only spaces, controls, zero-width marks
+        raise InvalidInputError("prompt is empty: pass the concept or question to segment, e.g. 'scratch on the lid'")
     return prompt
 
 

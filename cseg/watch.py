@@ -74,4 +74,6 @@ def watch(runtime, rule, source: str, *, out: str | None, jsonl: str | None, bud
         print(file=sys.stderr)
         if jsonl:
             log.close()
+    if not latencies and not errors:  # FFmpeg opens many non-video files (text as "tty") and reads nothing
+        raise InvalidInputError(f"source {source!r} delivered no frames: not a video OpenCV can decode, or empty")
     return {"frames": len(latencies) + errors, "errors": errors, "dropped": dropped}

@@ -28,7 +28,7 @@ from cseg.manifest import read_manifest, verify_files
 from cseg.pipeline import Reasoning, timed
 from cseg.runtime import postprocess
 from cseg.runtime.generation import Decoder, Prefilled, kv_dtype
-from cseg.runtime.graphs import OrtGraph, session_options
+from cseg.runtime.graphs import OrtGraph, check_session, session_options
 from cseg.runtime.router import Router
 from cseg.runtime.rules import Rule, bundle_id
 from cseg.runtime.stream import stream as stream_frames
@@ -102,6 +102,8 @@ class Runtime:
         `session` overrides the target profile's ONNX Runtime options (e.g. {"intra_op_num_threads": 2}).
         `verify=False` skips hashing the files (seconds for multi-GB bundles) when they are known to be intact.
         """
+        if not isinstance(bundle, (str, os.PathLike)) or not isinstance(os.fspath(bundle), str):
+            raise InvalidInputError(f"bundle must be a path (str or os.PathLike), got {type(bundle).__name__}")
         bundle = Path(os.fspath(bundle))
         manifest = read_manifest(bundle)
         if verify:
@@ -113,6 +115,7 @@ class Runtime:
         """Serve `manifest`'s graphs from `bundle` (open() after its checks; the exporter for bundles in the making)."""
         if device not in DEVICES:
             raise InvalidInputError(f"device must be one of {DEVICES} for a {manifest['target']} bundle, got {device!r}")
+        check_session(session)
         engines = any(graph["backend"] == "tensorrt" for graph in manifest["graphs"].values())
         if device == "tensorrt" and not engines:
             raise InvalidInputError(f"a {manifest['target']} bundle has no TensorRT engines; open it with device='cpu'")
@@ -153,7 +156,7 @@ class Runtime:
 
         `image` is the target the model reasons about (default: the first demonstration's image).
         """
-        pipeline.check_options("full", max_new_tokens)
+        pipeline.check_options("full", max_new_tokens, bgr)
         question = prompting.check_prompt(question)
         demos = check_demos(demos)
         if not demos:
@@ -173,6 +176,7 @@ class Runtime:
     def apply(self, rule: Rule, frame, *, bgr: bool = False) -> Segmentation:
         """SAM 3 alone on `frame`, prompted with the rule's phrase and concept tokens (no reasoning)."""
         _check_rule(rule, self.manifest)
+        pipeline.check_bgr(bgr)
         timings: dict[str, float] = {}
         with timed(timings, "preprocess"):
             image = load_image(frame, bgr=bgr)
@@ -196,6 +200,7 @@ class Runtime:
         _check_rule(rule, self.manifest)
         if bgr is None:
             bgr = hasattr(frames, "read")
+        pipeline.check_bgr(bgr)
         return stream_frames(lambda frame: self.apply(rule, frame, bgr=bgr), frames, budget_ms=budget_ms, drop=drop)
 
     # --- the backend protocol of cseg.pipeline --------------------------------------------------------------------

@@ -351,3 +351,63 @@ def test_stream_arguments_are_refused_before_the_first_frame(runtime, hand_rule,
 def test_stream_needs_a_rule(runtime):
     with pytest.raises(InvalidInputError, match="rule must be a cseg Rule"):
         runtime.stream([], "x")
+
+
+# --- everything else (item 12) --------------------------------------------------------------------------------------
+
+
+def test_bgr_must_be_a_bool(runtime, hand_rule, photo):
+    with pytest.raises(InvalidInputError, match="bgr must be True or False"):
+        runtime.segment(photo, "bolt", bgr="yes")  # was taken as True
+    with pytest.raises(InvalidInputError, match="bgr"):
+        runtime.apply(hand_rule, photo, bgr="no")
+    with pytest.raises(InvalidInputError, match="bgr"):
+        runtime.stream([photo], hand_rule, bgr=1)
+    assert runtime.apply(hand_rule, photo, bgr=np.bool_(False)).route == "rule"
+
+
+def test_bundle_paths_and_session_options_are_checked(tiny_bundle):
+    from cseg.runtime import Runtime
+
+    for bad in (None, b"bundle", 3):
+        with pytest.raises(InvalidInputError, match="bundle must be a path"):
+            Runtime.open(bad)
+    for session, message in (([("intra_op_num_threads", 1)], "session must be a dict"),
+                             ({"intra_op_num_threads": "2"}, "non-negative int"),
+                             ({"intra_op_num_threads": -1}, "non-negative int"),
+                             ({"threads": 2}, "unknown session option"),
+                             ({"graph_optimization_level": "fast"}, "graph_optimization_level")):  # fmt: skip
+        with pytest.raises(InvalidInputError, match=message):
+            Runtime.open(tiny_bundle, verify=False, session=session)
+
+
+def test_eval_worst_must_not_be_negative(tmp_path, capsys):
+    from cseg.cli import main
+
+    assert main(["eval", "--bundle", str(tmp_path), "--data", str(tmp_path), "--format", "folder", "--worst", "-1"]) == 2
+    assert "--worst" in capsys.readouterr().err
+
+
+def test_watch_refuses_a_source_that_delivers_no_frames(runtime, hand_rule, monkeypatch, tmp_path):
+    from cseg import watch
+
+    monkeypatch.setattr(watch, "open_source", lambda source: (iter(()), True))  # what OpenCV gave for a text file
+    with pytest.raises(InvalidInputError, match="delivered no frames"):
+        watch.watch(runtime, hand_rule, str(tmp_path / "notes.txt"), out=None, jsonl=str(tmp_path / "log.jsonl"),
+                    budget_ms=None, drop=None, max_frames=None, every=1)  # fmt: skip
+
+
+def test_unreadable_files_are_input_errors(tmp_path, monkeypatch):
+    import builtins
+
+    from cseg import files
+
+    path = tmp_path / "secret.json"
+    path.write_text("{}")
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(builtins, "open", refuse)  # the tests run as root, for whom chmod 000 changes nothing
+    with pytest.raises(InvalidInputError, match="cannot be read: Permission denied"):
+        files.read_json(path, "rule", 1000)
