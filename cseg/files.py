@@ -1,9 +1,11 @@
-"""Reading the small files users name (rules, dataset indexes, calibration sets): regular files only (a FIFO blocks
-the reader, /dev/zero never ends), a size limit, and OS errors or malformed JSON as InvalidInputError."""
+"""Reading the files users name or that indexes name (rules, dataset and calibration indexes): regular files only (a
+FIFO blocks the reader, /dev/zero never ends), a size limit, paths kept inside their folder, and OS errors or
+malformed JSON as InvalidInputError."""
 
 from __future__ import annotations
 
 import json
+import os
 import stat
 from pathlib import Path
 
@@ -57,3 +59,15 @@ def parse_json(text: str, what: str):
 def read_json(path, what: str, limit: int):
     return parse_json(read_text(path, what, limit), f"{what} {path}")
 
+
+
+def inside(root: Path, relative, what: str) -> Path:
+    """`root / relative` where that resolves (symlinks followed) inside `root`: a path read from a dataset or
+    calibration index must not reach other files on the machine (`../`, an absolute path, a symlink out)."""
+    if not isinstance(relative, str) or not relative:
+        raise InvalidInputError(f"{what} must be a non-empty path string, got {relative!r}")
+    path = root / relative
+    base = os.path.realpath(root)
+    if os.path.commonpath([os.path.realpath(path), base]) != base:
+        raise InvalidInputError(f"{what} {relative!r} is outside the folder {root}; copy the file into it")
+    return path

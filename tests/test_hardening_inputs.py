@@ -411,3 +411,42 @@ def test_unreadable_files_are_input_errors(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "open", refuse)  # the tests run as root, for whom chmod 000 changes nothing
     with pytest.raises(InvalidInputError, match="cannot be read: Permission denied"):
         files.read_json(path, "rule", 1000)
+
+
+# --- paths that leave their folder (calibration sets, datasets) ----------------------------------------------------
+
+
+def _save_photo(path, size=(40, 30)):
+    from skimage import data
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(data.coffee()).resize(size).save(path)
+    return path
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"image": "../outside.png", "prompt": "cup"}, "outside the folder"),
+    ({"image": "OUTSIDE", "prompt": "cup"}, "outside the folder"),  # an absolute path
+    ({"image": "link.png", "prompt": "cup"}, "outside the folder"),  # a symlink out
+    ({"image": "in.png", "prompt": "cup", "demos": [["fifo.png", [[1, 1, 5, 5]]]]}, "not a regular file"),
+    ({"image": "in.png", "prompt": "cup", "mask": "../outside.png"}, "outside the folder"),
+    ({"image": 3, "prompt": "cup"}, "path string"),
+])  # fmt: skip
+def test_calibration_paths_stay_inside_the_folder(tmp_path, entry, message):
+    import json
+    import os
+
+    from cseg.calib.calibration_set import load
+
+    outside = _save_photo(tmp_path / "outside.png")
+    root = tmp_path / "calib"
+    _save_photo(root / "in.png")
+    (root / "link.png").symlink_to(outside)
+    os.mkfifo(root / "fifo.png")  # hashing the set hung on it
+    entry = {k: (str(outside) if v == "OUTSIDE" else v) for k, v in entry.items()}
+    (root / "calib.jsonl").write_text(json.dumps(entry) + "\n")
+    with pytest.raises(InvalidInputError, match=message):
+        load(root)
+    (root / "calib.jsonl").write_text("[" * 100_000 + "\n")
+    with pytest.raises(InvalidInputError, match="nested too deeply"):
+        load(root)
