@@ -450,3 +450,104 @@ def test_calibration_paths_stay_inside_the_folder(tmp_path, entry, message):
     (root / "calib.jsonl").write_text("[" * 100_000 + "\n")
     with pytest.raises(InvalidInputError, match="nested too deeply"):
         load(root)
+
+
+def test_dataset_paths_outside_the_folder_are_that_samples_error(tmp_path):
+    import json
+
+    from cseg import datasets
+
+    outside = _save_photo(tmp_path / "secret.png")
+    root = tmp_path / "folder"
+    _save_photo(root / "images" / "good.png")
+    _save_photo(root / "masks" / "good.png")
+    (root / "images" / "leak.png").symlink_to(outside)
+    _save_photo(root / "masks" / "leak.png")
+    by_id = {s.id: s for s in datasets.read("folder", root, prompt="cup")}
+    assert by_id["good"].load_mask()[0].shape == (30, 40)
+    with pytest.raises(InvalidInputError, match="outside the folder"):
+        by_id["leak"].load_mask()
+
+    bench = tmp_path / "bench"
+    _save_photo(bench / "a.jpg")
+    _save_photo(bench / "a.png")
+    item = {"img_path": ["a.jpg"], "mask_path": "a.png", "dataset_name": "DUTS", "cls_name": "DUTS_x"}
+    meta = {"test": {"DUTS_x": [item, {**item, "img_path": ["../secret.png"]}, {**item, "mask_path": str(outside)}]}}
+    (bench / "all_meta.json").write_text(json.dumps(meta))
+    good, up, absolute = datasets.read("conceptseg", bench)
+    assert good.load_mask()[0].shape == (30, 40)
+    for sample in (up, absolute):
+        with pytest.raises(InvalidInputError, match="outside the folder"):
+            sample.load_mask()
+
+
+# --- cseg eval: one broken sample is that sample's error ------------------------------------------------------------
+
+
+def test_broken_samples_land_in_errors_and_the_rest_is_evaluated(runtime, tmp_path):
+    import json
+
+    from cseg import datasets, evaluate
+
+    root = tmp_path / "reasonseg"
+    for stem in ("good", "badpoint"):
+        _save_photo(root / f"{stem}.jpg")
+    square = [[2, 2], [30, 2], [30, 20], [2, 20]]
+    (root / "good.json").write_text(json.dumps({"text": "cup", "shapes": [{"label": "target", "points": square}]}))
+    (root / "badpoint.json").write_text(json.dumps({"text": "cup", "shapes": [{"label": "target", "points": [[1, "x"], [2]]}]}))
+    (root / "notjson.json").write_text("{")
+    _save_photo(root / "notjson.jpg")
+    records = evaluate.evaluate(runtime, datasets.read("reasonseg", root), tmp_path / "work", tmp_path / "masks",
+                                route="shortcut", progress=False)  # fmt: skip
+    summary = evaluate.summarize(records)
+    assert summary["overall"]["count"] == 1 and set(summary["errors"]) == {"badpoint#0", "notjson"}
+    assert "polygon point" in summary["errors"]["badpoint#0"] and "not valid JSON" in summary["errors"]["notjson"]
+
+
+def test_unreadable_labels_and_missing_references_are_per_sample(tmp_path):
+    import json
+
+    from cseg import datasets
+
+    city = tmp_path / "cityscapes"
+    _save_photo(city / "leftImg8bit/val/ulm/ulm_1_leftImg8bit.png")
+    (city / "gtFine/val/ulm").mkdir(parents=True)
+    (city / "gtFine/val/ulm/ulm_1_gtFine_labelIds.png").write_bytes(b"not a png")
+    with pytest.raises(InvalidInputError, match="label image .* is not a readable image"):
+        datasets.read("cityscapes", city)[0].load_mask()
+
+    bench = tmp_path / "bench"
+    for name in ("a", "b"):
+        _save_photo(bench / f"{name}.jpg")
+        _save_photo(bench / f"{name}.png")
+    item = {"img_path": ["a.jpg"], "mask_path": "a.png", "dataset_name": "DUTS", "cls_name": "DUTS_x"}
+    mig = {**item, "img_path": ["gone.jpg", "a.jpg"], "dataset_name": "MIG_x", "problem": "the cup"}
+    meta = {"train": {"DUTS_x": [{**item, "img_path": ["b.jpg"], "mask_path": "gone.png"}]},
+            "test": {"DUTS_x": [item], "MIG_x": [mig, {**mig, "img_path": ["b.jpg", "a.jpg"]}]}}  # fmt: skip
+    (bench / "all_meta.json").write_text(json.dumps(meta))
+    duts, missing_ref, fine = datasets.read("conceptseg", bench)  # refused the whole dataset before
+    for sample, what in ((duts, "train mask"), (missing_ref, "image")):
+        with pytest.raises(InvalidInputError, match=f"{what} .*gone.* does not exist"):
+            sample.load_mask()
+    assert fine.load_mask()[0].shape == (30, 40) and len(fine.demos) == 1
+
+
+def test_evaluation_resumes_after_a_torn_last_line(runtime, tmp_path):
+    import json
+
+    from cseg import datasets, evaluate
+
+    root = tmp_path / "folder"
+    for stem in ("a b", "a__b"):  # saved to one mask file before
+        _save_photo(root / "images" / f"{stem}.png")
+        _save_photo(root / "masks" / f"{stem}.png")
+    samples = datasets.read("folder", root, prompt="cup")
+    assert evaluate.mask_name("a b") != evaluate.mask_name("a__b")
+    work = tmp_path / "work"
+    evaluate.evaluate(runtime, samples[:1], work, tmp_path / "masks", route="shortcut", progress=False)
+    log = work / "samples.jsonl"
+    log.write_text(log.read_text() + '{"id": "a__b", "dataset": "fol')  # killed while writing the second record
+    records = evaluate.evaluate(runtime, samples, work, tmp_path / "masks", route="shortcut", progress=False)
+    assert sorted(records) == ["a b", "a__b"] and all("error" not in r for r in records.values())
+    assert [json.loads(line)["id"] for line in log.read_text().splitlines()] == ["a b", "a__b"]
+    assert len(list((tmp_path / "masks").glob("*.png"))) == 2
