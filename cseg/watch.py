@@ -17,7 +17,10 @@ def open_source(source: str):
     """A folder (its images in name order), a camera index ("0"), or a video file. Returns (frames, is_opencv)."""
     path = Path(source)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        try:
+            files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        except OSError as exc:
+            raise InvalidInputError(f"folder {source} cannot be read: {exc.strerror or exc}") from None
         if not files:
             raise InvalidInputError(f"folder {source} holds no images ({', '.join(IMAGE_SUFFIXES)})")
         return [str(p) for p in files], False

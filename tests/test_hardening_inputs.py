@@ -411,6 +411,14 @@ def test_unreadable_files_are_input_errors(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "open", refuse)  # the tests run as root, for whom chmod 000 changes nothing
     with pytest.raises(InvalidInputError, match="cannot be read: Permission denied"):
         files.read_json(path, "rule", 1000)
+    monkeypatch.undo()
+    from pathlib import Path
+
+    from cseg.watch import open_source
+
+    monkeypatch.setattr(Path, "iterdir", refuse)
+    with pytest.raises(InvalidInputError, match="folder .* cannot be read: Permission denied"):
+        open_source(str(tmp_path))
 
 
 # --- paths that leave their folder (calibration sets, datasets) ----------------------------------------------------
