@@ -3,8 +3,8 @@
     {"image": "images/line_0001.png", "prompt": "scratch on the lid", "demos": [["demo.png", [[x1, y1, x2, y2]]]],
      "mask": "masks/line_0001.png"}      (demos and mask optional; the mask is the ground truth, for the router)
 
-Paths are relative to the folder and must stay inside it (no `..`, absolute paths or symlinks out). `default_set(dir)` writes one from photographs that install with scikit-image
-(for tests and the demo); point `--calib DIR` at your own factory images for real deployments. The set's sha256
+Paths are relative to the folder and must stay inside it (no `..`, absolute paths or symlinks out).
+`default_set(dir)` writes one from photographs that install with scikit-image (for tests and the demo); point `--calib DIR` at your own factory images for real deployments. The set's sha256
 (over calib.jsonl and every file it names) goes into the bundle manifest, so a quantized bundle says what it was
 calibrated on.
 """
@@ -69,9 +69,9 @@ def load(root: str | Path) -> CalibrationSet:
         where = f"{index} line {number}"
         entry = parse_json(line, where)
         try:
-            item = CalibrationItem(_file(root, entry["image"], f"{where}: image"), entry["prompt"],
-                                   [(str(_file(root, d[0], f"{where}: demo image")), d[1]) for d in entry.get("demos", [])],
-                                   _file(root, entry["mask"], f"{where}: mask") if entry.get("mask") else None)  # fmt: skip
+            demos = [(str(_file(root, d[0], f"{where}: demo image")), d[1]) for d in entry.get("demos", [])]
+            mask = _file(root, entry["mask"], f"{where}: mask") if entry.get("mask") else None
+            item = CalibrationItem(_file(root, entry["image"], f"{where}: image"), entry["prompt"], demos, mask)
         except (KeyError, TypeError, IndexError, AttributeError) as exc:
             raise InvalidInputError(f"{where} is not a calibration entry ({type(exc).__name__}: {exc})") from None
         items.append(item)

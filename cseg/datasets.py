@@ -276,8 +276,8 @@ def _cityscapes(root: Path, split: str | None = None, **_) -> Iterator[Sample]:
         labels = root / "gtFine" / split / image.parent.name / f"{stem}_gtFine_labelIds.png"
         for label_id, name in CITYSCAPES_CLASSES.items():
             sample_id = f"{stem}/{name}"
-            yield Sample(sample_id, str(image), name,
-                         lambda l=labels, c=label_id, i=image, s=sample_id: _label_mask(root, l, c, i, s), name)  # fmt: skip
+            read = lambda l=labels, c=label_id, i=image, s=sample_id: _label_mask(root, l, c, i, s)  # noqa: E731
+            yield Sample(sample_id, str(image), name, read, name)
 
 
 def _label_mask(root: Path, labels: Path, label_id: int, image: Path, sample: str):

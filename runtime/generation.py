@@ -113,7 +113,9 @@ class Decoder:
         prompt = prompt_ids.shape[1]
         room = self.max_length - prompt  # max_length counts prompt + completion, whatever max_new_tokens asks for
         if room < 1:  # refused before the prefill: a long prompt costs memory and time in proportion to its length
-            raise InvalidInputError(f"the prompt is {prompt} tokens, leaving no room to generate within {self.max_length}")
+            raise InvalidInputError(
+                f"the prompt is {prompt} tokens, leaving no room to generate within {self.max_length}"
+            )
         budget = min(max_new_tokens, room) if max_new_tokens else room
         cache = self.new_cache(prompt + budget)
         mask = np.ones((1, prompt + budget), np.int64)

@@ -34,7 +34,8 @@ def check_session(session) -> None:
         if kind is None:
             raise InvalidInputError(f"unknown session option {key!r}; known: {', '.join(_SESSION_TYPES)}")
         if not isinstance(value, kind) or (kind is int and (isinstance(value, bool) or value < 0)):
-            raise InvalidInputError(f"session option {key} must be a {'non-negative ' * (kind is int)}{kind.__name__}, got {value!r}")
+            wanted = f"{'non-negative ' * (kind is int)}{kind.__name__}"
+            raise InvalidInputError(f"session option {key} must be a {wanted}, got {value!r}")
     if session.get("graph_optimization_level", "ORT_ENABLE_ALL") not in _LEVELS:
         raise InvalidInputError(f"unknown graph_optimization_level {session['graph_optimization_level']!r}; "
                                 f"use one of {', '.join(_LEVELS)}")  # fmt: skip

@@ -164,7 +164,9 @@ def _read_arrays(blob: bytes, where: str) -> dict[str, np.ndarray]:
                         raise InvalidInputError(f"{where}: {name} has npy format {version}, expected 1.0 or 2.0")
                     shape, _, declared = _NPY_HEADERS[version](member)
                     if declared != np.dtype(dtype) or len(shape) != ndim:
-                        raise InvalidInputError(f"{where}: {name} is {declared} {list(shape)}, expected {dtype} with {ndim} axes")
+                        raise InvalidInputError(
+                            f"{where}: {name} is {declared} {list(shape)}, expected {dtype} with {ndim} axes"
+                        )
                     if math.prod(shape) * declared.itemsize > info.file_size:
                         raise InvalidInputError(f"{where}: {name} declares {list(shape)}, more than its data holds")
                 with archive.open(info) as member:  # read_array reads the header again

@@ -120,7 +120,9 @@ def stream(apply, source, *, budget_ms: float | None, drop: str | None):
             "sorted(Path(folder).glob('*.png')) or cseg watch)"
         )
     if not hasattr(source, "read") and not hasattr(source, "__iter__"):
-        raise InvalidInputError(f"frames must be an iterable of frames or an OpenCV capture, got {type(source).__name__}")
+        raise InvalidInputError(
+            f"frames must be an iterable of frames or an OpenCV capture, got {type(source).__name__}"
+        )
     drop = default_drop(source) if drop is None else drop
     if drop not in DROP_POLICIES:
         raise InvalidInputError(f"drop must be one of {DROP_POLICIES} or None, got {drop!r}")

@@ -34,7 +34,8 @@ class ChatTokenizer:
             tokenizer.no_padding()
             tokenizer.no_truncation()
 
-    def encode_prompt(self, problem: str, tokens_per_image: list[int], question: str = "") -> tuple[np.ndarray, np.ndarray]:
+    def encode_prompt(self, problem: str, tokens_per_image: list[int],
+                      question: str = "") -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
         """Token ids of the chat prompt for `problem` (prompting.render_chat, image placeholders expanded) and the
         indices of the tokens of `question` (its first occurrence in `problem`)."""
         before, after = prompting.chat_frame(len(tokens_per_image))
