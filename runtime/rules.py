@@ -121,6 +121,8 @@ class Rule:
         declared = {t["name"]: t["shape"] for t in manifest["graphs"]["sam3_decoder"]["inputs"]}
         queries = manifest["model"]["num_queries"]
         for name, value in arrays.items():
+            if name not in declared:  # an exporter may prune an input the graph does not use; it is not fed then
+                continue
             # the one dynamic axis of these inputs is the number of concept tokens: Q on the rule path
             want = [queries if isinstance(d, str) else d for d in declared[name]]
             if list(value.shape) != want:

@@ -153,7 +153,7 @@ def _results(apply, source, budget_ms, drop):
             for index, frame in enumerate(frames_of(source)):
                 if not deliver((index, frame, time.perf_counter(), None)):
                     return
-                consumer.wait_if_idle(stop)  # drop="none" needs no pause: its full queue blocks the reader
+                consumer.wait_if_idle(stop)  # with drop="none" its full queue would block the reader anyway
         except Exception as exc:  # a broken source ends the stream with an error, not a traceback
             deliver((-1, None, time.perf_counter(), f"frame source failed: {type(exc).__name__}: {exc}"))
         deliver(_END)
