@@ -3,8 +3,8 @@
     {"image": "images/line_0001.png", "prompt": "scratch on the lid", "demos": [["demo.png", [[x1, y1, x2, y2]]]],
      "mask": "masks/line_0001.png"}      (demos and mask optional; the mask is the ground truth, for the router)
 
-Paths are relative to the folder. `default_set(dir)` writes one from photographs that install with scikit-image
-(for tests and the demo); point `--calib DIR` at your own factory images for real deployments. The set's sha256
+Paths are relative to the folder and must stay inside it (no `..`, absolute paths or symlinks out).
+`default_set(dir)` writes one from photographs that install with scikit-image (for tests and the demo); point `--calib DIR` at your own factory images for real deployments. The set's sha256
 (over calib.jsonl and every file it names) goes into the bundle manifest, so a quantized bundle says what it was
 calibrated on.
 """
@@ -19,8 +19,10 @@ from pathlib import Path
 from PIL import Image
 
 from cseg.errors import InvalidInputError
+from cseg.files import inside, parse_json, read_text, regular_file
 
 INDEX = "calib.jsonl"
+MAX_INDEX_BYTES = 64 << 20  # calib.jsonl: thousands of short lines at most
 # (photograph, prompt): short prompts take the shortcut path, longer ones reason; both routes get calibrated.
 DEFAULT_SAMPLES = [
     ("astronaut", "the astronaut's helmet"), ("coffee", "cup"), ("chelsea", "the cat lying on the floor"),
@@ -61,22 +63,26 @@ def load(root: str | Path) -> CalibrationSet:
     if not index.is_file():
         raise InvalidInputError(f"calibration folder {root} has no {INDEX} (one JSON object per line)")
     items = []
-    for number, line in enumerate(index.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(read_text(index, "calibration index", MAX_INDEX_BYTES).splitlines(), 1):
         if not line.strip():
             continue
+        where = f"{index} line {number}"
+        entry = parse_json(line, where)
         try:
-            entry = json.loads(line)
-            item = CalibrationItem(root / entry["image"], entry["prompt"],
-                                   [(str(root / d[0]), d[1]) for d in entry.get("demos", [])],
-                                   root / entry["mask"] if entry.get("mask") else None)  # fmt: skip
-        except (ValueError, KeyError, TypeError, IndexError) as exc:
-            raise InvalidInputError(f"{index} line {number} is not a calibration entry ({exc})") from None
-        if not item.image.is_file():
-            raise InvalidInputError(f"{index} line {number}: image {item.image} is missing")
+            demos = [(str(_file(root, d[0], f"{where}: demo image")), d[1]) for d in entry.get("demos", [])]
+            mask = _file(root, entry["mask"], f"{where}: mask") if entry.get("mask") else None
+            item = CalibrationItem(_file(root, entry["image"], f"{where}: image"), entry["prompt"], demos, mask)
+        except (KeyError, TypeError, IndexError, AttributeError) as exc:
+            raise InvalidInputError(f"{where} is not a calibration entry ({type(exc).__name__}: {exc})") from None
         items.append(item)
     if not items:
         raise InvalidInputError(f"{index} lists no samples")
     return CalibrationSet(root, items)
+
+
+def _file(root: Path, relative, what: str) -> Path:
+    """A regular file inside the calibration folder (the set's sha256 reads every file it names: a FIFO would hang)."""
+    return regular_file(inside(root, relative, what), what)
 
 
 def default_set(root: str | Path) -> CalibrationSet:

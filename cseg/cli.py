@@ -232,6 +232,8 @@ def _eval(args) -> int:
 
     if args.limit is not None and args.limit < 1:
         raise InvalidInputError("--limit must be at least 1")
+    if args.worst < 0:
+        raise InvalidInputError("--worst must be 0 (no overlays) or a positive number of samples")
     samples = datasets.read(args.format, args.data, split=args.split, prompt=args.prompt, demos=args.demos)
     samples = samples[: args.limit] if args.limit else samples
     runtime = Runtime.open(args.bundle, device=args.device)
@@ -420,7 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     watch_parser.add_argument("--every", type=int, default=1, help="write an overlay every N-th frame")
     watch_parser.add_argument("--jsonl", help="write JSON lines here (default: stdout)")
     watch_parser.add_argument("--budget-ms", type=float, default=None, help="latency budget per frame")
-    watch_parser.add_argument("--drop", default="oldest", choices=["oldest", "none"], help="policy when behind")
+    watch_parser.add_argument("--drop", default=None, choices=["oldest", "none"],
+                              help="policy when behind (default: none for a folder, oldest for a video or camera)")
     watch_parser.add_argument("--max-frames", type=int, default=None)
     watch_parser.set_defaults(run=_watch)
 

@@ -10,13 +10,15 @@ Layouts:
   sample per image and each of the 19 evaluation classes (prompt = class name), void pixels ignored.
 - folder: `images/<stem>.<ext>` + `masks/<stem>.png` (non-zero = foreground), prompts from `prompts.json`
   ({stem: prompt}) or one prompt for all.
-A problem with one sample (missing or unreadable mask, wrong size) is raised when that sample's mask is read, so an
-evaluation records it and goes on; a problem with the dataset itself (no metadata, bad JSON) is raised at once.
+A problem with one sample (missing or unreadable image, mask, label or reference, a bad polygon, a path that leaves
+the dataset folder) is raised when that sample's mask is read, so an evaluation records it and goes on; a problem
+with the dataset itself (no metadata, bad JSON) is raised at once. Every path a sample reads must resolve inside the
+dataset folder (no `..`, absolute paths or symlinks out) and be a regular file.
 """
 
 from __future__ import annotations
 
-import json
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +28,11 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from cseg.errors import InvalidInputError
+from cseg.files import inside, read_json, regular_file
 from cseg.images import IMAGE_SUFFIXES
 
 FORMATS = ("conceptseg", "reasonseg", "cityscapes", "folder")
+MAX_JSON_BYTES = 256 << 20  # all_meta.json of the whole ConceptSeg-Benchmark is a few MB
 
 # Research code (open_r1/mydataset.py gen_problem_by_dataset): the question asked per benchmark dataset;
 # "{cls_name}" datasets ask for the class name itself.
@@ -84,38 +88,49 @@ def read(fmt: str, root: str | Path, **options) -> list[Sample]:
 
 
 def _load_json(path: Path):
+    return read_json(path, "dataset file", MAX_JSON_BYTES)
+
+
+def _file(root: Path, relative: str | Path, sample: str, what: str) -> Path:
+    """A regular file inside the dataset folder, or this sample's InvalidInputError."""
+    relative = str(relative.relative_to(root)) if isinstance(relative, Path) else relative
+    return regular_file(inside(root, relative, f"sample {sample}: {what}"), f"sample {sample}: {what}")
+
+
+def _read_image(path: Path, sample: str, what: str, read):
+    """read(the opened PIL image); an unreadable file (or a decompression bomb) is this sample's InvalidInputError."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InvalidInputError(f"{path} is not readable JSON: {exc}") from None
+        with Image.open(path) as opened:
+            return read(opened)
+    except (OSError, Image.DecompressionBombError) as exc:
+        raise InvalidInputError(f"sample {sample}: {what} {path} is not a readable image ({exc})") from None
 
 
 def _binary_mask(path: Path, size: tuple[int, int] | None, sample: str) -> np.ndarray:
     """Non-zero pixels of a mask image; `size` (width, height) must match when given."""
-    if not path.is_file():
-        raise InvalidInputError(f"sample {sample}: mask {path} is missing")
-    try:
-        with Image.open(path) as opened:
-            mask = opened.convert("L")
-    except OSError as exc:
-        raise InvalidInputError(f"sample {sample}: mask {path} is not a readable image ({exc})") from None
+    mask = _read_image(path, sample, "mask", lambda opened: opened.convert("L"))
     if size is not None and mask.size != size:
         raise InvalidInputError(f"sample {sample}: mask is {mask.size[0]}x{mask.size[1]}, image is {size[0]}x{size[1]}")
     return np.asarray(mask) > 127
 
 
 def _image_size(path: Path, sample: str) -> tuple[int, int]:
-    try:
-        with Image.open(path) as opened:
-            return opened.size
-    except OSError as exc:
-        raise InvalidInputError(f"sample {sample}: image {path} is not readable ({exc})") from None
+    return _read_image(path, sample, "image", lambda opened: opened.size)
 
 
-def _mask_box(path: Path) -> list[float]:
-    mask = _binary_mask(path, None, str(path))
+def _mask_box(path: Path, sample: str) -> list[float]:
+    mask = _binary_mask(path, None, sample)
     ys, xs = np.nonzero(mask)
     return [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)] if xs.size else []
+
+
+def _broken(sample_id: str, dataset: str, error: InvalidInputError, prompt: str = "") -> Sample:
+    """A sample that could not be assembled: evaluating it records `error` (one sample, not the whole dataset)."""
+
+    def fail():
+        raise error
+
+    return Sample(sample_id, "", prompt, fail, dataset, tier_of(dataset))
 
 
 # --- conceptseg --------------------------------------------------------------------------------------------------
@@ -136,36 +151,64 @@ def _conceptseg(root: Path, split: str | None = None, demos: int = 1, seed: int 
     if meta_path is None:
         raise InvalidInputError(f"{root} has neither all_meta.json nor data.json (ConceptSeg-Benchmark layout)")
     meta = _load_json(meta_path)
-    if split not in meta:
-        raise InvalidInputError(f"{meta_path} has no split {split!r}; it has {', '.join(meta)}")
+    if not isinstance(meta, dict) or not isinstance(meta.get(split), dict):
+        found = ", ".join(meta) if isinstance(meta, dict) else type(meta).__name__
+        raise InvalidInputError(f"{meta_path} has no split {split!r}; it has {found}")
+    train_split = meta.get("train") if isinstance(meta.get("train"), dict) else {}
     rng = random.Random(seed)
     for cls_name, items in meta[split].items():
-        train = meta.get("train", {}).get(cls_name, [])
-        for index, item in enumerate(items):
-            sample_id = f"{item.get('dataset_name', '?')}/{cls_name}/{index}"
+        train = train_split.get(cls_name) if isinstance(train_split.get(cls_name), list) else []
+        for index, item in enumerate(items if isinstance(items, list) else []):
+            dataset = item.get("dataset_name", "?") if isinstance(item, dict) else "?"
+            sample_id = f"{dataset}/{cls_name}/{index}"
             try:
-                paths = [root / p for p in item["img_path"]]
-                question = _question(item)
-                mask_path = root / item["mask_path"]
-                dataset = item["dataset_name"]
-            except (KeyError, TypeError) as exc:
-                raise InvalidInputError(f"{meta_path}: item {sample_id} lacks {exc}") from None
-            if len(paths) > 1:  # MIG: the references come with the item, boxes as fractions of the image
-                fractions = item.get("ref_box") or []
-                refs = [(str(p), _fraction_boxes(p, fractions[i:i + 1])) for i, p in enumerate(paths[:-1])]
-            else:
-                candidates = [t for t in train if t["img_path"][0] != item["img_path"][0]]
-                chosen = rng.sample(candidates, min(demos, len(candidates)))
-                refs = [(str(root / t["img_path"][0]), [b] if (b := _mask_box(root / t["mask_path"])) else [])
-                        for t in chosen]  # fmt: skip
-            target = paths[-1]
-            yield Sample(sample_id, str(target), question, lambda m=mask_path, s=sample_id: (_binary_mask(m, None, s), None),
-                         dataset, tier_of(dataset), refs, eval_size=(600, 600))  # fmt: skip
+                yield _conceptseg_sample(root, item, train, sample_id, demos, rng)
+            except InvalidInputError as exc:
+                yield _broken(sample_id, str(dataset), exc)
 
 
-def _fraction_boxes(path: Path, fractions) -> list[list[float]]:
-    width, height = _image_size(path, str(path))
-    return [[b[0] * width, b[1] * height, b[2] * width, b[3] * height] for b in fractions if len(b) == 4]
+def _conceptseg_sample(root: Path, item, train: list, sample_id: str, demos: int, rng: random.Random) -> Sample:
+    try:
+        paths = [_file(root, p, sample_id, "image") for p in item["img_path"]]
+        question = _question(item)
+        mask_path = _file(root, item["mask_path"], sample_id, "mask")
+        dataset = item["dataset_name"]
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise InvalidInputError(f"sample {sample_id}: the item lacks {exc}") from None
+    if not paths:
+        raise InvalidInputError(f"sample {sample_id}: img_path is empty")
+    if len(paths) > 1:  # MIG: the references come with the item, boxes as fractions of the image
+        fractions = item.get("ref_box") or []
+        refs = [(str(p), _fraction_boxes(p, fractions[i:i + 1], sample_id)) for i, p in enumerate(paths[:-1])]
+    else:
+        candidates = [t for t in train if _first_image(t) != item["img_path"][0]]
+        refs = []
+        for chosen in rng.sample(candidates, min(demos, len(candidates))):
+            try:
+                image, mask = chosen["img_path"][0], chosen["mask_path"]
+            except (KeyError, TypeError, IndexError) as exc:
+                raise InvalidInputError(f"sample {sample_id}: a train item lacks {exc}") from None
+            box = _mask_box(_file(root, mask, sample_id, "train mask"), sample_id)
+            refs.append((str(_file(root, image, sample_id, "train image")), [box] if box else []))
+    target = paths[-1]
+    return Sample(sample_id, str(target), question, lambda: (_binary_mask(mask_path, None, sample_id), None),
+                  dataset, tier_of(dataset), refs, eval_size=(600, 600))  # fmt: skip
+
+
+def _first_image(item):
+    try:
+        return item["img_path"][0]
+    except (KeyError, TypeError, IndexError):
+        return None  # a broken train item: the sample that draws it as a demonstration reports it
+
+
+def _fraction_boxes(path: Path, fractions, sample: str) -> list[list[float]]:
+    width, height = _image_size(path, sample)
+    try:
+        boxes = [[b[0] * width, b[1] * height, b[2] * width, b[3] * height] for b in fractions if len(b) == 4]
+    except TypeError:
+        raise InvalidInputError(f"sample {sample}: ref_box must hold [x1, y1, x2, y2] fractions") from None
+    return boxes
 
 
 # --- reasonseg -----------------------------------------------------------------------------------------------------
@@ -177,11 +220,17 @@ def _reasonseg(root: Path, **_) -> Iterator[Sample]:
         raise InvalidInputError(f"{root} holds no ReasonSeg annotation (.json beside each image)")
     for annotation in annotations:
         image = next((annotation.with_suffix(s) for s in IMAGE_SUFFIXES if annotation.with_suffix(s).is_file()), None)
-        meta = _load_json(annotation)
-        texts = meta.get("text") if isinstance(meta, dict) else None
-        texts = [texts] if isinstance(texts, str) else texts
-        if image is None or not texts:
-            raise InvalidInputError(f"{annotation}: needs an image with the same name and a non-empty 'text'")
+        try:
+            _file(root, annotation, annotation.stem, "annotation")
+            meta = _load_json(annotation)
+            texts = meta.get("text") if isinstance(meta, dict) else None
+            texts = [texts] if isinstance(texts, str) else texts
+            if image is None or not texts or not isinstance(texts, list):
+                raise InvalidInputError(f"{annotation}: needs an image with the same name and a non-empty 'text'")
+            _file(root, image, annotation.stem, "image")
+        except InvalidInputError as exc:
+            yield _broken(annotation.stem, "reasonseg", exc)
+            continue
         for k, text in enumerate(texts):
             sample_id = f"{annotation.stem}#{k}"
             yield Sample(sample_id, str(image), text, lambda a=annotation, i=image, s=sample_id: _polygons(a, i, s),
@@ -192,13 +241,26 @@ def _polygons(annotation: Path, image: Path, sample: str):
     meta = _load_json(annotation)
     width, height = _image_size(image, sample)
     target, ignored = Image.new("L", (width, height)), Image.new("L", (width, height))
-    for shape in meta.get("shapes", []):
-        points = [tuple(map(float, p)) for p in shape.get("points", [])]
-        if len(points) < 3:
-            raise InvalidInputError(f"sample {sample}: a polygon has fewer than 3 points")
+    shapes = meta.get("shapes", []) if isinstance(meta, dict) else None
+    if not isinstance(shapes, list) or not all(isinstance(shape, dict) for shape in shapes):
+        raise InvalidInputError(f"sample {sample}: 'shapes' must be a list of objects")
+    for shape in shapes:
+        points = _points(shape.get("points", []), sample)
         ImageDraw.Draw(target if shape.get("label") == "target" else ignored).polygon(points, fill=1)
     ignore = np.asarray(ignored) > 0
     return np.asarray(target) > 0, ignore if ignore.any() else None
+
+
+def _points(points, sample: str) -> list[tuple[float, float]]:
+    try:
+        pairs = [(float(x), float(y)) for x, y in points]
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"sample {sample}: a polygon point is not an [x, y] pair of numbers") from None
+    if not all(math.isfinite(v) for pair in pairs for v in pair):
+        raise InvalidInputError(f"sample {sample}: a polygon point is not finite")
+    if len(pairs) < 3:
+        raise InvalidInputError(f"sample {sample}: a polygon has fewer than 3 points")
+    return pairs
 
 
 # --- cityscapes ------------------------------------------------------------------------------------------------------
@@ -214,16 +276,13 @@ def _cityscapes(root: Path, split: str | None = None, **_) -> Iterator[Sample]:
         labels = root / "gtFine" / split / image.parent.name / f"{stem}_gtFine_labelIds.png"
         for label_id, name in CITYSCAPES_CLASSES.items():
             sample_id = f"{stem}/{name}"
-            yield Sample(sample_id, str(image), name,
-                         lambda l=labels, c=label_id, i=image, s=sample_id: _label_mask(l, c, i, s), name)  # fmt: skip
+            read = lambda l=labels, c=label_id, i=image, s=sample_id: _label_mask(root, l, c, i, s)  # noqa: E731
+            yield Sample(sample_id, str(image), name, read, name)
 
 
-def _label_mask(labels: Path, label_id: int, image: Path, sample: str):
-    if not labels.is_file():
-        raise InvalidInputError(f"sample {sample}: label image {labels} is missing")
-    with Image.open(labels) as opened:
-        ids = np.asarray(opened)
-    if ids.shape[::-1] != _image_size(image, sample):
+def _label_mask(root: Path, labels: Path, label_id: int, image: Path, sample: str):
+    ids = _read_image(_file(root, labels, sample, "label image"), sample, "label image", np.asarray)
+    if ids.shape[::-1] != _image_size(_file(root, image, sample, "image"), sample):
         raise InvalidInputError(f"sample {sample}: labels are {ids.shape[1]}x{ids.shape[0]}, image differs")
     return ids == label_id, ~np.isin(ids, list(CITYSCAPES_CLASSES))
 
@@ -236,10 +295,17 @@ def _folder(root: Path, prompt: str | None = None, **_) -> Iterator[Sample]:
     if not images:
         raise InvalidInputError(f"{root}/images holds no images")
     prompts = _load_json(root / "prompts.json") if (root / "prompts.json").is_file() else {}
+    if not isinstance(prompts, dict):
+        raise InvalidInputError(f"{root / 'prompts.json'} must map image stems to prompts")
     for image in images:
         text = prompts.get(image.stem, prompt)
         if not text:
             raise InvalidInputError(f"no prompt for {image.name}: add it to prompts.json or pass --prompt")
         mask = root / "masks" / f"{image.stem}.png"
-        yield Sample(image.stem, str(image), text,
-                     lambda m=mask, i=image, s=image.stem: (_binary_mask(m, _image_size(i, s), s), None), "folder")  # fmt: skip
+        yield Sample(image.stem, str(image), text, lambda m=mask, i=image, s=image.stem: _folder_mask(root, m, i, s),
+                     "folder")  # fmt: skip
+
+
+def _folder_mask(root: Path, mask: Path, image: Path, sample: str):
+    size = _image_size(_file(root, image, sample, "image"), sample)
+    return _binary_mask(_file(root, mask, sample, "mask"), size, sample), None

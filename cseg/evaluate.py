@@ -8,6 +8,7 @@ A sample that fails (missing mask, wrong size, unreadable image) is recorded wit
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -19,10 +20,41 @@ from tqdm import tqdm
 from cseg import metrics
 from cseg.datasets import Sample
 from cseg.errors import CsegError, InvalidInputError
+from cseg.files import parse_json, read_bytes
+
+MAX_NAME = 200  # characters of a mask file name before its extension
+MAX_LOG_BYTES = 1 << 30  # samples.jsonl: ~300 bytes per sample
 
 
 def mask_name(sample_id: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "__", sample_id) + ".png"
+    """A file name for a sample's mask, distinct for distinct ids ("a b" and "a__b" used to share one): characters
+    other than letters, digits, "." and "-" become "_" + their UTF-8 bytes in hex; long names end in a hash."""
+    name = re.sub(r"[^A-Za-z0-9.-]", lambda m: "".join(f"_{b:02x}" for b in m.group().encode("utf-8", "surrogatepass")),
+                  sample_id)  # fmt: skip
+    if len(name) > MAX_NAME:  # file systems allow 255 bytes; "~" never occurs in an encoded name
+        name = name[: MAX_NAME - 17] + "~" + hashlib.sha256(sample_id.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return name + ".png"
+
+
+def _read_log(log_path: Path) -> dict[str, dict]:
+    """Finished samples from samples.jsonl. A line cut short by an interruption is removed from the file (its sample
+    is evaluated again) so the next record does not start on it; a line that is not a record is skipped likewise."""
+    if not log_path.is_file():
+        return {}
+    data = read_bytes(log_path, "evaluation log", MAX_LOG_BYTES)
+    complete = data[: data.rfind(b"\n") + 1]
+    if len(complete) < len(data):
+        with open(log_path, "r+b") as log:
+            log.truncate(len(complete))
+    done = {}
+    for line in complete.decode("utf-8", "replace").splitlines():
+        try:
+            record = parse_json(line, "a line of samples.jsonl")
+        except InvalidInputError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("id"), str):
+            done[record["id"]] = record
+    return done
 
 
 def _at(mask: np.ndarray, size: tuple[int, int] | None, resample) -> np.ndarray:
@@ -39,12 +71,7 @@ def evaluate(runtime, samples: list[Sample], work: Path, masks_dir: Path, *, rou
     work.mkdir(parents=True, exist_ok=True)
     masks_dir.mkdir(parents=True, exist_ok=True)
     log_path = work / "samples.jsonl"
-    done: dict[str, dict] = {}
-    if log_path.is_file():
-        for line in log_path.read_text().splitlines():
-            if line.strip():
-                record = json.loads(line)
-                done[record["id"]] = record
+    done = _read_log(log_path)
     with open(log_path, "a") as log:
         for sample in tqdm(samples, desc="eval", unit="sample", disable=not progress):
             if sample.id in done:

@@ -9,6 +9,8 @@ Numpy frames reach the SAM 3 kernel as they are (a `Frame`); PIL serves paths, P
 from __future__ import annotations
 
 import os
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -24,6 +26,9 @@ SAM3_MEAN = SAM3_STD = 0.5
 DEMO_BOX_COLOR = "red"
 DEMO_BOX_WIDTH = 2
 MAX_DEMOS = 4  # the research mosaic has 2x2 tiles
+_limit_lock = threading.Lock()  # guards PIL's global pixel limit (see _pixel_limit)
+_limit_users = 0
+_limit_saved = Image.MAX_IMAGE_PIXELS
 
 
 @dataclass
@@ -58,6 +63,7 @@ def load_frame(image, *, bgr: bool = False, what: str = "image") -> Frame:
     if not isinstance(image, np.ndarray):
         pil = load_image(image, bgr=bgr, what=what)
         return Frame(np.asarray(pil), False, pil)
+    image = np.asarray(image)  # subclasses (np.matrix, masked arrays) as the plain array they hold, not copied
     if image.dtype != np.uint8:
         raise InvalidInputError(
             f"{what} array has dtype {image.dtype}; expected uint8 (0-255). "
@@ -100,13 +106,36 @@ def _check_size(width: int, height: int, what: str) -> None:
         raise InvalidInputError(f"{what} is {width}x{height}; each side must be between 2 and {MAX_SIDE} pixels")
 
 
+@contextmanager
+def _pixel_limit():
+    """PIL's own bomb limit (~89M pixels, process-wide) refused legal images such as 16384x11000; it is raised to
+    MAX_SIDE² only while cseg opens a file, whose size _open checks from the header before decoding, and the
+    caller's value is back once the last concurrent open ends."""
+    global _limit_users, _limit_saved
+    with _limit_lock:
+        if _limit_users == 0:
+            _limit_saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, MAX_SIDE * MAX_SIDE
+        _limit_users += 1
+    try:
+        yield
+    finally:
+        with _limit_lock:
+            _limit_users -= 1
+            if _limit_users == 0:
+                Image.MAX_IMAGE_PIXELS = _limit_saved
+
+
 def _open(path: str, what: str) -> Image.Image:
     if not os.path.isfile(path):
         raise InvalidInputError(f"{what} path {path!r} does not exist or is not a file")
     try:
-        with Image.open(path) as opened:
+        with _pixel_limit(), Image.open(path) as opened:
+            _check_size(*opened.size, what)  # from the header: a small file can declare a huge image
             opened.load()
             return opened.copy()
+    # PIL refuses a header above twice the raised limit itself, and warns above it (an error where warnings are)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InvalidInputError(f"{what} path {path!r} declares too many pixels: {exc}") from None
     except (UnidentifiedImageError, OSError) as exc:
         raise InvalidInputError(f"{what} path {path!r} is not a readable image: {exc}") from None
 

@@ -22,6 +22,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from cseg import prompting
 from cseg.errors import InvalidInputError
 from cseg.images import check_demos, load_frame
@@ -49,7 +51,14 @@ def timed(timings: dict, stage: str):
         timings[stage] = timings.get(stage, 0.0) + (time.perf_counter() - start) * 1000.0
 
 
-def check_options(route: str, max_new_tokens) -> None:
+def check_bgr(bgr) -> None:
+    """bgr must be a real bool (numpy's too): a truthy string such as "no" would silently swap the channels."""
+    if not isinstance(bgr, (bool, np.bool_)):
+        raise InvalidInputError(f"bgr must be True or False, got {bgr!r}")
+
+
+def check_options(route: str, max_new_tokens, bgr=False) -> None:
+    check_bgr(bgr)
     if route not in ROUTE_CHOICES:
         raise InvalidInputError(f"route must be one of {ROUTE_CHOICES}, got {route!r}")
     if max_new_tokens is not None and (
@@ -65,7 +74,7 @@ def segment(backend, image, prompt, demos=None, *, route="auto", max_new_tokens=
 
 def segment_many(backend, image, prompts, demos=None, *, route="auto", max_new_tokens=None, bgr=False):
     """Several prompts on one image: the image is encoded once and its features serve every prompt."""
-    check_options(route, max_new_tokens)
+    check_options(route, max_new_tokens, bgr)
     if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)) or not prompts:
         raise InvalidInputError(f"prompts must be a non-empty list of strings, got {type(prompts).__name__}")
     timings: dict[str, float] = {}

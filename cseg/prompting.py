@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -28,16 +29,21 @@ def template() -> dict:
 
 
 def check_prompt(prompt) -> str:
-    """The user's question, validated: a non-empty string of at most MAX_PROMPT_CHARS characters."""
+    """The user's question, validated: a string of at most MAX_PROMPT_CHARS characters, valid Unicode, with at least
+    one visible character."""
     if not isinstance(prompt, str):
         raise InvalidInputError(f"prompt must be a str, got {type(prompt).__name__}")
-    if not prompt.strip():
-        raise InvalidInputError("prompt is empty: pass the concept or question to segment, e.g. 'scratch on the lid'")
     if len(prompt) > MAX_PROMPT_CHARS:
         raise InvalidInputError(
             f"prompt has {len(prompt)} characters, more than the {MAX_PROMPT_CHARS} allowed: "
             "ConceptSeg-R1 expects a short question or concept"
         )
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as exc:  # lone surrogates (e.g. from surrogateescape): no tokenizer takes them
+        raise InvalidInputError(f"prompt is not valid Unicode text: {exc.reason} at position {exc.start}") from None
+    if not any(unicodedata.category(c)[0] not in "ZC" for c in prompt):  # only spaces, controls, zero-width marks
+        raise InvalidInputError("prompt is empty: pass the concept or question to segment, e.g. 'scratch on the lid'")
     return prompt
 
 
@@ -111,12 +117,23 @@ def shortcut_accepts(question: str, presence: float) -> bool:
     return shortcut_worth_trying(question) and presence > shortcut_limit(question)
 
 
+def chat_frame(n_images: int) -> tuple[str, str]:
+    """The chat text before and after the user turn's problem text (see render_chat).
+
+    Tokenizers split text at special tokens before anything else, and the problem sits between two of them
+    (`<|vision_end|>` and `<|im_end|>` whenever there is an image), so the three parts can be encoded one by one with
+    the same ids as the whole text: the template's parts with special-token matching on, the problem (it holds the
+    user's question) with it off, so typed control tokens stay plain text.
+    """
+    images = "<|vision_start|><|image_pad|><|vision_end|>" * n_images
+    return f"<|im_start|>system\n{template()['system']}<|im_end|>\n<|im_start|>user\n{images}", (
+        "<|im_end|>\n<|im_start|>assistant\n"
+    )
+
+
 def render_chat(problem: str, n_images: int) -> str:
     """What the checkpoint's Qwen2.5-VL chat template renders for build_messages(problem, n_images) with the
     generation prompt, without a template engine (the runtime has no transformers). Tests compare it with
     apply_chat_template on the shipped template."""
-    images = "<|vision_start|><|image_pad|><|vision_end|>" * n_images
-    return (
-        f"<|im_start|>system\n{template()['system']}<|im_end|>\n"
-        f"<|im_start|>user\n{images}{problem}<|im_end|>\n<|im_start|>assistant\n"
-    )
+    before, after = chat_frame(n_images)
+    return before + problem + after

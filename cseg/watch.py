@@ -17,7 +17,10 @@ def open_source(source: str):
     """A folder (its images in name order), a camera index ("0"), or a video file. Returns (frames, is_opencv)."""
     path = Path(source)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        try:
+            files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        except OSError as exc:
+            raise InvalidInputError(f"folder {source} cannot be read: {exc.strerror or exc}") from None
         if not files:
             raise InvalidInputError(f"folder {source} holds no images ({', '.join(IMAGE_SUFFIXES)})")
         return [str(p) for p in files], False
@@ -36,7 +39,7 @@ def open_source(source: str):
     return capture, True
 
 
-def watch(runtime, rule, source: str, *, out: str | None, jsonl: str | None, budget_ms, drop: str,
+def watch(runtime, rule, source: str, *, out: str | None, jsonl: str | None, budget_ms, drop: str | None,
           max_frames: int | None, every: int) -> dict:  # fmt: skip
     from cseg.images import load_image
     from cseg.overlay import overlay
@@ -74,4 +77,6 @@ def watch(runtime, rule, source: str, *, out: str | None, jsonl: str | None, bud
         print(file=sys.stderr)
         if jsonl:
             log.close()
+    if not latencies and not errors:  # FFmpeg opens many non-video files (text as "tty") and reads nothing
+        raise InvalidInputError(f"source {source!r} delivered no frames: not a video OpenCV can decode, or empty")
     return {"frames": len(latencies) + errors, "errors": errors, "dropped": dropped}

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from cseg import pipeline, prompting
-from cseg.errors import InvalidInputError
+from cseg.errors import CheckpointError, InvalidInputError
 from cseg.export.loading import ConceptSegCheckpoint, Sam3Checkpoint, load_conceptseg, load_sam3
 from cseg.export.sam3_prompt import sam3_prompt
 from cseg.images import Frame, render_demonstrations, sam3_pixels, vlm_image
@@ -139,7 +139,8 @@ class ReferencePipeline:
     def sam3_text(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
         """SAM 3 text features [1, 32, 256] and attention mask [1, 32] (1 = token) for a phrase."""
         tokens = self.sam3.tokenizer(
-            [text], padding="max_length", max_length=SAM3_TEXT_LENGTH, truncation=True, return_tensors="pt"
+            [text], padding="max_length", max_length=SAM3_TEXT_LENGTH, truncation=True, return_tensors="pt",
+            split_special_tokens=True,  # a phrase is user or generated text: its <|endoftext|> is not the real one
         )
         out = self.sam3.model.get_text_features(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
         return out.pooler_output, tokens.attention_mask
@@ -164,15 +165,25 @@ class ReferencePipeline:
             prompting.build_messages(problem, len(images)), tokenize=False, add_generation_prompt=True
         )
         vision = processor(images=images, return_tensors="pt")
+        # The user's question sits inside `problem`; it is tokenized with special-token matching off (as the runtime
+        # does, prompting.chat_frame) so control tokens typed into it stay plain text.
+        before, found, after = text.rpartition(problem)
+        if not found:
+            raise CheckpointError("the checkpoint's chat template does not render the question text verbatim")
         # What Qwen2_5_VLProcessor does (it cannot be built here: its video half needs torchvision): expand each
         # image placeholder to one token per merged 2x2 patch group.
         pad = "<|image_pad|>"
-        pieces = text.split(pad)
+        pieces = before.split(pad)
         if len(pieces) != len(images) + 1:
-            raise InvalidInputError(f"the chat template produced {len(pieces) - 1} image slots for {len(images)} images")
+            raise CheckpointError(f"the chat template produced {len(pieces) - 1} image slots for {len(images)} images")
         per_image = (vision["image_grid_thw"].prod(-1) // processor.merge_size**2).tolist()
-        text = pieces[0] + "".join(pad * n + piece for n, piece in zip(per_image, pieces[1:]))
-        input_ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
+        before = pieces[0] + "".join(pad * n + piece for n, piece in zip(per_image, pieces[1:]))
+        ids = [
+            *tokenizer(before, add_special_tokens=False).input_ids,
+            *tokenizer(problem, add_special_tokens=False, split_special_tokens=True).input_ids,
+            *tokenizer(after, add_special_tokens=False).input_ids,
+        ]
+        input_ids = torch.tensor([ids], dtype=torch.long)
         if input_ids.shape[1] >= self.max_length:
             raise InvalidInputError(
                 f"the prompt is {input_ids.shape[1]} tokens, leaving no room to generate within {self.max_length}"
@@ -191,7 +202,9 @@ class ReferencePipeline:
         # The research call: generate(max_length=2816, use_cache=True, do_sample=False) on top of the checkpoint's
         # generation_config.json, whose other settings (repetition_penalty, eos ids) stay in force.
         config = copy.deepcopy(self.vlm.generation_config)
-        budget = {"max_new_tokens": max_new_tokens} if max_new_tokens else {"max_length": self.max_length}
+        # max_length bounds prompt + completion; max_new_tokens can only lower it (vlm_inputs left room for one)
+        room = self.max_length - prompt_length
+        budget = {"max_new_tokens": min(max_new_tokens, room)} if max_new_tokens else {"max_length": self.max_length}
         # sampling settings of the checkpoint do nothing under do_sample=False; cleared to keep generate() quiet
         config.update(do_sample=False, use_cache=True, temperature=None, top_p=None, top_k=None, **budget)
         with timed(timings, "generate"):

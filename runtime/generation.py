@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cseg.errors import InvalidInputError
 from cseg.runtime.graphs import OrtGraph
 
 
@@ -110,9 +111,12 @@ class Decoder:
                 max_new_tokens: int | None) -> Prefilled:  # fmt: skip
         """Run the prompt through the decoder; decoding can continue from the result (the router looks first)."""
         prompt = prompt_ids.shape[1]
-        budget = max_new_tokens if max_new_tokens else self.max_length - prompt
-        if budget < 1:
-            raise ValueError(f"the prompt is {prompt} tokens, leaving no room to generate within {self.max_length}")
+        room = self.max_length - prompt  # max_length counts prompt + completion, whatever max_new_tokens asks for
+        if room < 1:  # refused before the prefill: a long prompt costs memory and time in proportion to its length
+            raise InvalidInputError(
+                f"the prompt is {prompt} tokens, leaving no room to generate within {self.max_length}"
+            )
+        budget = min(max_new_tokens, room) if max_new_tokens else room
         cache = self.new_cache(prompt + budget)
         mask = np.ones((1, prompt + budget), np.int64)
         mask[:, :prompt] = prompt_ids != self.pad

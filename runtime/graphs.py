@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from cseg.errors import BundleError
+from cseg.errors import BundleError, InvalidInputError
 
 _LEVELS = {
     "ORT_DISABLE_ALL": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -16,6 +16,29 @@ _LEVELS = {
     "ORT_ENABLE_EXTENDED": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "ORT_ENABLE_ALL": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
+
+
+# The options a caller may override (Runtime.open(session=...)), with the types they take.
+_SESSION_TYPES = {"graph_optimization_level": str, "intra_op_num_threads": int, "inter_op_num_threads": int,
+                  "enable_mem_pattern": bool, "enable_cpu_mem_arena": bool}  # fmt: skip
+
+
+def check_session(session) -> None:
+    """The caller's session overrides: None or a dict of known options with values of the right type."""
+    if session is None:
+        return
+    if not isinstance(session, dict):
+        raise InvalidInputError(f"session must be a dict of ONNX Runtime options, got {type(session).__name__}")
+    for key, value in session.items():
+        kind = _SESSION_TYPES.get(key)
+        if kind is None:
+            raise InvalidInputError(f"unknown session option {key!r}; known: {', '.join(_SESSION_TYPES)}")
+        if not isinstance(value, kind) or (kind is int and (isinstance(value, bool) or value < 0)):
+            wanted = f"{'non-negative ' * (kind is int)}{kind.__name__}"
+            raise InvalidInputError(f"session option {key} must be a {wanted}, got {value!r}")
+    if session.get("graph_optimization_level", "ORT_ENABLE_ALL") not in _LEVELS:
+        raise InvalidInputError(f"unknown graph_optimization_level {session['graph_optimization_level']!r}; "
+                                f"use one of {', '.join(_LEVELS)}")  # fmt: skip
 
 
 def session_options(settings: dict) -> ort.SessionOptions:

@@ -4,7 +4,8 @@ SAM 3 alone.
 A `Rule` keeps what a frame needs from the reasoning: the answer phrase with its SAM 3 text features, the concept
 tokens, and the induced rule text for people. It is bound to the bundle that made it (a hash of the bundle's
 files): concept tokens are only meaningful to the SAM 3 weights they were made for.
-Saved as JSON + npz (no pickle); the JSON records the npz's sha256.
+Saved as JSON + npz (no pickle); the JSON records the npz's sha256. Loading checks everything a hand-edited or
+hostile file could get wrong before any array reaches a graph.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ import datetime
 import hashlib
 import io
 import json
+import math
+import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,9 +24,23 @@ import numpy as np
 
 import cseg
 from cseg.errors import BundleError, InvalidInputError
+from cseg.files import read_bytes, read_json
 
 RULE_FORMAT = 1
-_ARRAYS = ("concept_tokens", "text_features", "text_mask")
+MAX_RULE_BYTES = 4 << 20  # the JSON: the texts of one completion (max_length tokens at most) and its token ids
+MAX_ARRAYS_BYTES = 16 << 20  # the npz, uncompressed: [1, Q, 256] and [1, 32, 256] floats are kilobytes
+# The arrays and their dtype and rank; their shapes are checked against the bundle's sam3_decoder inputs at apply.
+_ARRAYS = {"concept_tokens": ("float32", 3), "text_features": ("float32", 3), "text_mask": ("int64", 2)}
+_TEXTS = ("bundle", "question", "answer", "rule", "think", "text", "created")
+
+
+def rule_path(path) -> Path:
+    """The JSON file of a rule: `path` when it ends in .json, else `path` + ".json". save() and load() agree, and the
+    arrays take the same name with .npz, so saving "x.txt" cannot overwrite an unrelated "x.npz"."""
+    if not isinstance(path, (str, os.PathLike)) or not isinstance(os.fspath(path), str):
+        raise InvalidInputError(f"a rule path must be a str or a path, got {type(path).__name__}")
+    path = Path(path)
+    return path if path.suffix == ".json" else path.with_name(path.name + ".json")
 
 
 def bundle_id(manifest: dict) -> str:
@@ -47,11 +65,11 @@ class Rule:
     created: str = field(default_factory=lambda: datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
 
     def save(self, path: str | Path) -> Path:
-        """Write `path` (JSON, given a .json suffix if it has none) and the arrays beside it as `<stem>.npz`."""
-        path = Path(path)
-        path = path if path.suffix == ".json" else path.with_suffix(".json")
+        """Write the rule's JSON (see rule_path) and its arrays beside it as `<name>.npz`; returns the JSON path."""
+        _check_arrays(self._arrays(), "rule")
+        path = rule_path(path)
         buffer = io.BytesIO()
-        np.savez(buffer, **{name: getattr(self, name) for name in _ARRAYS})
+        np.savez(buffer, **self._arrays())
         arrays = path.with_suffix(".npz")
         arrays.write_bytes(buffer.getvalue())
         meta = {
@@ -72,22 +90,19 @@ class Rule:
 
     @classmethod
     def load(cls, path: str | Path) -> "Rule":
-        path = Path(path)
-        try:
-            meta = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise InvalidInputError(f"rule {path} cannot be read as JSON: {exc}") from None
-        if not isinstance(meta, dict) or meta.get("format") != RULE_FORMAT:
-            raise InvalidInputError(f"rule {path} is not a cseg rule file of format {RULE_FORMAT}")
-        arrays = path.parent / meta["arrays"]["file"]
-        try:
-            blob = arrays.read_bytes()
-        except OSError:
-            raise InvalidInputError(f"rule {path}: its arrays file {arrays.name} is missing") from None
+        """Read a rule written by save() (same path); anything malformed is refused with InvalidInputError."""
+        path = rule_path(path)
+        meta = read_json(path, "rule", MAX_RULE_BYTES)
+        _check_meta(meta, path)
+        name = meta["arrays"]["file"]
+        if Path(name).name != name or name in ("", ".", ".."):  # the arrays live beside the rule, nowhere else
+            raise InvalidInputError(f"rule {path}: its arrays file {name!r} must be a file name beside the rule")
+        arrays = path.parent / name
+        blob = read_bytes(arrays, f"rule {path}: its arrays file", MAX_ARRAYS_BYTES)
         if hashlib.sha256(blob).hexdigest() != meta["arrays"]["sha256"]:
             raise InvalidInputError(f"rule {path}: {arrays.name} does not match its sha256 (changed or corrupt)")
-        with np.load(io.BytesIO(blob), allow_pickle=False) as data:
-            values = {name: data[name] for name in _ARRAYS}
+        values = _read_arrays(blob, f"rule {path}: {arrays.name}")
+        _check_arrays(values, f"rule {path}")
         return cls(
             question=meta["question"], answer=meta["answer"], rule=meta["rule"], think=meta["think"],
             text=meta["text"], bundle=meta["bundle"], token_ids=tuple(meta["token_ids"]), created=meta["created"],
@@ -95,8 +110,91 @@ class Rule:
         )  # fmt: skip
 
     def check_bundle(self, manifest: dict) -> None:
+        """Refuse a rule of another bundle (BundleError) or whose arrays this bundle's model cannot take."""
         if self.bundle != bundle_id(manifest):
             raise BundleError(
                 "this rule was induced with another bundle (its concept tokens belong to other weights or graphs); "
                 "induce it again with this bundle: Runtime.induce(demos, question)"
             )
+        arrays = self._arrays()
+        _check_arrays(arrays, "rule")  # a Rule can also be built by hand
+        declared = {t["name"]: t["shape"] for t in manifest["graphs"]["sam3_decoder"]["inputs"]}
+        queries = manifest["model"]["num_queries"]
+        for name, value in arrays.items():
+            if name not in declared:  # an exporter may prune an input the graph does not use; it is not fed then
+                continue
+            # the one dynamic axis of these inputs is the number of concept tokens: Q on the rule path
+            want = [queries if isinstance(d, str) else d for d in declared[name]]
+            if list(value.shape) != want:
+                raise InvalidInputError(f"rule: {name} has shape {list(value.shape)}; this bundle's model takes {want}")
+
+    def _arrays(self) -> dict:
+        return {name: getattr(self, name) for name in _ARRAYS}
+
+
+def _check_meta(meta, path: Path) -> None:
+    if not isinstance(meta, dict) or type(meta.get("format")) is not int or meta["format"] != RULE_FORMAT:
+        raise InvalidInputError(f"rule {path} is not a cseg rule file of format {RULE_FORMAT}")
+    for key in _TEXTS:
+        if not isinstance(meta.get(key), str):
+            raise InvalidInputError(f"rule {path}: {key!r} is missing or not a string")
+    ids = meta.get("token_ids")
+    if not isinstance(ids, list) or not all(type(i) is int and i >= 0 for i in ids):
+        raise InvalidInputError(f"rule {path}: 'token_ids' must be a list of non-negative integers")
+    arrays = meta.get("arrays")
+    if not (isinstance(arrays, dict) and isinstance(arrays.get("file"), str) and isinstance(arrays.get("sha256"), str)):
+        raise InvalidInputError(f"rule {path}: 'arrays' must name its npz file and sha256")
+
+
+def _read_arrays(blob: bytes, where: str) -> dict[str, np.ndarray]:
+    """The npz's arrays, after checking the members' declared sizes, dtypes and shapes: np.load allocates what a
+    header declares before reading, so a small file could otherwise ask for gigabytes."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(blob)) as archive:
+            members = {info.filename: info for info in archive.infolist()}
+            expected = sorted(f"{name}.npy" for name in _ARRAYS)
+            if sorted(members) != expected:
+                raise InvalidInputError(f"{where} holds {sorted(members)}, expected {expected}")
+            if sum(info.file_size for info in members.values()) > MAX_ARRAYS_BYTES:
+                raise InvalidInputError(f"{where} declares more than {MAX_ARRAYS_BYTES} bytes of arrays")
+            values = {}
+            for name, (dtype, ndim) in _ARRAYS.items():
+                info = members[f"{name}.npy"]
+                with archive.open(info) as member:
+                    version = np.lib.format.read_magic(member)
+                    if version not in _NPY_HEADERS:
+                        raise InvalidInputError(f"{where}: {name} has npy format {version}, expected 1.0 or 2.0")
+                    shape, _, declared = _NPY_HEADERS[version](member)
+                    if declared != np.dtype(dtype) or len(shape) != ndim:
+                        raise InvalidInputError(
+                            f"{where}: {name} is {declared} {list(shape)}, expected {dtype} with {ndim} axes"
+                        )
+                    if math.prod(shape) * declared.itemsize > info.file_size:
+                        raise InvalidInputError(f"{where}: {name} declares {list(shape)}, more than its data holds")
+                with archive.open(info) as member:  # read_array reads the header again
+                    values[name] = np.lib.format.read_array(member, allow_pickle=False)
+            return values
+    except InvalidInputError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise InvalidInputError(f"{where} cannot be read as npz: {exc}") from None
+
+
+_NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def _check_arrays(values: dict, where: str) -> None:
+    """dtype, rank, batch 1, agreeing sizes, finite features, a 0/1 text mask that starts with a token."""
+    for name, (dtype, ndim) in _ARRAYS.items():
+        value = values[name]
+        if not isinstance(value, np.ndarray) or value.dtype != dtype or value.ndim != ndim or value.shape[0] != 1:
+            got = f"{value.dtype} {list(value.shape)}" if isinstance(value, np.ndarray) else type(value).__name__
+            raise InvalidInputError(f"{where}: {name} is {got}, expected {dtype} with {ndim} axes and batch 1")
+    concept, features, mask = (values[name] for name in _ARRAYS)
+    if concept.shape[2] != features.shape[2] or mask.shape[1] != features.shape[1]:
+        raise InvalidInputError(f"{where}: concept_tokens {list(concept.shape)}, text_features "
+                                f"{list(features.shape)} and text_mask {list(mask.shape)} disagree")  # fmt: skip
+    if not (np.isfinite(concept).all() and np.isfinite(features).all()):
+        raise InvalidInputError(f"{where}: concept_tokens or text_features hold NaN or infinite values")
+    if mask.size == 0 or mask[0, 0] != 1 or not np.isin(mask, (0, 1)).all():
+        raise InvalidInputError(f"{where}: text_mask must hold 0/1 with the first token 1")

@@ -27,7 +27,7 @@ from cseg.images import Frame, check_demos, load_frame, render_demonstrations, v
 from cseg.manifest import read_manifest, verify_files
 from cseg.pipeline import Reasoning, timed
 from cseg.runtime.generation import Decoder, Prefilled, kv_dtype
-from cseg.runtime.graphs import OrtGraph, session_options
+from cseg.runtime.graphs import OrtGraph, check_session, session_options
 from cseg.runtime.router import Router
 from cseg.runtime.rules import Rule, bundle_id
 from cseg.runtime.sam3_steps import HostSam3, ImageState, Sam3Output
@@ -87,6 +87,8 @@ class Runtime:
         `session` overrides the target profile's ONNX Runtime options (e.g. {"intra_op_num_threads": 2}).
         `verify=False` skips hashing the files (seconds for multi-GB bundles) when they are known to be intact.
         """
+        if not isinstance(bundle, (str, os.PathLike)) or not isinstance(os.fspath(bundle), str):
+            raise InvalidInputError(f"bundle must be a path (str or os.PathLike), got {type(bundle).__name__}")
         bundle = Path(os.fspath(bundle))
         manifest = read_manifest(bundle)
         if verify:
@@ -98,6 +100,7 @@ class Runtime:
         """Serve `manifest`'s graphs from `bundle` (open() after its checks; the exporter for bundles in the making)."""
         if device not in DEVICES:
             raise InvalidInputError(f"device must be one of {DEVICES} for a {manifest['target']} bundle, got {device!r}")
+        check_session(session)
         engines = any(graph["backend"] == "tensorrt" for graph in manifest["graphs"].values())
         if device == "tensorrt" and not engines:
             raise InvalidInputError(f"a {manifest['target']} bundle has no TensorRT engines; open it with device='cpu'")
@@ -138,7 +141,7 @@ class Runtime:
 
         `image` is the target the model reasons about (default: the first demonstration's image).
         """
-        pipeline.check_options("full", max_new_tokens)
+        pipeline.check_options("full", max_new_tokens, bgr)
         question = prompting.check_prompt(question)
         demos = check_demos(demos)
         if not demos:
@@ -157,9 +160,8 @@ class Runtime:
 
     def apply(self, rule: Rule, frame, *, bgr: bool = False) -> Segmentation:
         """SAM 3 alone on `frame`, prompted with the rule's phrase and concept tokens (no reasoning)."""
-        if not isinstance(rule, Rule):
-            raise InvalidInputError(f"rule must be a cseg Rule (Runtime.induce or Rule.load), got {type(rule).__name__}")
-        rule.check_bundle(self.manifest)
+        _check_rule(rule, self.manifest)
+        pipeline.check_bgr(bgr)
         timings: dict[str, float] = {}
         with timed(timings, "preprocess"):
             frame = load_frame(frame, bgr=bgr)
@@ -172,14 +174,17 @@ class Runtime:
             text=rule.text, token_ids=rule.token_ids, timings=timings,
         )  # fmt: skip
 
-    def stream(self, frames, rule: Rule, *, budget_ms: float | None = None, drop: str = "oldest",
+    def stream(self, frames, rule: Rule, *, budget_ms: float | None = None, drop: str | None = None,
                bgr: bool | None = None):  # fmt: skip
         """Apply `rule` to every frame of `frames` (iterable of arrays/paths, or an OpenCV capture); yields
         FrameResult(index, result, error, latency_ms, dropped_before, over_budget). A bad frame gives an error
-        result and the stream goes on. OpenCV captures deliver BGR: bgr defaults to True for them."""
-        rule.check_bundle(self.manifest)
+        result and the stream goes on. drop: "none" (every frame, in order), "oldest" (stay live) or None: "none"
+        for a finite sequence, "oldest" for an iterator or capture. OpenCV captures deliver BGR: bgr defaults to
+        True for them."""
+        _check_rule(rule, self.manifest)
         if bgr is None:
             bgr = hasattr(frames, "read")
+        pipeline.check_bgr(bgr)
         return stream_frames(lambda frame: self.apply(rule, frame, bgr=bgr), frames, budget_ms=budget_ms, drop=drop)
 
     # --- the backend protocol of cseg.pipeline --------------------------------------------------------------------
@@ -210,10 +215,7 @@ class Runtime:
         with timed(timings, "vlm_preprocess"):
             problem = prompting.build_question(question, n_references=len(grids) - 1, boxes_drawn=boxes_drawn)
             per_image = [t * h * w // merge**2 for t, h, w in grids]
-            ids, question_tokens = self.chat.encode_prompt(prompting.render_chat(problem, len(grids)), per_image, question)
-            limit = self.manifest["generation"]["max_length"]
-            if ids.shape[1] >= limit and not max_new_tokens:
-                raise InvalidInputError(f"the prompt is {ids.shape[1]} tokens, leaving no room to generate within {limit}")
+            ids, question_tokens = self.chat.encode_prompt(problem, per_image, question)
             positions = rope_positions(ids, self.model["image_token_id"], grids, merge)
         prefilled = self.decoder.prefill(ids, np.concatenate(embeds), positions, max_new_tokens)
         timings["vlm_prefill"] = prefilled.prefill_ms
@@ -269,3 +271,9 @@ class Runtime:
         patches, grid = image_patches(image, self.prep["vlm"])
         feed = {"pixel_values": patches, **vision_inputs([grid], self.model["vision"])}
         return grid, self.graphs["vlm_vision"].run(feed)["image_embeds"]
+
+
+def _check_rule(rule, manifest: dict) -> None:
+    if not isinstance(rule, Rule):
+        raise InvalidInputError(f"rule must be a cseg Rule (Runtime.induce or Rule.load), got {type(rule).__name__}")
+    rule.check_bundle(manifest)

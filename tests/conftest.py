@@ -75,9 +75,9 @@ def calibration_folder(tmp_path_factory):
 
     from cseg.calib.calibration_set import default_set
 
-    full = default_set(tmp_path_factory.mktemp("calib_full"))
     root = tmp_path_factory.mktemp("calib")
-    lines = [json.dumps({"image": str(i.image), "prompt": i.prompt}) for i in full.items[:4]]
+    full = default_set(root)
+    lines = [json.dumps({"image": str(i.image.relative_to(root)), "prompt": i.prompt}) for i in full.items[:4]]
     (root / "calib.jsonl").write_text("\n".join(lines) + "\n")
     return root
 

@@ -62,10 +62,10 @@ def test_broken_samples_are_named_and_the_rest_is_evaluated(runtime, folder_data
     Image.new("L", (10, 10)).save(folder_dataset / "masks" / "chelsea.png")
     records, summary = _run(runtime, datasets.read("folder", folder_dataset, prompt="object"), tmp_path)
     assert summary["overall"]["count"] == 1
-    assert "astronaut" in summary["errors"]["astronaut"] and "missing" in summary["errors"]["astronaut"]
+    assert "astronaut" in summary["errors"]["astronaut"] and "does not exist" in summary["errors"]["astronaut"]
     assert "10x10" in summary["errors"]["chelsea"]
     (folder_dataset / "prompts.json").write_text("{broken")
-    with pytest.raises(InvalidInputError, match="prompts.json is not readable JSON"):
+    with pytest.raises(InvalidInputError, match="prompts.json is not valid JSON"):
         datasets.read("folder", folder_dataset)
 
 

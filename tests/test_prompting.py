@@ -90,7 +90,8 @@ def test_router_counts_words_with_str_split():
     assert prompting.shortcut_limit("  two\twords \n") == pytest.approx(0.2)
 
 
-@pytest.mark.parametrize("bad", [None, 3, "", "   \n", "x" * (prompting.MAX_PROMPT_CHARS + 1)])
+@pytest.mark.parametrize("bad", [None, 3, "", "   \n", "x" * (prompting.MAX_PROMPT_CHARS + 1),
+                                 "\u200b\u200d\ufeff", "bolt \ud800"])  # zero-width only; a lone surrogate (TypeError)
 def test_bad_prompts_are_refused(bad):
     with pytest.raises(InvalidInputError):
         prompting.check_prompt(bad)

@@ -143,7 +143,7 @@ def test_bad_calibration_sets_are_refused(tmp_path, tiny_checkpoint):
     with pytest.raises(InvalidInputError, match="calib.jsonl"):
         load(tmp_path)
     (tmp_path / "calib.jsonl").write_text('{"image": "missing.png", "prompt": "x"}\n')
-    with pytest.raises(InvalidInputError, match="missing.png is missing"):
+    with pytest.raises(InvalidInputError, match="missing.png does not exist"):
         load(tmp_path)
     (tmp_path / "calib.jsonl").write_text("not json\n")
     with pytest.raises(InvalidInputError, match="line 1"):

@@ -50,7 +50,7 @@ def test_tampered_or_incomplete_rule_files_are_refused(rule, tmp_path):
     with pytest.raises(InvalidInputError, match="sha256"):
         Rule.load(path)
     arrays.unlink()
-    with pytest.raises(InvalidInputError, match="missing"):
+    with pytest.raises(InvalidInputError, match="does not exist"):
         Rule.load(path)
     path.write_text("{")
     with pytest.raises(InvalidInputError, match="JSON"):

@@ -42,7 +42,7 @@ def test_prompt_ids_and_rope_positions_match_transformers(reference, runtime, ph
         prompting.build_messages(problem, 1 + int(with_demo)), tokenize=False, add_generation_prompt=True
     )
     grids = inputs["image_grid_thw"].tolist()
-    ids, question = runtime.chat.encode_prompt(text, [t * h * w // 4 for t, h, w in grids], "scratch on the lid")
+    ids, question = runtime.chat.encode_prompt(problem, [t * h * w // 4 for t, h, w in grids], "scratch on the lid")
     assert np.array_equal(ids, inputs["input_ids"].numpy())
     assert runtime.chat.decode(ids[0, question]).strip() == "scratch on the lid"
     want, _ = reference.vlm.model.model.get_rope_index(inputs["input_ids"], inputs["mm_token_type_ids"], inputs["image_grid_thw"])
