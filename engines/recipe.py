@@ -81,10 +81,14 @@ def make_recipe(manifest: dict) -> dict:
 
 
 def trtexec_command(key: str, graph: dict, timing_cache: str) -> str:
-    """The trtexec line that builds the same engine (one set of --min/--opt/--maxShapes per profile)."""
+    """The trtexec line that builds the same engine: `--profile=N` then that profile's --min/--opt/--maxShapes.
+
+    trtexec takes the shape options right behind each --profile as that profile's; without --profile it refuses a
+    second set of shape options, so every graph writes the --profile form (one profile is --profile=0)."""
     words = ["trtexec", f"--onnx={graph['onnx']}", f"--saveEngine={graph['engine']}", "--stronglyTyped",
              f"--memPoolSize=workspace:{graph['workspace_mb']}M", f"--timingCacheFile={timing_cache}"]  # fmt: skip
-    for profile in graph["profiles"]:
+    for index, profile in enumerate(graph["profiles"]):
+        words.append(f"--profile={index}")
         for which, flag in (("min", "--minShapes"), ("opt", "--optShapes"), ("max", "--maxShapes")):
             shapes = ",".join(f"{name}:{'x'.join(map(str, s[which]))}" for name, s in profile["shapes"].items())
             words.append(f"{flag}={shapes}")

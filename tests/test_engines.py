@@ -20,6 +20,8 @@ from cseg.metrics import iou
 from cseg.runtime import Runtime
 from cseg.runtime.cuda_graphs import why_unavailable
 
+import trtexec_rules
+
 
 def _tensorrt_missing() -> str | None:
     try:
@@ -80,14 +82,45 @@ def test_the_recipe_has_a_profile_for_every_dynamic_input_and_a_static_decode_st
     assert concepts["min"][1] == 0 and concepts["max"][1] == manifest["model"]["num_queries"]
     line = recipe["trtexec"]["vlm_decoder"]
     assert line.startswith("trtexec --onnx=graphs/vlm_decoder.int4.onnx --saveEngine=engines/vlm_decoder.plan")
-    assert "--stronglyTyped" in line and line.count("--minShapes=") == 2 and "--timingCacheFile=" in line
+    assert "--stronglyTyped" in line and "--timingCacheFile=" in line
     script = (orin_bundle / "build_engines.sh").read_text()
     assert all(command in script for command in recipe["trtexec"].values())
+    # what trtexec's own option rules make of every line: the recipe's profiles, in order
+    parsed = dict(zip(recipe["trtexec"], trtexec_rules.parse_script(script)))
+    assert parsed.keys() == recipe["graphs"].keys()
+    for key, graph in recipe["graphs"].items():
+        assert parsed[key]["profiles"] == [p["shapes"] for p in graph["profiles"]], key
+        assert parsed[key]["options"]["--saveEngine"] == [graph["engine"]]
     assert manifest["footprint"]["fits"] and manifest["target_profile"]["device"]["arch"] == "sm_87"
     from cseg.bundle_report import describe
 
     report = describe(orin_bundle)
     assert "Jetson Orin NX (sm_87, 16 GB); estimated footprint" in report and "engines     not built yet" in report
+
+
+def test_trtexec_lines_follow_trtexecs_profile_rule():
+    """Two profiles need `--profile=N` before each one's shapes: trtexec refuses repeated shape options without it."""
+    from cseg.engines.recipe import trtexec_command
+
+    def shapes(low, high):
+        return {"ids": {"min": [1, low], "opt": [1, low], "max": [1, high]}}
+
+    graph = {"onnx": "graphs/d.onnx", "engine": "engines/d.plan", "workspace_mb": 512, "dla_core": None,
+             "profiles": [{"name": "prefill", "shapes": shapes(1, 2048)}, {"name": "decode", "shapes": shapes(1, 1)}]}
+    line = trtexec_command("d", graph, "engines/timing.cache")
+    assert trtexec_rules.parse(line)["profiles"] == [shapes(1, 2048), shapes(1, 1)]
+    assert line.index("--profile=0") < line.index("--minShapes=ids:1x1") < line.index("--profile=1")
+    without = line.replace("--profile=0 ", "").replace("--profile=1 ", "")
+    with pytest.raises(trtexec_rules.TrtexecError, match="without --profile are not allowed"):
+        trtexec_rules.parse(without)
+    with pytest.raises(trtexec_rules.TrtexecError, match="index cannot be the same"):
+        trtexec_rules.parse(line.replace("--profile=1", "--profile=0"))
+    with pytest.raises(trtexec_rules.TrtexecError, match="missing shape spec at profile index 1"):
+        trtexec_rules.parse(line.replace("--profile=1", "--profile=2"))
+    with pytest.raises(trtexec_rules.TrtexecError, match="profile index 1"):  # shapes not right behind --profile
+        trtexec_rules.parse(line.replace("--profile=1 ", "--profile=1 --stronglyTyped "))
+    with pytest.raises(trtexec_rules.TrtexecError, match="without --profile"):  # a shape option after the sets
+        trtexec_rules.parse(line + " --stronglyTyped --maxShapes=ids:1x4")
 
 
 def test_a_gpu_bundle_without_engines_says_to_build_them_and_serves_on_the_cpu(orin_bundle, tiny_bundle, photo):
