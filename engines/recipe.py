@@ -71,7 +71,6 @@ def make_recipe(manifest: dict) -> dict:
             "precision": entry["precision"],
             "strongly_typed": True,  # the ONNX types are the precisions (fp16 / QDQ int8, fp8, int4)
             "workspace_mb": profile["workspace_mb"],
-            "dla_core": 0 if key in profile["dla_graphs"] else None,
             "profiles": [p for p in profiles if p["shapes"]],
         }
     recipe = {"target": manifest["target"], "device": profile["device"], "tensorrt_versions": profile["tensorrt_versions"],
@@ -92,8 +91,6 @@ def trtexec_command(key: str, graph: dict, timing_cache: str) -> str:
         for which, flag in (("min", "--minShapes"), ("opt", "--optShapes"), ("max", "--maxShapes")):
             shapes = ",".join(f"{name}:{'x'.join(map(str, s[which]))}" for name, s in profile["shapes"].items())
             words.append(f"{flag}={shapes}")
-    if graph["dla_core"] is not None:
-        words += [f"--useDLACore={graph['dla_core']}", "--allowGPUFallback"]
     return " ".join(shlex.quote(w) for w in words)
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cseg.errors import InvalidInputError
 from cseg.runtime.graphs import OrtGraph
 
 
@@ -81,6 +82,8 @@ class Decoder:
         self.eos = set(generation["eos_token_ids"])
         self.pad = generation["pad_token_id"]
         self.penalty = float(generation.get("repetition_penalty") or 1.0)
+        # the longest prompt the graph takes in one prefill (None: any; a TensorRT engine: its prefill profile's)
+        self.max_prompt: int | None = None
 
     def new_cache(self, length: int) -> KVCache:
         return KVCache(len(self.past_names), length, self.kv_heads, self.head_dim, self.kv_dtype)
@@ -110,6 +113,9 @@ class Decoder:
                 max_new_tokens: int | None) -> Prefilled:  # fmt: skip
         """Run the prompt through the decoder; decoding can continue from the result (the router looks first)."""
         prompt = prompt_ids.shape[1]
+        if self.max_prompt is not None and prompt > self.max_prompt:  # refused before anything is enqueued
+            raise InvalidInputError(f"the prompt is {prompt} tokens; the decoder's prefill takes at most "
+                                    f"{self.max_prompt}: shorten the question or give fewer demonstrations")  # fmt: skip
         budget = max_new_tokens if max_new_tokens else self.max_length - prompt
         if budget < 1:
             raise ValueError(f"the prompt is {prompt} tokens, leaving no room to generate within {self.max_length}")
