@@ -39,3 +39,7 @@ class OutputShapeError(ExportError):
 
 class ParityError(ExportError):
     """An exported graph output differs from the PyTorch module's by more than its stated tolerance."""
+
+
+class ProfileError(EngineError):
+    """A tensor shape outside the range an engine's optimization profile was built for, or a binding TensorRT refused."""

@@ -28,11 +28,13 @@ from cseg.runtime.tensorrt_graphs import tensorrt_module
 
 
 def cache_key(onnx_sha256: str, tensorrt_version: str, identity: dict, graph: dict) -> str:
-    """What a plan depends on: the ONNX bytes, the TensorRT version, the GPU (name and compute capability), and the
-    recipe's build settings (profiles, precision, workspace, DLA). Any change gives another key."""
-    settings = {k: graph[k] for k in ("profiles", "precision", "strongly_typed", "workspace_mb", "dla_core")}
+    """What a plan depends on: the ONNX bytes, the TensorRT version, the GPU (name, compute capability, SM count,
+    memory to the GB), and the recipe's build settings (profiles, precision, workspace). Any change gives another
+    key."""
+    settings = {k: graph[k] for k in ("profiles", "precision", "strongly_typed", "workspace_mb")}
     payload = {"onnx": onnx_sha256, "tensorrt": tensorrt_version, "gpu": identity["gpu"],
-               "compute_capability": list(identity["compute_capability"]), "build": settings}  # fmt: skip
+               "compute_capability": list(identity["compute_capability"]), "sm_count": identity["sm_count"],
+               "memory_gb": round(identity["memory_gb"]), "build": settings}  # fmt: skip
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -66,6 +68,11 @@ def build_bundle(bundle: str | Path, *, cache: str | Path | None = None, force: 
     if "target_profile" not in manifest or not (bundle / RECIPE_NAME).is_file():
         raise BundleError(f"{bundle} is a {manifest['target']} bundle: it has no TensorRT recipe and needs no build")
     recipe = json.loads((bundle / RECIPE_NAME).read_text())
+    # recipes of earlier cseg versions carry dla_core (always null); one naming a core was edited by hand
+    dla = {key: graph["dla_core"] for key, graph in recipe["graphs"].items() if graph.get("dla_core") is not None}
+    if dla:
+        raise EngineError(f"recipe.json asks for DLA cores ({dla}): cseg builds strongly typed networks for the GPU "
+                          "only; remove dla_core from the recipe")  # fmt: skip
     identity = device_identity()
     check_device(manifest, identity)
     known = manifest["target_profile"]["tensorrt_versions"]
@@ -75,7 +82,7 @@ def build_bundle(bundle: str | Path, *, cache: str | Path | None = None, force: 
     cache.mkdir(parents=True, exist_ok=True)
     (bundle / "engines").mkdir(exist_ok=True)
     timing_path = bundle / recipe["timing_cache"]
-    builder = _Builder(trt, timing_path.read_bytes() if timing_path.is_file() else b"")
+    builder = _Builder(trt, timing_path.read_bytes() if timing_path.is_file() else b"", report)
     engines = {}
     bar = tqdm(recipe["graphs"].items(), desc="engines", unit="engine", disable=not progress, leave=False)
     for key, graph in bar:
@@ -93,9 +100,9 @@ def build_bundle(bundle: str | Path, *, cache: str | Path | None = None, force: 
             report(f"  {key:<13} from the engine cache ({cached.stat().st_size / 1e6:.1f} MB)")
         else:
             plan = builder.build(bundle / graph["onnx"], graph, key, progress)
-            target.write_bytes(plan)
+            target.write_bytes(plan)  # from TensorRT's own buffer: a plan is never copied in host memory
             shutil.copyfile(target, cached)
-            report(f"  {key:<13} built in {time.perf_counter() - began:.1f} s ({len(plan) / 1e6:.1f} MB, {graph['precision']})")
+            report(f"  {key:<13} built in {time.perf_counter() - began:.1f} s ({plan.nbytes / 1e6:.1f} MB, {graph['precision']})")
         engines[key] = {"file": graph["engine"], "sha256": file_sha256(target), "cache_key": key_hash,
                         "profiles": [p["name"] for p in graph["profiles"]] or ["default"],
                         "seconds": round(time.perf_counter() - began, 1)}  # fmt: skip
@@ -115,14 +122,21 @@ def build_bundle(bundle: str | Path, *, cache: str | Path | None = None, force: 
 class _Builder:
     """TensorRT builder state shared by the engines of one bundle (logger, builder, one timing cache)."""
 
-    def __init__(self, trt, timing_cache: bytes):
+    def __init__(self, trt, timing_cache: bytes, report: Callable[[str], None]):
         self.trt = trt
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.builder = trt.Builder(self.logger)
         self._cache_config = self.builder.create_builder_config()
         self.cache = self._cache_config.create_timing_cache(timing_cache)
+        # TensorRT refuses (False) a cache made on another GPU or TensorRT version: it would be silently unused and
+        # then written back, stale, over the bundle's; start a new one instead
+        if timing_cache and not self._cache_config.set_timing_cache(self.cache, ignore_mismatch=False):
+            report("WARNING: the bundle's timing cache was made on another GPU or TensorRT version: starting a new one")
+            self.cache = self._cache_config.create_timing_cache(b"")
 
-    def build(self, onnx_path: Path, graph: dict, key: str, progress: bool) -> bytes:
+    def build(self, onnx_path: Path, graph: dict, key: str, progress: bool):
+        """The serialized engine, in TensorRT's host memory (IHostMemory: a buffer; on a Jetson that is the memory
+        the GPU uses too, so it is not copied into a bytes object)."""
         trt = self.trt
         network = self.builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
         parser = trt.OnnxParser(network, self.logger)
@@ -131,25 +145,26 @@ class _Builder:
             raise EngineError(f"TensorRT's ONNX parser refused {onnx_path.name}: {errors}")
         config = self.builder.create_builder_config()
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, graph["workspace_mb"] << 20)
-        config.set_timing_cache(self.cache, ignore_mismatch=False)
+        if not config.set_timing_cache(self.cache, ignore_mismatch=False):
+            raise EngineError(f"TensorRT refused the timing cache while building {key}")
         for recipe_profile in graph["profiles"]:
             profile = self.builder.create_optimization_profile()
             for name, shapes in recipe_profile["shapes"].items():
                 profile.set_shape(name, shapes["min"], shapes["opt"], shapes["max"])
-            config.add_optimization_profile(profile)
-        if graph["dla_core"] is not None:
-            config.default_device_type = trt.DeviceType.DLA
-            config.DLA_core = graph["dla_core"]
-            config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+            if config.add_optimization_profile(profile) < 0:  # -1: a shape range TensorRT found invalid
+                ranges = "; ".join(f"{name} {s['min']} .. {s['opt']} .. {s['max']}"
+                                   for name, s in recipe_profile["shapes"].items())  # fmt: skip
+                raise EngineError(f"{key}: TensorRT refused optimization profile {recipe_profile['name']} ({ranges}); "
+                                  "see the TensorRT messages above")  # fmt: skip
         if progress and hasattr(trt, "IProgressMonitor"):
             config.progress_monitor = _progress_monitor(trt, key)
         plan = self.builder.build_serialized_network(network, config)
         if plan is None:
             raise EngineError(f"TensorRT could not build {key} (see the TensorRT messages above)")
-        return bytes(plan)
+        return plan
 
-    def timing_cache(self) -> bytes:
-        return bytes(self.cache.serialize())
+    def timing_cache(self):
+        return self.cache.serialize()  # a buffer, written as it is
 
 
 def _progress_monitor(trt, key: str):

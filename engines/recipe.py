@@ -71,7 +71,6 @@ def make_recipe(manifest: dict) -> dict:
             "precision": entry["precision"],
             "strongly_typed": True,  # the ONNX types are the precisions (fp16 / QDQ int8, fp8, int4)
             "workspace_mb": profile["workspace_mb"],
-            "dla_core": 0 if key in profile["dla_graphs"] else None,
             "profiles": [p for p in profiles if p["shapes"]],
         }
     recipe = {"target": manifest["target"], "device": profile["device"], "tensorrt_versions": profile["tensorrt_versions"],
@@ -81,15 +80,17 @@ def make_recipe(manifest: dict) -> dict:
 
 
 def trtexec_command(key: str, graph: dict, timing_cache: str) -> str:
-    """The trtexec line that builds the same engine (one set of --min/--opt/--maxShapes per profile)."""
+    """The trtexec line that builds the same engine: `--profile=N` then that profile's --min/--opt/--maxShapes.
+
+    trtexec takes the shape options right behind each --profile as that profile's; without --profile it refuses a
+    second set of shape options, so every graph writes the --profile form (one profile is --profile=0)."""
     words = ["trtexec", f"--onnx={graph['onnx']}", f"--saveEngine={graph['engine']}", "--stronglyTyped",
              f"--memPoolSize=workspace:{graph['workspace_mb']}M", f"--timingCacheFile={timing_cache}"]  # fmt: skip
-    for profile in graph["profiles"]:
+    for index, profile in enumerate(graph["profiles"]):
+        words.append(f"--profile={index}")
         for which, flag in (("min", "--minShapes"), ("opt", "--optShapes"), ("max", "--maxShapes")):
             shapes = ",".join(f"{name}:{'x'.join(map(str, s[which]))}" for name, s in profile["shapes"].items())
             words.append(f"{flag}={shapes}")
-    if graph["dla_core"] is not None:
-        words += [f"--useDLACore={graph['dla_core']}", "--allowGPUFallback"]
     return " ".join(shlex.quote(w) for w in words)
 
 

@@ -43,13 +43,13 @@ _WORKSTATION_POLICIES = {
 }
 
 
-def _orin(name: str, memory_gb: float, variants: list[float], bandwidth: float, dla: int, reserved: float,
+def _orin(name: str, memory_gb: float, variants: list[float], bandwidth: float, reserved: float,
           workspace_mb: int) -> dict:  # fmt: skip
     return {
         "backend": "tensorrt",
         "device": {"name": name, "arch": "sm_87", "compute_capability": [8, 7], "memory_gb": memory_gb,
                    "memory_variants_gb": variants, "shared_memory": True, "bandwidth_gb_s": bandwidth,
-                   "dla_cores": dla, "fp8": False},  # fmt: skip
+                   "fp8": False},  # fmt: skip
         "tensorrt_versions": {"10.3": "JetPack 6.x", "10.16": "JetPack 7.2"},
         "precisions": [*_ORIN_POLICIES, "auto"],
         "default_precision": "auto",
@@ -59,8 +59,6 @@ def _orin(name: str, memory_gb: float, variants: list[float], bandwidth: float, 
         "reserved_gb": reserved,
         "workspace_mb": workspace_mb,
         "shapes": DEFAULT_SHAPES,
-        # DLA runs only part of these graphs' ops (it would fall back layer by layer to the GPU): GPU-only builds
-        "dla_graphs": [],
     }
 
 
@@ -70,7 +68,7 @@ def _workstation(name: str, arch: str, capability: list[int], memory_gb: float, 
         "backend": "tensorrt",
         "device": {"name": name, "arch": arch, "compute_capability": capability, "memory_gb": memory_gb,
                    "memory_variants_gb": variants, "shared_memory": False, "bandwidth_gb_s": bandwidth,
-                   "dla_cores": 0, "fp8": True},  # fmt: skip
+                   "fp8": True},  # fmt: skip
         "tensorrt_versions": {"10.x": "TensorRT 10 (pip install tensorrt, or NVIDIA's packages)"},
         "precisions": [*_WORKSTATION_POLICIES, "auto"],
         "default_precision": "auto",
@@ -80,7 +78,6 @@ def _workstation(name: str, arch: str, capability: list[int], memory_gb: float, 
         "reserved_gb": 1.0,
         "workspace_mb": 4096,
         "shapes": DEFAULT_SHAPES,
-        "dla_graphs": [],
     }
 
 
@@ -102,9 +99,9 @@ TARGETS: dict[str, dict] = {
         # ONNX Runtime session options for this target (the runtime may override them)
         "session": {"graph_optimization_level": "ORT_ENABLE_ALL", "intra_op_num_threads": 0, "enable_mem_pattern": True},
     },
-    "orin-agx": _orin("Jetson AGX Orin", 64, [32, 64], 204.8, dla=2, reserved=4.0, workspace_mb=2048),
-    "orin-nx": _orin("Jetson Orin NX", 16, [8, 16], 102.4, dla=2, reserved=2.0, workspace_mb=1024),
-    "orin-nano": _orin("Jetson Orin Nano", 8, [4, 8], 102.0, dla=0, reserved=1.5, workspace_mb=512),
+    "orin-agx": _orin("Jetson AGX Orin", 64, [32, 64], 204.8, reserved=4.0, workspace_mb=2048),
+    "orin-nx": _orin("Jetson Orin NX", 16, [8, 16], 102.4, reserved=2.0, workspace_mb=1024),
+    "orin-nano": _orin("Jetson Orin Nano", 8, [4, 8], 102.0, reserved=1.5, workspace_mb=512),
     "ada": _workstation("Ada workstation (e.g. RTX 6000 Ada)", "sm_89", [8, 9], 48, [16, 20, 24, 32, 48], 960),
     "hopper": _workstation("Hopper (H100/H200)", "sm_90", [9, 0], 80, [80, 94, 141], 3350),
 }

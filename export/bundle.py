@@ -183,7 +183,7 @@ def _for_tensorrt(staging: Path, manifest: dict, target: str, profile: dict, foo
     manifest = {**manifest, "graphs": {k: {**v, "backend": "tensorrt"} for k, v in manifest["graphs"].items()}}
     manifest["target_profile"] = {
         key: profile[key] for key in ("device", "tensorrt_versions", "base_precision", "shapes", "workspace_mb",
-                                      "reserved_gb", "dla_graphs")
+                                      "reserved_gb")
     }  # fmt: skip
     manifest["footprint"] = {**footprint, "onnx_gb": round(sum(g["bytes"] for g in manifest["graphs"].values()) / 1e9, 3)}
     manifest["recipe"] = RECIPE_NAME

@@ -8,8 +8,9 @@ knows about TensorRT; anything that enqueues work on a stream can be captured, s
     work = CapturedWork(stream, lambda s: engine_context.execute_async_v3(s.handle))
     work.launch(); stream.synchronize()
 
-A capture that fails (work that cannot be captured, e.g. a synchronising call) falls back to enqueueing directly, with
-a warning, so a loop keeps running, only slower.
+A capture that fails, of any kind (work that cannot be captured, e.g. a synchronising call; an engine that refuses to
+enqueue while the stream is capturing, as TensorRT may), falls back to enqueueing directly, with one warning, so a
+loop keeps running, only slower.
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ from cseg.errors import CsegError
 
 class CudaError(CsegError):
     """A CUDA call failed, or CUDA (cuda-python, a driver, a GPU) is not available on this machine."""
+
+
+class CaptureError(CudaError):
+    """Work could not be captured into a CUDA graph (it runs uncaptured instead)."""
 
 
 def runtime_api():
@@ -63,13 +68,33 @@ def why_unavailable() -> str | None:
     except CudaError as exc:
         return str(exc)
     error, count = cudart.cudaGetDeviceCount()
+    if error == cudart.cudaError_t.cudaErrorInsufficientDriver:
+        from cuda import bindings
+
+        driver, runtime = cudart.cudaDriverGetVersion()[1], cudart.cudaRuntimeGetVersion()[1]
+        return insufficient_driver(driver, runtime, bindings.__version__)
     if error != cudart.cudaError_t.cudaSuccess:
         return f"no usable CUDA driver/GPU: {cudart.cudaGetErrorString(error)[1].decode()}"
     return None if count else "no CUDA GPU found"
 
 
+def insufficient_driver(driver: int, runtime: int, bindings: str) -> str:
+    """Why CUDA reports an insufficient driver, in words: none at all, or one older than the installed cuda-bindings
+    needs (cuda-bindings 13 on JetPack 6's CUDA 12.6 driver fails every call). Versions as CUDA encodes them."""
+
+    def cuda(version: int) -> str:
+        return f"{version // 1000}.{version % 1000 // 10}"
+
+    if not driver:
+        return f"no NVIDIA driver found (cuda-bindings {bindings}, built for CUDA {cuda(runtime)})"
+    return (f"the NVIDIA driver supports CUDA {cuda(driver)}, but the installed cuda-bindings {bindings} is built for "
+            f"CUDA {cuda(runtime)} and needs a CUDA {runtime // 1000} driver: with a CUDA 12 driver (JetPack 6) install pip install 'cseg[tensorrt]' (cuda-bindings "
+            "<13); cuda-bindings 13 (pip install 'cseg[tensorrt-cu13]') needs a CUDA 13 (R580 or later) driver")  # fmt: skip
+
+
 def device_identity(device: int = 0) -> dict:
-    """The GPU's name and compute capability: what a TensorRT plan is bound to."""
+    """What a TensorRT plan is bound to: the GPU's name and compute capability, and its SM count and memory (the
+    Jetson Orin modules share name and compute capability; an AGX-built plan must not load on an NX)."""
     reason = why_unavailable()
     if reason:
         raise CudaError(reason)
@@ -77,7 +102,7 @@ def device_identity(device: int = 0) -> dict:
     properties = check(cudart.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
     name = properties.name.split(b"\0", 1)[0].decode() if isinstance(properties.name, bytes) else str(properties.name)
     return {"gpu": name, "compute_capability": [properties.major, properties.minor],
-            "memory_gb": round(properties.totalGlobalMem / 1e9, 1)}  # fmt: skip
+            "sm_count": properties.multiProcessorCount, "memory_gb": round(properties.totalGlobalMem / 1e9, 1)}  # fmt: skip
 
 
 class Stream:
@@ -127,28 +152,44 @@ class CapturedWork:
                 self._exec = check(self._cudart.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
             finally:
                 check(self._cudart.cudaGraphDestroy(graph), "cudaGraphDestroy")
-        except CudaError as exc:
-            self.fallback_reason = str(exc)
-            warnings.warn(f"CUDA-graph capture failed, enqueueing directly instead (slower): {exc}", stacklevel=2)
+        except CudaError as exc:  # CaptureError included
+            self._fall_back(exc)
+
+    def _fall_back(self, exc: Exception) -> None:
+        """Enqueue directly from now on; warned once (per captured work: its owner keeps it, fallback and all)."""
+        self.fallback_reason = str(exc)
+        warnings.warn(f"CUDA-graph capture failed, enqueueing directly instead (slower): {exc}", stacklevel=3)
 
     @property
     def captured(self) -> bool:
         return self._exec is not None
 
     def _capture(self):
+        """The captured graph, or CaptureError after ending the capture (the stream stays usable), destroying what
+        it captured (no leak) and clearing the error an invalidated capture leaves behind."""
         cudart = self._cudart
         mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
         check(cudart.cudaStreamBeginCapture(self.stream.handle, mode), "cudaStreamBeginCapture")
         try:
             self.enqueue(self.stream)
-        except BaseException:
-            cudart.cudaStreamEndCapture(self.stream.handle)  # leave the stream usable; the graph is discarded
-            cudart.cudaGetLastError()
+        except BaseException as exc:
+            self._discard_capture()
+            if isinstance(exc, CsegError):  # e.g. EngineError: TensorRT's enqueue returned False while capturing
+                raise CaptureError(f"capture failed: {exc}") from exc
             raise
-        graph = cudart.cudaStreamEndCapture(self.stream.handle)
-        if graph[0] != cudart.cudaError_t.cudaSuccess:
-            cudart.cudaGetLastError()  # a capture invalidated by an unsupported call leaves its error behind
-        return check(graph, "capture (cudaStreamEndCapture)")
+        error, graph = cudart.cudaStreamEndCapture(self.stream.handle)
+        if error != cudart.cudaError_t.cudaSuccess:
+            self._discard(graph)
+            raise CaptureError(f"capture (cudaStreamEndCapture) failed: {cudart.cudaGetErrorString(error)[1].decode()}")
+        return graph
+
+    def _discard_capture(self) -> None:
+        self._discard(self._cudart.cudaStreamEndCapture(self.stream.handle)[1])
+
+    def _discard(self, graph) -> None:
+        if graph is not None and int(graph):
+            self._cudart.cudaGraphDestroy(graph)
+        self._cudart.cudaGetLastError()  # the capture's error must not surface in the next, unrelated CUDA call
 
     def launch(self) -> None:
         """Enqueue one replay on the stream (asynchronous: synchronise the stream before reading results)."""
@@ -163,7 +204,12 @@ class CapturedWork:
         if self._exec is None:
             return
         cudart = self._cudart
-        graph = self._capture()
+        try:
+            graph = self._capture()
+        except CaptureError as exc:
+            self.close()
+            self._fall_back(exc)
+            return
         try:
             error, _ = cudart.cudaGraphExecUpdate(self._exec, graph)
             if error != cudart.cudaError_t.cudaSuccess:

@@ -82,6 +82,8 @@ class Decoder:
         self.eos = set(generation["eos_token_ids"])
         self.pad = generation["pad_token_id"]
         self.penalty = float(generation.get("repetition_penalty") or 1.0)
+        # the longest prompt the graph takes in one prefill (None: any; a TensorRT engine: its prefill profile's)
+        self.max_prompt: int | None = None
 
     def new_cache(self, length: int) -> KVCache:
         return KVCache(len(self.past_names), length, self.kv_heads, self.head_dim, self.kv_dtype)
@@ -111,6 +113,9 @@ class Decoder:
                 max_new_tokens: int | None) -> Prefilled:  # fmt: skip
         """Run the prompt through the decoder; decoding can continue from the result (the router looks first)."""
         prompt = prompt_ids.shape[1]
+        if self.max_prompt is not None and prompt > self.max_prompt:  # refused before anything is enqueued
+            raise InvalidInputError(f"the prompt is {prompt} tokens; the decoder's prefill takes at most "
+                                    f"{self.max_prompt}: shorten the question or give fewer demonstrations")  # fmt: skip
         room = self.max_length - prompt  # max_length counts prompt + completion, whatever max_new_tokens asks for
         if room < 1:  # refused before the prefill: a long prompt costs memory and time in proportion to its length
             raise InvalidInputError(

@@ -12,16 +12,19 @@ Requests run one at a time per Runtime on its stream (a lock): one KV cache and 
 from __future__ import annotations
 
 import json
+import mmap
 import threading
 from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 
+from cseg.engines.footprint import shared_context_memory
 from cseg.errors import BundleError, EngineError
 from cseg.runtime.cuda_buffers import DeviceArray
 from cseg.runtime.cuda_graphs import CapturedWork, Stream, check, device_identity, runtime_api
 from cseg.runtime.generation import Decoder, kv_dtype, static_decode_mask
+from cseg.runtime.tensorrt_io import io_dtype, largest_shapes, profile_range, set_address, set_input_shape
 from cseg.runtime.tensorrt_frames import DeviceSam3
 
 INSTALL_HINT = (
@@ -32,11 +35,15 @@ CAPTURED_SHAPES = 8  # CUDA graphs kept per engine (one per distinct input-shape
 
 
 def tensorrt_module():
-    """Import TensorRT or raise EngineError saying how to install it (never an ImportError traceback)."""
+    """Import TensorRT 10 or later, or raise EngineError saying how to install it (never an ImportError traceback)."""
     try:
         import tensorrt
     except (ImportError, OSError) as exc:  # OSError: the bindings are there but a TensorRT library is not
         raise EngineError(f"TensorRT is not available on this machine ({exc}). {INSTALL_HINT}") from None
+    major = tensorrt.__version__.split(".")[0]
+    if not major.isdigit() or int(major) < 10:  # name-based I/O, execute_async_v3 and strong typing are 10's API
+        raise EngineError(f"TensorRT {tensorrt.__version__} is too old: cseg needs TensorRT 10 or later (JetPack 6 "
+                          f"ships 10.3). {INSTALL_HINT}")  # fmt: skip
     return tensorrt
 
 
@@ -57,12 +64,34 @@ def check_engines(bundle: Path, manifest: dict, tensorrt_version: str, identity:
             f"the engines in {bundle} were built with TensorRT {built['version']}, this machine has TensorRT "
             f"{tensorrt_version}: re-run `cseg build {bundle}` here"
         )
-    if built["gpu"] != identity["gpu"] or list(built["compute_capability"]) != list(identity["compute_capability"]):
-        raise BundleError(
-            f"the engines in {bundle} were built for {built['gpu']} (sm_{''.join(map(str, built['compute_capability']))}), "
-            f"this machine has {identity['gpu']} (sm_{''.join(map(str, identity['compute_capability']))}): re-run "
-            f"`cseg build {bundle}` here"
-        )
+    if not same_device(built, identity):
+        raise BundleError(f"the engines in {bundle} were built for {describe_device(built)}, this machine has "
+                          f"{describe_device(identity)}: re-run `cseg build {bundle}` here")  # fmt: skip
+
+
+def same_device(built: dict, here: dict) -> bool:
+    """Whether a plan built on `built` (cuda_graphs.device_identity) may run `here`. Memory is compared to within a
+    GB: the Orin modules differ by many GB, while what the OS reports can move a little between JetPack updates.
+    Engines recorded without SM count or memory (an older cseg) count as another device."""
+    return (built["gpu"] == here["gpu"] and list(built["compute_capability"]) == list(here["compute_capability"])
+            and built.get("sm_count") == here["sm_count"]
+            and abs(built.get("memory_gb", float("inf")) - here["memory_gb"]) < 1.0)  # fmt: skip
+
+
+def describe_device(identity: dict) -> str:
+    capability = "".join(map(str, identity["compute_capability"]))
+    return (f"{identity['gpu']} (sm_{capability}, {identity.get('sm_count', 'unknown')} SMs, "
+            f"{identity.get('memory_gb', 'unknown')} GB)")  # fmt: skip
+
+
+def load_engine(runtime, path: Path, tensorrt_version: str):
+    """Deserialize a plan from a read-only memory map of its file: TensorRT reads the pages it needs, and the plan is
+    not first copied into a bytes object (on a Jetson, host memory is the GPU's memory)."""
+    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as plan:
+        engine = runtime.deserialize_cuda_engine(plan)
+    if engine is None:
+        raise BundleError(f"TensorRT {tensorrt_version} cannot load {path.name}: re-run `cseg build` on this device")
+    return engine
 
 
 class TrtGraph:
@@ -73,9 +102,7 @@ class TrtGraph:
         """capture: the profiles whose runs are captured as CUDA graphs (per input-shape set); buffer_shapes: own
         buffer shapes that differ from the profiles' largest (None: no own buffer, the caller binds device memory)."""
         self.key, self.trt, self.stream, self.capture = key, trt, stream, capture
-        self.engine = runtime.deserialize_cuda_engine(path.read_bytes())
-        if self.engine is None:
-            raise BundleError(f"TensorRT {trt.__version__} cannot load {path.name}: re-run `cseg build` on this device")
+        self.engine = load_engine(runtime, path, trt.__version__)
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.input_names = {n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT}
         self.output_names = [t["name"] for t in entry["outputs"]]  # the manifest's order (the FPN levels, say)
@@ -83,31 +110,33 @@ class TrtGraph:
             raise BundleError(f"engine {path.name} has outputs {sorted(set(names) - self.input_names)}, manifest.json "
                               f"says {self.output_names}: re-run `cseg build`")  # fmt: skip
         self.profiles = [p["name"] for p in recipe["profiles"]] or ["default"]
+        if self.engine.num_optimization_profiles != len(self.profiles):
+            raise BundleError(f"engine {path.name} has {self.engine.num_optimization_profiles} optimization profiles, "
+                              f"the recipe names {len(self.profiles)} ({', '.join(self.profiles)}): rebuild it from "
+                              "the recipe (`cseg build`)")  # fmt: skip
         self.contexts = {}
+        user_managed = trt.ExecutionContextAllocationStrategy.USER_MANAGED  # memory: use_context_memory()
         for index, name in enumerate(self.profiles):
-            context = self.engine.create_execution_context()
+            context = self.engine.create_execution_context(user_managed)
+            if context is None:  # TensorRT logs why (usually: no device memory left for the activations)
+                raise EngineError(f"{key}: TensorRT could not create an execution context for profile {name}")
             if not context.set_optimization_profile_async(index, stream.handle):
                 raise EngineError(f"{key}: TensorRT refused optimization profile {name}")
             self.contexts[name] = context
-        shapes = {**self._largest_shapes(recipe), **(buffer_shapes or {})}
-        self.buffers = {name: DeviceArray(shape, np.dtype(trt.nptype(self.engine.get_tensor_dtype(name))))
+        largest = largest_shapes(self.engine, key, self.contexts, self.input_names, self.output_names)
+        shapes = {**largest, **(buffer_shapes or {})}
+        self.buffers = {name: DeviceArray(shape, io_dtype(trt, self.engine, key, name))
                         for name, shape in shapes.items() if shape is not None}  # fmt: skip
         for context in self.contexts.values():
             for name, buffer in self.buffers.items():
-                context.set_tensor_address(name, int(buffer.pointer))
+                set_address(context, key, name, buffer.pointer)
         self._captured: OrderedDict[tuple, CapturedWork] = OrderedDict()
 
-    def _largest_shapes(self, recipe: dict) -> dict[str, tuple[int, ...]]:
-        static = {n: tuple(self.engine.get_tensor_shape(n)) for n in self.input_names}
-        largest = {n: shape for n, shape in static.items() if -1 not in shape}
-        for profile, context in zip(recipe["profiles"] or [{"shapes": {}}], self.contexts.values()):
-            for name, shapes in profile["shapes"].items():
-                context.set_input_shape(name, shapes["max"])
-                largest[name] = tuple(max(a, b) for a, b in zip(largest.get(name, shapes["max"]), shapes["max"]))
-            for name in self.output_names:
-                shape = tuple(context.get_tensor_shape(name))
-                largest[name] = tuple(max(a, b) for a, b in zip(largest.get(name, shape), shape))
-        return largest
+    def use_context_memory(self, pointer: int, size: int) -> None:
+        """Give every context of this engine the activation memory `pointer` (at least device_memory_size_v2 bytes),
+        shared with the other engines' contexts: all of them run one at a time on one stream."""
+        for context in self.contexts.values():
+            context.set_device_memory(int(pointer), size)
 
     def run(self, feed: dict[str, np.ndarray], profile: str = "default", *, device_inputs: dict | None = None,
             device_outputs: dict | None = None, fetch=None) -> dict[str, np.ndarray]:  # fmt: skip
@@ -132,12 +161,12 @@ class TrtGraph:
         signature = [profile]
         for name in sorted(self.input_names):
             pointer, shape = inputs[name]
-            context.set_input_shape(name, shape)
-            context.set_tensor_address(name, int(pointer))
+            set_input_shape(context, self.engine, self.key, (self.profiles.index(profile), profile), name, shape)
+            set_address(context, self.key, name, pointer)
             signature.append((name, int(pointer), tuple(shape)))
         for name in self.output_names:
             pointer = outputs[name][0] if outputs and name in outputs else self.buffers[name].pointer
-            context.set_tensor_address(name, int(pointer))
+            set_address(context, self.key, name, pointer)
             signature.append((name, int(pointer)))
         return context, tuple(signature)
 
@@ -178,8 +207,12 @@ class TrtDecoder(Decoder):
     """Decoder steps on the vlm_decoder engine: `prefill` profile for the prompt (new keys/values written straight
     into the cache), `decode` profile for single tokens against the whole static cache (captured, replayed)."""
 
-    def __init__(self, graph: TrtGraph, model: dict, generation: dict, kv_dtype: str, capacity: int):
+    def __init__(self, graph: TrtGraph, model: dict, generation: dict, kv_dtype: str):
         super().__init__(graph, model, generation, kv_dtype)
+        # the engine's own ranges, not the recipe's (engines registered by hand may differ): the longest prompt one
+        # prefill takes, and the decode step's static past length, which is the KV cache's capacity
+        self.max_prompt = profile_range(graph.engine, "input_ids", graph.profiles.index("prefill"))[2][1]
+        capacity = profile_range(graph.engine, self.past_names[0], graph.profiles.index("decode"))[2][1]
         self.capacity = capacity
         self.max_length = min(self.max_length, capacity)  # generation stops where the engine's static cache ends
         self.cache = DeviceKVCache(len(self.past_names), capacity, self.kv_heads, self.head_dim, self.kv_dtype)
@@ -240,7 +273,11 @@ def open_engines(bundle: Path, manifest: dict):
             capture, buffers = ("decode",), {n: None if n.startswith("past") else one_row for n in kv_names}
         graphs[key] = TrtGraph(trt, runtime, key, bundle / engine["file"], manifest["graphs"][key],
                                recipe["graphs"][key], stream, capture=capture, buffer_shapes=buffers)  # fmt: skip
-    decoder = TrtDecoder(graphs["vlm_decoder"], model, manifest["generation"], kv_dtype(manifest),
-                         manifest["target_profile"]["shapes"]["total_tokens"])  # fmt: skip
+    # one block of context (activation) memory for every context of every engine, instead of one per context
+    size = shared_context_memory({key: graph.engine.device_memory_size_v2 for key, graph in graphs.items()})
+    block = check(runtime_api().cudaMalloc(max(1, size)), "cudaMalloc (TensorRT context memory)")
+    for graph in graphs.values():
+        graph.use_context_memory(block, size)
+    decoder = TrtDecoder(graphs["vlm_decoder"], model, manifest["generation"], kv_dtype(manifest))
     sam3 = DeviceSam3(graphs["sam3_vision"], graphs["sam3_decoder"], manifest["preprocessing"]["sam3"], stream)
     return graphs, decoder, threading.Lock(), sam3

@@ -192,3 +192,92 @@ def test_replay_is_faster_than_enqueue_for_a_chain_of_small_kernels(affine_kerne
     assert replay < direct
     work.close()
     stream.close()
+
+
+class _FakeRuntime:
+    """The CUDA runtime calls CapturedWork makes, recorded, with CUDA's results (no GPU needed): `invalidate` makes
+    cudaStreamEndCapture fail as after an unsupported call during capture."""
+
+    def __init__(self, invalidate: bool = False):
+        from cuda.bindings import runtime
+
+        self.cudaError_t, self.cudaStreamCaptureMode = runtime.cudaError_t, runtime.cudaStreamCaptureMode
+        self.cudaGetErrorString = runtime.cudaGetErrorString
+        self.invalidate, self.capturing, self.calls = invalidate, False, []
+        self.graphs, self.destroyed = [], []
+
+    def _ok(self, *values):
+        return (self.cudaError_t.cudaSuccess, *values)
+
+    def cudaStreamBeginCapture(self, stream, mode):
+        self.capturing = True
+        return self._ok()
+
+    def cudaStreamEndCapture(self, stream):
+        self.capturing = False
+        if self.invalidate:
+            return self.cudaError_t.cudaErrorStreamCaptureInvalidated, None
+        self.graphs.append(100 + len(self.graphs))
+        return self._ok(self.graphs[-1])
+
+    def cudaGraphDestroy(self, graph):
+        self.destroyed.append(graph)
+        return self._ok()
+
+    def cudaGraphInstantiate(self, graph, flags):
+        return self._ok(7)
+
+    def cudaGetLastError(self):
+        self.calls.append("cudaGetLastError")
+        return self._ok()
+
+
+class _FakeStream:
+    handle = 1
+
+    def __init__(self, cudart):
+        self._cudart = cudart
+
+    def synchronize(self):
+        pass
+
+
+@pytest.mark.parametrize("how", ["engine refuses while capturing", "capture invalidated"])
+def test_a_failed_capture_of_any_kind_falls_back_once_without_leaking_the_graph(how):
+    """TensorRT's execute_async_v3 may return False while the stream is capturing (cseg raises EngineError then), and
+    a capture can be invalidated: either way capture ends, its graph is destroyed, the error is cleared, one warning
+    is given, and the work is enqueued directly from then on."""
+    from cseg.errors import EngineError
+
+    cudart = _FakeRuntime(invalidate=how == "capture invalidated")
+    enqueued = []
+
+    def enqueue(stream):
+        if cudart.capturing and how == "engine refuses while capturing":
+            raise EngineError("TensorRT could not enqueue vlm_decoder")
+        enqueued.append(cudart.capturing)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        work = CapturedWork(_FakeStream(cudart), enqueue)
+        work.launch()
+        work.launch()
+    assert not work.captured and [str(w.message) for w in caught if "capture failed" in str(w.message)] == [
+        f"CUDA-graph capture failed, enqueueing directly instead (slower): {work.fallback_reason}"]
+    assert sorted(cudart.destroyed) == cudart.graphs  # every graph a capture returned is destroyed
+    assert "cudaGetLastError" in cudart.calls and not cudart.capturing
+    assert enqueued == [False, False, False] if how == "engine refuses while capturing" else enqueued[-2:] == [False, False]
+
+
+def test_an_insufficient_driver_is_named_with_the_versions_and_the_fix():
+    from cseg.runtime.cuda_graphs import insufficient_driver
+
+    jetpack6 = insufficient_driver(12060, 13050, "13.5.0")
+    assert jetpack6.startswith("the NVIDIA driver supports CUDA 12.6, but the installed cuda-bindings 13.5.0 is built "
+                               "for CUDA 13.5 and needs a CUDA 13 driver")  # fmt: skip
+    assert "'cseg[tensorrt]' (cuda-bindings <13)" in jetpack6 and "cseg[tensorrt-cu13]" in jetpack6
+    assert insufficient_driver(0, 12090, "12.9.0") == "no NVIDIA driver found (cuda-bindings 12.9.0, built for CUDA 12.9)"
+    if NO_GPU is not None and "driver" in NO_GPU:  # this machine: the reason names what is installed
+        from cuda import bindings
+
+        assert f"cuda-bindings {bindings.__version__}" in NO_GPU

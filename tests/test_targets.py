@@ -38,8 +38,6 @@ def test_gpu_target_rows_are_consistent(name):
         assert 1 <= shapes[axis]["min"] <= shapes[axis]["opt"] <= shapes[axis]["max"]
     assert shapes["total_tokens"] > shapes["prompt_tokens"]["max"]
     assert device["memory_gb"] > profile["reserved_gb"] > 0
-    assert set(profile["dla_graphs"]) <= set(GRAPH_ORDER)
-    assert not profile["dla_graphs"] or device["dla_cores"] > 0
 
 
 def test_orin_is_the_agx_and_orin_has_no_fp8():
@@ -137,8 +135,8 @@ def test_checkpoint_headers_give_the_same_inventory_as_the_models(tiny_checkpoin
 
 def test_engine_cache_key_changes_with_everything_a_plan_depends_on():
     graph = {"profiles": [{"name": "default", "shapes": {"x": {"min": [1], "opt": [2], "max": [4]}}}],
-             "precision": "fp16", "strongly_typed": True, "workspace_mb": 512, "dla_core": None}  # fmt: skip
-    identity = {"gpu": "Orin", "compute_capability": [8, 7]}
+             "precision": "fp16", "strongly_typed": True, "workspace_mb": 512}  # fmt: skip
+    identity = {"gpu": "Orin", "compute_capability": [8, 7], "sm_count": 16, "memory_gb": 62.8}
     key = cache_key("a" * 64, "10.3.0", identity, graph)
     assert key == cache_key("a" * 64, "10.3.0", dict(identity), json.loads(json.dumps(graph)))
     changed = [
@@ -146,9 +144,18 @@ def test_engine_cache_key_changes_with_everything_a_plan_depends_on():
         cache_key("a" * 64, "10.16.0", identity, graph),
         cache_key("a" * 64, "10.3.0", {**identity, "gpu": "Orin (nvgpu) 2"}, graph),
         cache_key("a" * 64, "10.3.0", {**identity, "compute_capability": [8, 9]}, graph),
+        cache_key("a" * 64, "10.3.0", {**identity, "sm_count": 8, "memory_gb": 15.3}, graph),  # an Orin NX
         cache_key("a" * 64, "10.3.0", identity, {**graph, "workspace_mb": 1024}),
         cache_key("a" * 64, "10.3.0", identity, {**graph, "precision": "int8"}),
         cache_key("a" * 64, "10.3.0", identity, {**graph, "profiles": [
             {"name": "default", "shapes": {"x": {"min": [1], "opt": [2], "max": [8]}}}]}),
     ]  # fmt: skip
     assert len({key, *changed}) == len(changed) + 1
+
+
+def test_the_tensorrt_contexts_share_one_block_of_context_memory():
+    """One block, the largest engine's need, for every context (they run one at a time on one stream): the
+    decoder's two profiles no longer hold its activations twice."""
+    sizes = {"vlm_decoder": 900 << 20, "sam3_vision": 600 << 20, "concept_head": 10 << 20}
+    assert footprint.shared_context_memory(sizes) == 900 << 20
+    assert footprint.shared_context_memory({}) == 0
