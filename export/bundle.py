@@ -34,7 +34,7 @@ from cseg.export.onnx_export import export_graph
 from cseg.export.parity import check_parity
 from cseg.export.reference import INSTANCE_SCORE_THRESHOLD, RESEARCH_MAX_LENGTH
 from cseg.images import SAM3_MEAN, SAM3_STD, VLM_SIDE
-from cseg.manifest import FORMAT_VERSION, MANIFEST_NAME, file_sha256, hash_files, validate_manifest
+from cseg.manifest import BUNDLE_FORMAT, FORMAT_VERSION, MANIFEST_NAME, file_sha256, hash_files, validate_manifest
 from cseg.prompting import template
 
 DEFAULT_TOP_K = 20
@@ -150,6 +150,7 @@ def _export_into(staging, model_dir, sam3_dir, target, profile, precision, top_k
         "sam3": _copy_files(sam3.path, SAM3_TOKENIZER_FILES, staging / "tokenizers" / "sam3"),
     }
     manifest = {
+        "format": BUNDLE_FORMAT,
         "format_version": FORMAT_VERSION,
         "cseg_version": cseg.__version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -15,7 +15,8 @@ import pytest
 
 from cseg.errors import BundleError
 from cseg.images import load_image
-from cseg.manifest import read_manifest, verify_files
+from cseg.bundle_files import verify_files
+from cseg.manifest import read_manifest
 from cseg.metrics import iou
 from cseg.runtime import Runtime
 from cseg.runtime.cuda_graphs import why_unavailable
