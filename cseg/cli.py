@@ -252,9 +252,11 @@ def _eval(args) -> int:
 def _calib_collect(args) -> int:
     from cseg.calib.calibration_set import default_set, load
     from cseg.calib.collect import collect
+    from cseg.runtime import Runtime
 
+    runtime = Runtime.open(args.bundle)  # verified: calibration data from a corrupt bundle would quantize wrongly
     calibration = load(args.calib) if args.calib else default_set(Path(args.out) / "calibration-set")
-    counts = collect(args.bundle, calibration.items, args.out)
+    counts = collect(runtime, calibration.items, args.out)
     for key, count in sorted(counts.items()):
         print(f"  {key:<13} {count:4d} input sets -> {Path(args.out) / key}")
     print(f"calibration set sha256 {calibration.sha256()}")
@@ -262,14 +264,19 @@ def _calib_collect(args) -> int:
 
 
 def _fit_router(args) -> int:
+    from cseg.calib.calibration_set import chosen
+
+    with chosen(args.calib) as calibration:  # the default set lives in a temporary folder, removed afterwards
+        return _fit_router_on(args, calibration)
+
+
+def _fit_router_on(args, calibration) -> int:
     import numpy as np
     from tqdm import tqdm
 
     from cseg.calib import router_fit
-    from cseg.calib.calibration_set import default_set, load
     from cseg.runtime import Runtime
 
-    calibration = load(args.calib) if args.calib else default_set(Path(args.bundle).parent / ".cseg-calibration-set")
     train, held = calibration.split()
     if not held:
         raise InvalidInputError("the calibration set needs at least 2 samples to fit and check a router")

@@ -28,6 +28,125 @@ def _write(bundle, manifest):
     (bundle / MANIFEST_NAME).write_text(json.dumps(manifest))
 
 
+# --- item 1: --force replaces only a cseg bundle, refusals come before any work -----------------------------------
+
+
+@pytest.fixture
+def no_export_work(monkeypatch):
+    """The exporter with its work replaced by a fake manifest; `calls` counts how often the work started."""
+    import cseg.export.bundle as bundle_module
+
+    calls = []
+
+    def fake(staging, *args):
+        calls.append(staging)
+        return {"format": BUNDLE_FORMAT, "fake": True}
+
+    monkeypatch.setattr(bundle_module, "_export_into", fake)
+    return bundle_module.export_bundle, calls
+
+
+def test_force_refuses_everything_but_a_cseg_bundle(tiny_checkpoint, tmp_path, no_export_work, monkeypatch):
+    export, calls = no_export_work
+    user = tmp_path / "photos"
+    user.mkdir()
+    (user / "holiday.jpg").write_text("precious")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / MANIFEST_NAME).write_text(json.dumps({"format_version": 1, "name": "someone else's"}))
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep me")
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / MANIFEST_NAME).write_text(json.dumps({"format": BUNDLE_FORMAT}))
+    link = tmp_path / "link"
+    link.symlink_to(bundle)
+    model_dir, sam3_dir = tiny_checkpoint
+    cases = [
+        (user, "without a cseg manifest.json"), (foreign, "without a cseg manifest.json"), (a_file, "is a file"),
+        (link, "is a symlink"), (model_dir, "holds the checkpoint"), (model_dir.parent, "holds the checkpoint"),
+        (sam3_dir, "holds the checkpoint"),
+    ]  # fmt: skip
+    for out, message in cases:
+        with pytest.raises(BundleError, match=message):
+            export(model_dir, sam3_dir, out, force=True, progress=False)
+    monkeypatch.chdir(user)
+    for out in (".", "sub/..", "..", "/"):
+        with pytest.raises(BundleError, match="current directory or one above it"):
+            export(model_dir, sam3_dir, out, force=True, progress=False)
+    assert calls == []  # every refusal came before any export work
+    assert (user / "holiday.jpg").read_text() == "precious" and a_file.read_text() == "keep me"
+    assert json.loads((foreign / MANIFEST_NAME).read_text())["name"] == "someone else's"
+    assert link.is_symlink() and (bundle / MANIFEST_NAME).is_file()
+    export(model_dir, sam3_dir, bundle, force=True, progress=False)  # a cseg bundle is replaced
+    assert json.loads((bundle / MANIFEST_NAME).read_text())["fake"] is True
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no .NAME.old-PID / .partial-PID
+
+
+def test_force_refusal_from_the_cli_is_one_line(tiny_checkpoint, tmp_path, capsys):
+    from cseg.cli import export_main
+
+    (tmp_path / "mine.txt").write_text("x")
+    args = ["--model", str(tiny_checkpoint[0]), "--sam3", str(tiny_checkpoint[1]), "--force", "--out"]
+    assert export_main([*args, str(tmp_path / "mine.txt")]) == 2
+    assert export_main([*args, str(tiny_checkpoint[0])]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "is a file" in err[0] and "holds the checkpoint" in err[1]
+
+
+# --- item 8: leftovers of interrupted exports ----------------------------------------------------------------------
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_stale_staging_folders_are_removed_live_ones_kept(tiny_checkpoint, tmp_path, no_export_work):
+    export, _ = no_export_work
+    dead, alive = _dead_pid(), os.getppid()
+    for name in (f".bundle.partial-{dead}", f".bundle.old-{dead}", f".bundle.partial-{alive}", f".other.partial-{dead}"):
+        (tmp_path / name / "graphs").mkdir(parents=True)
+    export(*tiny_checkpoint, tmp_path / "bundle", progress=False)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted([".bundle.partial-" + str(alive), ".other.partial-" + str(dead), "bundle"])
+
+
+def test_int8_export_writes_the_manifest_last_and_removes_its_calibration_set(tiny_checkpoint, tmp_path,
+                                                                              no_export_work, monkeypatch):  # fmt: skip
+    import cseg.export.bundle as bundle_module
+
+    export, _ = no_export_work
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    seen = []
+
+    def quantize(staging, manifest, profile, precision, calibration, report, progress):
+        seen.append(((staging / MANIFEST_NAME).exists(), calibration.root.is_dir(), len(calibration.items)))
+        raise KeyboardInterrupt  # killed while quantizing
+
+    monkeypatch.setattr(bundle_module, "quantize_bundle", quantize)
+    with pytest.raises(KeyboardInterrupt):
+        export(*tiny_checkpoint, tmp_path / "out" / "bundle", precision="int8", progress=False, report=lambda _: None)
+    assert seen == [(False, True, 8)]  # no manifest in the staging folder while the graphs were still fp32
+    assert list((tmp_path / "out").iterdir()) == [] and list(temp.iterdir()) == []
+
+
+def test_fit_router_removes_its_default_calibration_set(tiny_bundle, tmp_path, monkeypatch):
+    from cseg import cli
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    roots = []
+    monkeypatch.setattr(cli, "_fit_router_on", lambda args, calibration: roots.append(calibration.root) or 0)
+    assert cli.main(["calib", "fit-router", "--bundle", str(tiny_bundle), "--min-skip-rate", "0.5"]) == 0
+    assert roots and not roots[0].exists() and list(temp.iterdir()) == []
+    assert not (tiny_bundle.parent / ".cseg-calibration-set").exists()
+
+
 # --- item 3: every loaded file listed, inside the bundle, hashed; graph I/O as the ONNX files say ---------------
 
 
