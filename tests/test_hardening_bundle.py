@@ -374,3 +374,73 @@ def test_inspect_refuses_incomplete_sections_instead_of_a_key_error(tiny_bundle,
         _write(bundle, broken)
         with pytest.raises(BundleError, match=message):
             describe(bundle)
+
+
+# --- item 10: CLI output paths checked before the work; calib collect verifies ---------------------------------
+
+
+def _cli_cases(tmp_path, bundle):
+    folder, a_file = tmp_path / "folder", tmp_path / "file.txt"
+    folder.mkdir()
+    a_file.write_text("x")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    nowhere = tmp_path / "no-bundle"  # the outputs must be refused before the bundle is even opened
+    seg = ["segment", "--bundle", str(nowhere), "sample:astronaut", "cup"]
+    return [
+        (seg + ["--out", str(folder)], "--out .* is a folder"),
+        (seg + ["--out", str(a_file / "x.png")], "--out .* cannot be written"),
+        (seg + ["--out", "/proc/cseg/x.png"], "--out .* cannot be written"),
+        (["bench", "--bundle", str(nowhere), "--json", str(folder)], "--json .* is a folder"),
+        (["bench", "--bundle", str(nowhere), "--plot", str(fifo)], "--plot .* cannot be written"),
+        (["eval", "--bundle", str(nowhere), "--data", str(nowhere), "--format", "folder", "--json", str(folder)],
+         "--json .* is a folder"),
+        (["eval", "--bundle", str(nowhere), "--data", str(nowhere), "--format", "folder", "--work", str(a_file)],
+         "--work .* is a file"),
+        (["eval", "--bundle", str(nowhere), "--data", str(nowhere), "--format", "folder", "--csv", "/proc/x.csv"],
+         "--csv .* cannot be written"),
+        (["induce", "--bundle", str(nowhere), "--demo", "sample:coffee", "cup", "--out", str(folder)],
+         "--out .* is a folder"),
+        (["watch", "--bundle", str(nowhere), "--rule", "r.json", str(folder), "--out", str(a_file)],
+         "--out .* is a file"),
+        (["watch", "--bundle", str(nowhere), "--rule", "r.json", str(folder), "--jsonl", str(folder)],
+         "--jsonl .* is a folder"),
+        (["calib", "collect", "--bundle", str(nowhere), "--out", str(a_file)], "--out .* is a file"),
+        (["make-checkpoint", "--out", str(a_file)], "--out .* is a file"),
+        (["make-checkpoint", "--out", "/proc/cseg-checkpoint"], "--out .* cannot be written into"),
+        (["export", "--model", str(nowhere), "--sam3", str(nowhere), "--out", "/proc/cseg/bundle"],
+         "cannot create the bundle"),
+    ]  # fmt: skip
+
+
+def test_cli_output_paths_are_checked_before_the_work(tmp_path, capsys):
+    from cseg.cli import main
+
+    for argv, message in _cli_cases(tmp_path, None):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "Traceback" not in err[0], (argv, err)
+        assert __import__("re").search(message, err[0]), (argv, err[0])
+
+
+def test_cli_missing_output_folders_are_created_up_front(tmp_path):
+    from cseg.outputs import output_file, output_folder
+
+    assert output_file(str(tmp_path / "a" / "b" / "m.json"), "--json").parent.is_dir()
+    assert not (tmp_path / "a" / "b" / "m.json").exists()  # probed, not left behind
+    existing = tmp_path / "keep.json"
+    existing.write_text("old")
+    output_file(str(existing), "--json")
+    assert existing.read_text() == "old"
+    assert output_folder(str(tmp_path / "c" / "d"), "--out").is_dir()
+
+
+def test_calib_collect_verifies_the_bundle(tiny_bundle, tmp_path, capsys):
+    from cseg.cli import main
+
+    bundle = _copy(tiny_bundle, tmp_path)
+    with open(bundle / "graphs" / "sam3_text.onnx", "r+b") as handle:
+        handle.seek(200)
+        handle.write(b"corrupt")
+    assert main(["calib", "collect", "--bundle", str(bundle), "--out", str(tmp_path / "data")]) == 2
+    assert "sam3_text.onnx does not match its sha256" in capsys.readouterr().err
