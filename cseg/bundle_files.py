@@ -39,13 +39,14 @@ def verify_files(bundle: str | Path, manifest: dict, *, hashes: bool = True) -> 
         _check_inside(root, relative)
     for relative, what in loaded_files(manifest).items():
         if relative not in listed:
-            raise BundleError(f"{what} ({relative!r}) is not listed in manifest.json's files, so it cannot be verified; "
-                              "export the bundle again")  # fmt: skip
+            raise BundleError(f"{what} ({relative!r}) is not listed in manifest.json's files, so it cannot be "
+                              "verified; export the bundle again")  # fmt: skip
     recorded = [(f"graph {key}", graph) for key, graph in manifest["graphs"].items()]
     recorded += [(f"TensorRT engine {key}", e) for key, e in manifest.get("tensorrt", {}).get("engines", {}).items()]
     for what, entry in recorded:
         if entry["sha256"] != listed[entry["file"]]:
-            raise BundleError(f"{what}: its sha256 in manifest.json differs from the one files lists for {entry['file']}")
+            raise BundleError(f"{what}: its sha256 in manifest.json differs from the one files lists for "
+                              f"{entry['file']}")  # fmt: skip
     for relative, expected in listed.items():
         path = root / relative
         try:

@@ -95,8 +95,9 @@ _ROUTER = {
         "held_out": _object({"learned": _object({"skip_rate": _number(0, 1), "iou_loss": _number(-1, 1)})}),
     }},
 }
+_LEVELS = ["ORT_DISABLE_ALL", "ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL"]
 _SESSION = {"type": "object", "additionalProperties": False, "properties": {
-    "graph_optimization_level": {"enum": ["ORT_DISABLE_ALL", "ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL"]},
+    "graph_optimization_level": {"enum": _LEVELS},
     "intra_op_num_threads": _int(0, 4096), "inter_op_num_threads": _int(0, 4096),
     "enable_mem_pattern": {"type": "boolean"}, "enable_cpu_mem_arena": {"type": "boolean"},
 }}
@@ -111,7 +112,7 @@ _GPU_TARGET = {  # what `cseg inspect`, `cseg build` and the TensorRT backend re
     "recipe": _PATH,
     "target_profile": _object({
         "device": _object({"name": _TEXT, "arch": _TEXT, "memory_gb": _number(0, 1e6, above=True)}),
-        "tensorrt_versions": {"type": "array", "items": _TEXT, "minItems": 1},
+        "tensorrt_versions": {"type": "object", "minProperties": 1, "additionalProperties": _TEXT},
         "shapes": _object({"total_tokens": _int(2, 1 << 20)}),
     }),
     "footprint": _object({"total_gb": _number(0, 1e6), "usable_gb": _number(0, 1e6), "fits": {"type": "boolean"}}),
@@ -140,7 +141,8 @@ MANIFEST_SCHEMA = {
         "tokenizers": _object({"vlm": _object({"tokenizer.json": _PATH}),
                                "sam3": _object({"tokenizer.json": _PATH}, {"tokenizer_config.json": _PATH})}),
         "graphs": {"type": "object", "required": list(GRAPH_KEYS), "additionalProperties": _GRAPH},
-        "parity": {"type": "object", "additionalProperties": {"type": "object", "additionalProperties": _PARITY_OUTPUT}},
+        "parity": {"type": "object",
+                   "additionalProperties": {"type": "object", "additionalProperties": _PARITY_OUTPUT}},
         "files": {"type": "object", "minProperties": 1, "additionalProperties": _SHA256},
     }, {"session": _SESSION, "quantization": _QUANTIZATION, **_GPU_TARGET}),
     "dependentRequired": {"target_profile": ["footprint", "recipe"], "tensorrt": ["target_profile"]},

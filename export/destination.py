@@ -37,8 +37,8 @@ def check_destination(out: Path, force: bool, sources: tuple) -> Path:
     if not out.is_dir():
         raise BundleError(f"--out {out} is a file, not a bundle; --force replaces only a cseg bundle directory")
     if not is_bundle(out):
-        raise BundleError(f"--out {out} is a folder without a cseg {MANIFEST_NAME}; --force replaces only a cseg bundle, "
-                          "never other files: remove it yourself or choose another --out")  # fmt: skip
+        raise BundleError(f"--out {out} is a folder without a cseg {MANIFEST_NAME}; --force replaces only a cseg "
+                          "bundle, never other files: remove it yourself or choose another --out")  # fmt: skip
     return target
 
 

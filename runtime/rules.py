@@ -31,7 +31,8 @@ def bundle_id(manifest: dict) -> str:
     files, listing = manifest["files"], ""
     for key, graph in sorted(manifest["graphs"].items()):
         if key != "router":
-            listing += f"{key}:{files[graph['file']]}\n" + "".join(f"{d}:{files[d]}\n" for d in graph.get("data_files", []))
+            for path in (graph["file"], *graph.get("data_files", [])):
+                listing += f"{key}:{files[path]}\n"
     return hashlib.sha256(listing.encode()).hexdigest()
 
 

@@ -81,9 +81,10 @@ class Runtime:
         self.model = manifest["model"]
         tokenizers = manifest["tokenizers"]
         self.chat = ChatTokenizer(bundle / tokenizers["vlm"]["tokenizer.json"])
-        if self.chat.tokenizer.token_to_id(IMAGE_PAD) != self.model["image_token_id"]:
-            raise BundleError(f"the VLM tokenizer's {IMAGE_PAD} is not model.image_token_id "
-                              f"{self.model['image_token_id']}: the bundle's tokenizer and model do not belong together")  # fmt: skip
+        image_token = self.model["image_token_id"]
+        if self.chat.tokenizer.token_to_id(IMAGE_PAD) != image_token:
+            raise BundleError(f"the VLM tokenizer's {IMAGE_PAD} is not model.image_token_id {image_token}: the "
+                              "bundle's tokenizer and model do not belong together")  # fmt: skip
         sam3 = tokenizers["sam3"]
         config = bundle / sam3["tokenizer_config.json"] if "tokenizer_config.json" in sam3 else None
         self.sam3_tokenizer = Sam3Tokenizer(bundle / sam3["tokenizer.json"], config, self.model["sam3_text_length"])

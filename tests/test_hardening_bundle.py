@@ -4,6 +4,7 @@ integrity at open, the manifest's types and ranges, and the CLI's output paths."
 import copy
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -106,7 +107,8 @@ def _dead_pid() -> int:
 def test_stale_staging_folders_are_removed_live_ones_kept(tiny_checkpoint, tmp_path, no_export_work):
     export, _ = no_export_work
     dead, alive = _dead_pid(), os.getppid()
-    for name in (f".bundle.partial-{dead}", f".bundle.old-{dead}", f".bundle.partial-{alive}", f".other.partial-{dead}"):
+    names = (f".bundle.partial-{dead}", f".bundle.old-{dead}", f".bundle.partial-{alive}", f".other.partial-{dead}")
+    for name in names:
         (tmp_path / name / "graphs").mkdir(parents=True)
     export(*tiny_checkpoint, tmp_path / "bundle", progress=False)
     left = sorted(p.name for p in tmp_path.iterdir())
@@ -379,7 +381,7 @@ def test_inspect_refuses_incomplete_sections_instead_of_a_key_error(tiny_bundle,
 # --- item 10: CLI output paths checked before the work; calib collect verifies ---------------------------------
 
 
-def _cli_cases(tmp_path, bundle):
+def _cli_cases(tmp_path):
     folder, a_file = tmp_path / "folder", tmp_path / "file.txt"
     folder.mkdir()
     a_file.write_text("x")
@@ -416,11 +418,11 @@ def _cli_cases(tmp_path, bundle):
 def test_cli_output_paths_are_checked_before_the_work(tmp_path, capsys):
     from cseg.cli import main
 
-    for argv, message in _cli_cases(tmp_path, None):
+    for argv, message in _cli_cases(tmp_path):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "Traceback" not in err[0], (argv, err)
-        assert __import__("re").search(message, err[0]), (argv, err[0])
+        assert re.search(message, err[0]), (argv, err[0])
 
 
 def test_cli_missing_output_folders_are_created_up_front(tmp_path):
