@@ -43,11 +43,12 @@ def main() -> None:
     from cseg.calib.calibration_set import default_set
     from cseg.calib.collect import collect, feeds
     from cseg.manifest import read_manifest
+    from cseg.runtime import Runtime
 
     fp32 = Path(args.fp32)
     base = read_manifest(fp32)
     work = Path(tempfile.mkdtemp())
-    collect(fp32, default_set(work / "set").items[:1], work / "data", progress=False)
+    collect(Runtime.open(fp32), default_set(work / "set").items[:1], work / "data", progress=False)
     from cseg.calib.quantize import quantize
 
     candidates = []

@@ -21,6 +21,7 @@ from cseg.calib.collect import MAX_NEW_TOKENS, collect, feeds
 from cseg.calib.quantize import MIN_COSINE, compare, passes, quantize
 from cseg.manifest import file_sha256
 from cseg.metrics import iou
+from cseg.runtime import Runtime
 
 RANDOM_WEIGHTS_NOTE = (
     "measured on the checkpoint this bundle was exported from; on random-init test checkpoints these numbers say "
@@ -37,8 +38,9 @@ def quantize_bundle(staging: Path, manifest: dict, profile: dict, precision: str
     work = Path(tempfile.mkdtemp(prefix=".calib-", dir=staging))
     try:
         report(f"calibrating on {len(train)} samples, gating on {len(held)} held-out samples")
-        collect(staging, train, work / "train", progress=progress)
-        collect(staging, held, work / "held", progress=progress)
+        # the fp32 graphs serve from the manifest in memory: staging gets its manifest.json last, when it is done
+        collect(Runtime.from_manifest(staging, manifest), train, work / "train", progress=progress)
+        collect(Runtime.from_manifest(staging, manifest), held, work / "held", progress=progress)
         quantized = {**manifest, "graphs": {k: dict(v) for k, v in manifest["graphs"].items()}}
         table, replaced = {}, []
         for key, wanted in policy.items():
@@ -106,8 +108,6 @@ def _io_types(path: Path, entry: dict) -> dict:
 
 
 def _end_to_end(staging: Path, fp32: dict, quantized: dict, held) -> dict:
-    from cseg.runtime import Runtime
-
     reference = Runtime.from_manifest(staging, fp32)
     candidate = Runtime.from_manifest(staging, quantized)
     ious, presence, agreement = [], [], []

@@ -11,8 +11,10 @@ calibrated on.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,6 +57,16 @@ class CalibrationSet:
         """Calibration items and held-out items (the last quarter by default) for the accuracy gate."""
         count = max(1, round(len(self.items) * held_out)) if len(self.items) > 1 else 0
         return self.items[: len(self.items) - count], self.items[len(self.items) - count :]
+
+
+@contextlib.contextmanager
+def chosen(root: str | Path | None):
+    """The calibration set in `root`, or (root None) the default photographs in a temporary folder removed on exit."""
+    if root:
+        yield load(root)
+        return
+    with tempfile.TemporaryDirectory(prefix="cseg-calib-") as folder:
+        yield default_set(folder)
 
 
 def load(root: str | Path) -> CalibrationSet:

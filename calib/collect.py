@@ -54,12 +54,10 @@ class _Recorder:
         decoder.step = recording_step
 
 
-def collect(bundle: str | Path, items: list[CalibrationItem], out: str | Path, *, progress: bool = True) -> dict[str, int]:
-    """Record the inputs of every graph of the (fp32) bundle over `items`; returns the number of files per graph."""
-    from cseg.runtime import Runtime
-
+def collect(runtime, items: list[CalibrationItem], out: str | Path, *, progress: bool = True) -> dict[str, int]:
+    """Record the inputs of every graph of the (fp32) bundle `runtime` serves over `items`; returns the number of
+    files per graph. The runtime's graphs record from then on: give each collection a runtime of its own."""
     out = Path(out)
-    runtime = Runtime.open(bundle, verify=False)
     recorder = _Recorder(out)
     for key, graph in runtime.graphs.items():
         if key != "vlm_decoder":

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cseg.manifest import read_manifest, verify_files
+from cseg.bundle_files import verify_files
+from cseg.manifest import read_manifest
 
 
 def _shape(tensor: dict) -> str:
@@ -13,9 +14,8 @@ def _shape(tensor: dict) -> str:
 
 def describe(bundle: str | Path, verify: bool = True) -> str:
     manifest = read_manifest(bundle)
-    if verify:
-        verify_files(bundle, manifest)
-    model = manifest["model"]
+    verify_files(bundle, manifest, hashes=verify)
+    model, generation = manifest["model"], manifest["generation"]
     lines = [
         f"bundle      {bundle}",
         f"format      v{manifest['format_version']}, written by cseg {manifest['cseg_version']} on {manifest['created']}",
@@ -26,8 +26,8 @@ def describe(bundle: str | Path, verify: bool = True) -> str:
         f"model       H={model['hidden_size']} layers={model['num_layers']} Q={model['num_queries']} "
         f"top-K={model['top_k']} VLM grid={manifest['preprocessing']['vlm']['grid_thw']} "
         f"SAM 3 input={manifest['preprocessing']['sam3']['size']}",
-        f"generation  max_length={manifest['generation']['max_length']} "
-        f"repetition_penalty={manifest['generation']['repetition_penalty']} eos={manifest['generation']['eos_token_ids']}",
+        f"generation  max_length={generation['max_length']} repetition_penalty="
+        f"{generation.get('repetition_penalty', 1.0)} eos={generation['eos_token_ids']}",
         f"router      {manifest['router']['kind']}",
         "",
         f"{'graph':<14}{'backend':<13}{'precision':<10}{'MB':>9}  inputs -> outputs",

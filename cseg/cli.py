@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from cseg.errors import CsegError, EngineError, InvalidInputError
+from cseg.outputs import output_file, output_folder
 
 
 def _make_checkpoint(args) -> int:
@@ -33,6 +34,7 @@ def _make_checkpoint(args) -> int:
 
     if args.size not in SIZES:
         raise InvalidInputError(f"unknown --size {args.size!r}; choose one of {', '.join(SIZES)}")
+    output_folder(args.out, "--out")
     start = time.perf_counter()
     model_dir, sam3_dir = make_checkpoint(args.size, args.seed, args.out)
     size_mb = sum(f.stat().st_size for f in Path(args.out).rglob("*") if f.is_file()) / 1e6
@@ -61,6 +63,7 @@ def _segment(args) -> int:
 
     if bool(args.bundle) == bool(args.model or args.sam3) or (args.model is None) != (args.sam3 is None):
         raise InvalidInputError("pass either --bundle B (runtime) or both --model and --sam3 (PyTorch reference)")
+    output_file(args.out, "--out")
     demos = _demos(args)
     image = load_image(samples.resolve(args.image))
     if args.bundle:
@@ -75,7 +78,6 @@ def _segment(args) -> int:
     result = backend.segment(image, args.prompt, demos or None, route=args.route, max_new_tokens=args.max_new_tokens)
     elapsed = (time.perf_counter() - started) * 1000
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         overlay(image, result, args.prompt).save(args.out)
     if args.json:
         print(json.dumps(_as_json(result, args.out), indent=2))
@@ -157,6 +159,8 @@ def _bench(args) -> int:
 
     if min(args.repeat, args.frames, args.max_new_tokens) < 1 or args.warmup < 0:
         raise InvalidInputError("--repeat, --frames and --max-new-tokens must be >= 1, --warmup >= 0")
+    output_file(args.json, "--json")
+    output_file(args.plot, "--plot")
     args.image = args.image or ["sample:astronaut"]
     from cseg import bench, samples
     from cseg.images import load_image
@@ -204,6 +208,7 @@ def _induce(args) -> int:
     from cseg import samples
     from cseg.runtime import Runtime
 
+    output_file(args.out, "--out")
     runtime = Runtime.open(args.bundle, device=args.device)
     image = samples.resolve(args.image) if args.image else None
     rule = runtime.induce(_demos(args), args.question, image=image, max_new_tokens=args.max_new_tokens)
@@ -219,6 +224,8 @@ def _watch(args) -> int:
 
     if args.every < 1 or (args.max_frames is not None and args.max_frames < 1):
         raise InvalidInputError("--every and --max-frames must be at least 1")
+    output_folder(args.out, "--out")
+    output_file(args.jsonl, "--jsonl")
     runtime = Runtime.open(args.bundle, device=args.device)
     summary = watch(runtime, Rule.load(args.rule), args.source, out=args.out, jsonl=args.jsonl,
                     budget_ms=args.budget_ms, drop=args.drop, max_frames=args.max_frames, every=args.every)  # fmt: skip
@@ -234,6 +241,10 @@ def _eval(args) -> int:
         raise InvalidInputError("--limit must be at least 1")
     if args.worst < 0:
         raise InvalidInputError("--worst must be 0 (no overlays) or a positive number of samples")
+    for folder, option in ((args.work, "--work"), (args.save_masks, "--save-masks")):
+        output_folder(folder, option)
+    output_file(args.json, "--json")
+    output_file(args.csv, "--csv")
     samples = datasets.read(args.format, args.data, split=args.split, prompt=args.prompt, demos=args.demos)
     samples = samples[: args.limit] if args.limit else samples
     runtime = Runtime.open(args.bundle, device=args.device)
@@ -256,9 +267,12 @@ def _eval(args) -> int:
 def _calib_collect(args) -> int:
     from cseg.calib.calibration_set import default_set, load
     from cseg.calib.collect import collect
+    from cseg.runtime import Runtime
 
+    output_folder(args.out, "--out")
+    runtime = Runtime.open(args.bundle)  # verified: calibration data from a corrupt bundle would quantize wrongly
     calibration = load(args.calib) if args.calib else default_set(Path(args.out) / "calibration-set")
-    counts = collect(args.bundle, calibration.items, args.out)
+    counts = collect(runtime, calibration.items, args.out)
     for key, count in sorted(counts.items()):
         print(f"  {key:<13} {count:4d} input sets -> {Path(args.out) / key}")
     print(f"calibration set sha256 {calibration.sha256()}")
@@ -266,14 +280,19 @@ def _calib_collect(args) -> int:
 
 
 def _fit_router(args) -> int:
+    from cseg.calib.calibration_set import chosen
+
+    with chosen(args.calib) as calibration:  # the default set lives in a temporary folder, removed afterwards
+        return _fit_router_on(args, calibration)
+
+
+def _fit_router_on(args, calibration) -> int:
     import numpy as np
     from tqdm import tqdm
 
     from cseg.calib import router_fit
-    from cseg.calib.calibration_set import default_set, load
     from cseg.runtime import Runtime
 
-    calibration = load(args.calib) if args.calib else default_set(Path(args.bundle).parent / ".cseg-calibration-set")
     train, held = calibration.split()
     if not held:
         raise InvalidInputError("the calibration set needs at least 2 samples to fit and check a router")
@@ -460,7 +479,10 @@ def _run(args) -> int:
         return args.run(args)
     except CsegError as exc:
         print(f"cseg {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except OSError as exc:  # the file system refused a write after the up-front checks (disk full, a race): one line
+        detail = f"{exc.strerror}: {exc.filename}" if exc.strerror and exc.filename else str(exc)
+        print(f"cseg {args.command}: error: {detail}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

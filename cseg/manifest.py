@@ -6,78 +6,146 @@ recorded sha256. The exporter writes manifest.json last, into a temporary direct
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import math
 from pathlib import Path
 
 from cseg.errors import BundleError
 
+BUNDLE_FORMAT = "cseg-bundle"  # the marker that says a manifest.json (and so its folder) was written by cseg
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 GRAPH_KEYS = ("vlm_vision", "vlm_decoder", "concept_head", "sam3_vision", "sam3_text", "sam3_decoder")
 
-_TENSOR = {
-    "type": "object",
-    "required": ["name", "dtype", "shape"],
-    "properties": {
-        "name": {"type": "string"},
-        "dtype": {"enum": ["float32", "float16", "int64", "int32", "bool"]},
-        "shape": {"type": "array", "items": {"type": ["integer", "string"]}},
-    },
-}
+# Bounds are generous for real checkpoints (Qwen2.5-VL-72B, SAM 3) and tight enough that no value can make the
+# runtime allocate or loop without end: sizes the runtime allocates from are checked against the graphs as well.
+
+
+def _int(low: int, high: int) -> dict:
+    return {"type": "integer", "minimum": low, "maximum": high}
+
+
+def _number(low: float, high: float, *, above: bool = False) -> dict:
+    return {"type": "number", ("exclusiveMinimum" if above else "minimum"): low, "maximum": high}
+
+
+def _object(required: dict, optional: dict | None = None) -> dict:
+    return {"type": "object", "required": list(required), "properties": {**required, **(optional or {})}}
+
+
+_TEXT = {"type": "string"}
 _SHA256 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
-_GRAPH = {
-    "type": "object",
-    "required": ["file", "sha256", "backend", "precision", "inputs", "outputs", "tolerances"],
-    "properties": {
-        "file": {"type": "string"},
-        "sha256": _SHA256,
-        "data_files": {"type": "array", "items": {"type": "string"}},
-        "backend": {"enum": ["onnxruntime", "tensorrt"]},
-        "precision": {"type": "string"},
-        "inputs": {"type": "array", "items": _TENSOR, "minItems": 1},
-        "outputs": {"type": "array", "items": _TENSOR, "minItems": 1},
-        "tolerances": {"type": "object", "additionalProperties": {"type": "number"}},
-    },
+_PATH = {"type": "string", "minLength": 1}  # relative to the bundle; containment is checked with the files
+_TOKEN = _int(0, 10_000_000)
+_SIDE = _int(1, 16384)
+_RGB = {"type": "array", "items": _number(-1e3, 1e3), "minItems": 3, "maxItems": 3}
+_RGB_STD = {"type": "array", "items": _number(0, 1e3, above=True), "minItems": 3, "maxItems": 3}
+_TENSOR = _object({
+    "name": {"type": "string", "minLength": 1},
+    "dtype": {"enum": ["float32", "float16", "int64", "int32", "bool"]},
+    "shape": {"type": "array", "maxItems": 8, "items": {"anyOf": [_int(0, 1 << 31), {"type": "string"}]}},
+})
+_TENSORS = {"type": "array", "items": _TENSOR, "minItems": 1, "maxItems": 4096}
+_GRAPH = _object({
+    "file": _PATH,
+    "sha256": _SHA256,
+    "backend": {"enum": ["onnxruntime", "tensorrt"]},
+    "precision": _TEXT,
+    "inputs": _TENSORS,
+    "outputs": _TENSORS,
+    "tolerances": {"type": "object", "additionalProperties": _number(0, 1e6)},
+}, {"data_files": {"type": "array", "items": _PATH}, "bytes": _int(0, 1 << 50)})
+_PARITY_OUTPUT = _object({"max_abs": _number(0, 1e30), "mean_abs": _number(0, 1e30), "tolerance": _number(0, 1e30)})
+_SOURCE = _object({"path": _TEXT, "sha256": _SHA256, "files": {"type": "object"}})
+_MODEL = _object({
+    "num_queries": _int(1, 4096),
+    "hidden_size": _int(1, 65536),
+    "num_layers": _int(1, 1024),
+    "num_kv_heads": _int(1, 1024),
+    "head_dim": _int(1, 4096),
+    "vocab_size": _int(1, 10_000_000),
+    "image_token_id": _TOKEN,
+    "top_k": _int(1, 10000),
+    "sam3_text_length": _int(1, 1024),
+    "vision": _object({"patch_size": _int(1, 1024), "spatial_merge_size": _int(1, 64),
+                       "window_size": _int(1, 1 << 20)}, {"temporal_patch_size": _int(1, 64)}),
+})
+_PREPROCESSING = _object({
+    "vlm": _object({
+        "patch_size": _int(1, 1024), "merge_size": _int(1, 64), "temporal_patch_size": _int(1, 64),
+        "min_pixels": _int(1, 16384 * 16384), "max_pixels": _int(1, 16384 * 16384),
+        "rescale_factor": _number(0, 1e3, above=True), "mean": _RGB, "std": _RGB_STD,
+        "grid_thw": {"type": "array", "items": _int(1, 16384), "minItems": 3, "maxItems": 3},
+    }),
+    "sam3": _object({"size": _int(1, 16384)}, {"mean": _number(-1e3, 1e3), "std": _number(0, 1e3, above=True)}),
+})
+_GENERATION = _object({
+    "max_length": _int(2, 1 << 20),
+    "eos_token_ids": {"type": "array", "items": _TOKEN, "minItems": 1, "maxItems": 64},
+    "pad_token_id": _TOKEN,
+}, {"repetition_penalty": _number(0, 100, above=True), "im_end_token_id": _TOKEN})
+_ROUTER = {
+    **_object({"kind": {"enum": ["heuristic", "learned"]}}),
+    "if": {"properties": {"kind": {"const": "learned"}}},
+    "then": {"required": ["threshold", "feature_width"], "properties": {
+        "threshold": _number(0, 1.000001),  # above 1 (fit-router's "never skip") by a hair
+        "feature_width": _int(1, 1 << 20),
+        "held_out": _object({"learned": _object({"skip_rate": _number(0, 1), "iou_loss": _number(-1, 1)})}),
+    }},
 }
-_PARITY_OUTPUT = {
-    "type": "object",
-    "required": ["max_abs", "mean_abs", "tolerance"],
-    "properties": {"max_abs": {"type": "number"}, "mean_abs": {"type": "number"}, "tolerance": {"type": "number"}},
-}
-_SOURCE = {
-    "type": "object",
-    "required": ["path", "sha256", "files"],
-    "properties": {"path": {"type": "string"}, "sha256": _SHA256, "files": {"type": "object"}},
+_LEVELS = ["ORT_DISABLE_ALL", "ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL"]
+_SESSION = {"type": "object", "additionalProperties": False, "properties": {
+    "graph_optimization_level": {"enum": _LEVELS},
+    "intra_op_num_threads": _int(0, 4096), "inter_op_num_threads": _int(0, 4096),
+    "enable_mem_pattern": {"type": "boolean"}, "enable_cpu_mem_arena": {"type": "boolean"},
+}}
+_FRACTION = _number(0, 1)
+_QUANTIZATION = _object({
+    "precision": _TEXT,
+    "calibration": _object({"sha256": _SHA256, "samples": _int(0, 1 << 30), "held_out": _int(0, 1 << 30)}),
+    "graphs": {"type": "object", "additionalProperties": _object({"requested": _TEXT, "shipped": _TEXT})},
+    "end_to_end": _object({"mask_iou_min": _FRACTION, "presence_delta_max": _FRACTION, "token_agreement": _FRACTION}),
+})
+_GPU_TARGET = {  # what `cseg inspect`, `cseg build` and the TensorRT backend read from a GPU-target bundle
+    "recipe": _PATH,
+    "target_profile": _object({
+        "device": _object({"name": _TEXT, "arch": _TEXT, "memory_gb": _number(0, 1e6, above=True)}),
+        "tensorrt_versions": {"type": "object", "minProperties": 1, "additionalProperties": _TEXT},
+        "shapes": _object({"total_tokens": _int(2, 1 << 20)}),
+    }),
+    "footprint": _object({"total_gb": _number(0, 1e6), "usable_gb": _number(0, 1e6), "fits": {"type": "boolean"}}),
+    "tensorrt": _object({
+        "version": _TEXT, "gpu": _TEXT, "built": _TEXT,
+        "compute_capability": {"type": "array", "items": _int(0, 100), "minItems": 2, "maxItems": 2},
+        "engines": {"type": "object", "additionalProperties": _object({"file": _PATH, "sha256": _SHA256})},
+    }),
 }
 MANIFEST_SCHEMA = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "type": "object",
-    "required": [
-        "format_version", "cseg_version", "created", "target", "precision", "source", "model", "preprocessing",
-        "prompt", "generation", "router", "postprocess", "tokenizers", "graphs", "parity", "files",
-    ],
-    "properties": {
+    **_object({
+        "format": {"const": BUNDLE_FORMAT},
         "format_version": {"const": FORMAT_VERSION},
-        "cseg_version": {"type": "string"},
-        "created": {"type": "string"},
-        "target": {"type": "string"},
-        "precision": {"type": "string"},
-        "source": {"type": "object", "required": ["conceptseg", "sam3"],
-                   "properties": {"conceptseg": _SOURCE, "sam3": _SOURCE}},
-        "model": {"type": "object", "required": ["num_queries", "hidden_size", "num_layers", "num_kv_heads",
-                                                 "head_dim", "image_token_id", "top_k"]},
-        "preprocessing": {"type": "object", "required": ["vlm", "sam3"]},
-        "prompt": {"type": "object", "required": ["question", "system", "chat_template"]},
-        "generation": {"type": "object", "required": ["max_length", "eos_token_ids", "pad_token_id"]},
-        "router": {"type": "object", "required": ["kind"]},
-        "postprocess": {"type": "object"},
-        "tokenizers": {"type": "object", "required": ["vlm", "sam3"]},
+        "cseg_version": _TEXT,
+        "created": _TEXT,
+        "target": _TEXT,
+        "precision": _TEXT,
+        "source": _object({"conceptseg": _SOURCE, "sam3": _SOURCE}),
+        "model": _MODEL,
+        "preprocessing": _PREPROCESSING,
+        "prompt": _object({"question": _TEXT, "system": _TEXT, "chat_template": _TEXT}),
+        "generation": _GENERATION,
+        "router": _ROUTER,
+        "postprocess": _object({"instance_score_threshold": _FRACTION}),
+        "tokenizers": _object({"vlm": _object({"tokenizer.json": _PATH}),
+                               "sam3": _object({"tokenizer.json": _PATH}, {"tokenizer_config.json": _PATH})}),
         "graphs": {"type": "object", "required": list(GRAPH_KEYS), "additionalProperties": _GRAPH},
-        "parity": {"type": "object", "additionalProperties": {"type": "object", "additionalProperties": _PARITY_OUTPUT}},
+        "parity": {"type": "object",
+                   "additionalProperties": {"type": "object", "additionalProperties": _PARITY_OUTPUT}},
         "files": {"type": "object", "minProperties": 1, "additionalProperties": _SHA256},
-        "quantization": {"type": "object", "required": ["precision", "calibration", "graphs", "end_to_end"]},
-    },
+    }, {"session": _SESSION, "quantization": _QUANTIZATION, **_GPU_TARGET}),
+    "dependentRequired": {"target_profile": ["footprint", "recipe"], "tensorrt": ["target_profile"]},
 }  # fmt: skip
 
 
@@ -96,20 +164,97 @@ def hash_files(bundle: Path) -> dict[str, str]:
 
 
 def validate_manifest(manifest: dict) -> None:
-    """Raise BundleError naming the first schema violation (format version first: it explains the rest)."""
-    import jsonschema
-
-    version = manifest.get("format_version") if isinstance(manifest, dict) else None
+    """Raise BundleError naming the first violation: the marker and format version first (they explain the rest),
+    then the schema (types and ranges), then the sizes the runtime works with against the graphs' declared I/O."""
+    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f'manifest.json has no "format": "{BUNDLE_FORMAT}": not a bundle written by this cseg; '
+                          "export it again (cseg-export ...)")  # fmt: skip
+    version = manifest.get("format_version")
     if version != FORMAT_VERSION:
         raise BundleError(
             f"bundle format version {version!r} is not the {FORMAT_VERSION} this cseg reads; re-export it with this "
             "version of cseg (cseg-export ...)"
         )
-    try:
-        jsonschema.validate(manifest, MANIFEST_SCHEMA)
-    except jsonschema.ValidationError as exc:
-        where = "/".join(str(p) for p in exc.absolute_path) or "(top level)"
-        raise BundleError(f"manifest.json is invalid at {where}: {exc.message}") from None
+    from jsonschema.exceptions import best_match
+
+    error = best_match(_validator().iter_errors(manifest))
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
+        raise BundleError(f"manifest.json is invalid at {where}: {error.message}")
+    _check_sizes(manifest)
+
+
+@functools.cache
+def _validator():
+    import jsonschema
+
+    # JSON Schema calls 2.0 an integer and Python calls True one; the runtime needs real ints (range, shapes)
+    strict = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda _, value: isinstance(value, int) and not isinstance(value, bool))
+    return jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=strict)(MANIFEST_SCHEMA)
+
+
+def _check_sizes(manifest: dict) -> None:
+    """The model, preprocessing and generation values the runtime allocates and indexes with must agree with the
+    graphs' declared inputs/outputs (which Runtime.open checks against the ONNX files)."""
+    model, graphs = manifest["model"], manifest["graphs"]
+    tensors = {key: {t["name"]: t["shape"] for t in (*g["inputs"], *g["outputs"])} for key, g in graphs.items()}
+
+    def agree(field: str, value, key: str, name: str, axis: int) -> None:
+        shape = tensors[key].get(name)
+        if shape is None or len(shape) <= axis:
+            raise BundleError(f"manifest.json: graph {key} declares no {name} with {axis + 1} dimensions")
+        if isinstance(shape[axis], int) and shape[axis] != value:  # a named dynamic axis takes any size
+            raise BundleError(f"manifest.json: {field} = {value} disagrees with graph {key}'s {name} ({shape[axis]})")
+
+    layers = model["num_layers"]
+    kv = {f"{io}_{kind}_{i}" for io in ("past", "new") for kind in ("key", "value") for i in range(layers)}
+    declared = {n for n in tensors["vlm_decoder"] if n.startswith(("past_", "new_"))}
+    if declared != kv:
+        raise BundleError(f"manifest.json: model.num_layers = {layers} disagrees with graph vlm_decoder's "
+                          f"{len(declared) // 4} layers of KV cache")  # fmt: skip
+    vlm, vision = manifest["preprocessing"]["vlm"], model["vision"]
+    for field, value, key, name, axis in (
+        ("model.num_kv_heads", model["num_kv_heads"], "vlm_decoder", "past_key_0", 2),
+        ("model.head_dim", model["head_dim"], "vlm_decoder", "past_key_0", 3),
+        ("model.vocab_size", model["vocab_size"], "vlm_decoder", "logits", 2),
+        ("model.hidden_size", model["hidden_size"], "vlm_decoder", "hidden_states", 2),
+        ("model.hidden_size", model["hidden_size"], "concept_head", "hidden_states", 2),
+        ("model.num_queries", model["num_queries"], "concept_head", "concept_tokens", 1),
+        ("model.sam3_text_length", model["sam3_text_length"], "sam3_text", "input_ids", 1),
+        ("model.top_k", model["top_k"], "sam3_decoder", "instance_scores", 1),
+        ("preprocessing.sam3.size", manifest["preprocessing"]["sam3"]["size"], "sam3_vision", "pixel_values", 2),
+        ("preprocessing.sam3.size", manifest["preprocessing"]["sam3"]["size"], "sam3_vision", "pixel_values", 3),
+        ("preprocessing.vlm patch volume", 3 * vlm["temporal_patch_size"] * vlm["patch_size"] ** 2, "vlm_vision",
+         "pixel_values", 1),
+    ):  # fmt: skip
+        agree(field, value, key, name, axis)
+    if (vlm["patch_size"], vlm["merge_size"]) != (vision["patch_size"], vision["spatial_merge_size"]):
+        raise BundleError("manifest.json: preprocessing.vlm patch_size/merge_size disagree with model.vision's")
+    factor = vlm["patch_size"] * vlm["merge_size"]
+    if not factor**2 <= vlm["min_pixels"] <= vlm["max_pixels"]:
+        raise BundleError(f"manifest.json: preprocessing.vlm needs {factor ** 2} <= min_pixels <= max_pixels, got "
+                          f"{vlm['min_pixels']} and {vlm['max_pixels']}")  # fmt: skip
+    if vision["window_size"] < factor:
+        raise BundleError(f"manifest.json: model.vision.window_size {vision['window_size']} is below one merged patch "
+                          f"({factor} pixels)")  # fmt: skip
+    if (manifest["router"]["kind"] == "learned") != ("router" in graphs):
+        raise BundleError("manifest.json: a learned router needs graphs.router, and graphs.router a learned router")
+    if "router" in graphs:
+        agree("router.feature_width", manifest["router"]["feature_width"], "router", "features", 1)
+    generation = manifest["generation"]
+    ids = {"model.image_token_id": model["image_token_id"], "generation.pad_token_id": generation["pad_token_id"],
+           **{f"generation.eos_token_ids[{i}]": t for i, t in enumerate(generation["eos_token_ids"])}}  # fmt: skip
+    for field, token in ids.items():
+        if token >= model["vocab_size"]:
+            raise BundleError(f"manifest.json: {field} = {token} is outside the vocabulary of {model['vocab_size']}")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is not a finite number")
+    return value
 
 
 def read_manifest(bundle: str | Path) -> dict:
@@ -118,19 +263,9 @@ def read_manifest(bundle: str | Path) -> dict:
         raise BundleError(f"bundle {bundle} is not a directory; pass the folder cseg-export wrote")
     if not path.is_file():
         raise BundleError(f"{bundle} has no {MANIFEST_NAME}: not a bundle, or an export that did not finish")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    try:  # Python's json reads NaN, Infinity and 1e999 (= inf): no manifest value may be one
+        manifest = json.loads(path.read_text(encoding="utf-8"), parse_float=_finite, parse_constant=_finite)
+    except (ValueError, UnicodeDecodeError) as exc:
         raise BundleError(f"{path} is not valid JSON ({exc}); the bundle is corrupt, export it again") from None
     validate_manifest(manifest)
     return manifest
-
-
-def verify_files(bundle: str | Path, manifest: dict) -> None:
-    """Every listed file exists and has its recorded sha256; raise BundleError naming the first that does not."""
-    for relative, expected in manifest["files"].items():
-        path = Path(bundle) / relative
-        if not path.is_file():
-            raise BundleError(f"bundle file {relative} is missing; copy the whole bundle directory or export again")
-        if file_sha256(path) != expected:
-            raise BundleError(f"bundle file {relative} does not match its sha256 in manifest.json (changed or corrupt)")

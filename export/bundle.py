@@ -2,17 +2,17 @@
 
 Every graph is exported, checked against its PyTorch module on fresh inputs, and only then written. The bundle is
 assembled in a hidden sibling directory and renamed into place at the very end, so an export that is interrupted at
-any point (Ctrl-C, kill, disk full) leaves nothing at the target path that looks like a bundle.
+any point (Ctrl-C, kill, disk full) leaves nothing at the target path that looks like a bundle (and the staging
+directory a killed export leaves is removed by the next export to the same path: export/destination.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -27,6 +27,7 @@ from cseg.engines.targets import canonical, with_memory
 from cseg.engines.targets import resolve as resolve_target
 from cseg.calib.bundle_quantization import quantize_bundle
 from cseg.errors import BundleError, InvalidInputError
+from cseg.export.destination import check_destination, remove_stale, replace, staging_dir
 from cseg.export.graphs import GRAPHS
 from cseg.export.graphs.sam3_text import TEXT_LENGTH
 from cseg.export.loading import load_conceptseg, load_sam3, resolve_checkpoint_dir
@@ -34,7 +35,7 @@ from cseg.export.onnx_export import export_graph
 from cseg.export.parity import check_parity
 from cseg.export.reference import INSTANCE_SCORE_THRESHOLD, RESEARCH_MAX_LENGTH
 from cseg.images import SAM3_MEAN, SAM3_STD, VLM_SIDE
-from cseg.manifest import FORMAT_VERSION, MANIFEST_NAME, file_sha256, hash_files, validate_manifest
+from cseg.manifest import BUNDLE_FORMAT, FORMAT_VERSION, MANIFEST_NAME, file_sha256, hash_files, validate_manifest
 from cseg.prompting import template
 
 DEFAULT_TOP_K = 20
@@ -68,8 +69,7 @@ def export_bundle(
     profile, precision = resolve_target(target, precision)
     profile, target = with_memory(profile, memory_gb), canonical(target)
     out = Path(out)
-    if out.exists() and not force:
-        raise BundleError(f"{out} already exists; pass --force to replace it (a bundle is never updated in place)")
+    destination = check_destination(out, force, (model_dir, sam3_dir))
     footprint = None
     if profile["backend"] == "tensorrt":
         # from the safetensors headers, before loading anything: a bundle that cannot fit is refused in seconds
@@ -79,39 +79,32 @@ def export_bundle(
         report(f"target {target} ({profile['device']['name']}, {profile['device']['memory_gb']:g} GB), precision "
                f"{precision}: {describe(footprint)}")  # fmt: skip
     policy = profile["policies"][precision]
-    calibration = _calibration_set(calib) if policy else None
-    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    start = time.perf_counter()
+    remove_stale(destination)
+    staging = staging_dir(destination, "partial")
     try:
         (staging / "graphs").mkdir(parents=True)
-        manifest = _export_into(staging, model_dir, sam3_dir, target, profile, precision, top_k, report, progress)
-        if policy:
-            (staging / MANIFEST_NAME).write_text(json.dumps(manifest))  # the fp32 bundle serves the calibration runs
-            manifest = quantize_bundle(staging, manifest, profile, precision, calibration, report, progress)
+    except OSError as exc:
+        raise BundleError(f"cannot create the bundle {out}: {exc.strerror} ({exc.filename})") from None
+    start = time.perf_counter()
+    try:
+        with _calibration_set(calib) if policy else contextlib.nullcontext() as calibration:
+            manifest = _export_into(staging, model_dir, sam3_dir, target, profile, precision, top_k, report, progress)
+            if policy:
+                manifest = quantize_bundle(staging, manifest, profile, precision, calibration, report, progress)
         if footprint is not None:
             manifest = _for_tensorrt(staging, manifest, target, profile, footprint)
         if policy or footprint is not None:
             manifest["files"] = hash_files(staging)
             validate_manifest(manifest)
+        # the manifest goes in last: a staging folder that an interruption leaves behind never opens as a bundle
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
-        _replace(staging, out)
+        replace(staging, destination)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    total = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 1e6
+    total = sum(f.stat().st_size for f in destination.rglob("*") if f.is_file()) / 1e6
     report(f"bundle {out} written in {time.perf_counter() - start:.1f} s, {total:.1f} MB")
     return out
-
-
-def _replace(staging: Path, out: Path) -> None:
-    if out.exists():
-        retired = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.rename(out, retired)
-        os.rename(staging, out)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        os.rename(staging, out)
 
 
 def _export_into(staging, model_dir, sam3_dir, target, profile, precision, top_k, report, progress) -> dict:
@@ -150,6 +143,7 @@ def _export_into(staging, model_dir, sam3_dir, target, profile, precision, top_k
         "sam3": _copy_files(sam3.path, SAM3_TOKENIZER_FILES, staging / "tokenizers" / "sam3"),
     }
     manifest = {
+        "format": BUNDLE_FORMAT,
         "format_version": FORMAT_VERSION,
         "cseg_version": cseg.__version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -191,13 +185,14 @@ def _for_tensorrt(staging: Path, manifest: dict, target: str, profile: dict, foo
     return manifest
 
 
+@contextlib.contextmanager
 def _calibration_set(calib):
-    from cseg.calib.calibration_set import default_set, load
+    from cseg.calib.calibration_set import chosen
 
-    chosen = load(calib) if calib else default_set(tempfile.mkdtemp(prefix="cseg-calib-"))
-    if len(chosen.items) < 2:
-        raise InvalidInputError("a calibration set needs at least 2 samples: some calibrate, some check the result")
-    return chosen
+    with chosen(calib) as calibration:
+        if len(calibration.items) < 2:
+            raise InvalidInputError("a calibration set needs at least 2 samples: some calibrate, some check the result")
+        yield calibration
 
 
 def _copy_files(source: Path, names, destination: Path) -> dict:

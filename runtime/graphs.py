@@ -56,6 +56,26 @@ def session_options(settings: dict) -> ort.SessionOptions:
     return options
 
 
+_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64", "tensor(int32)": "int32",
+           "tensor(bool)": "bool"}  # fmt: skip
+
+
+def _check_io(key: str, side: str, actual, declared: list[dict]) -> None:
+    """The manifest's names, dtypes and shapes of a graph's inputs or outputs are the ONNX file's, in order (outputs
+    are read by position). A named dynamic axis in the manifest must be a dynamic one in the file, whatever its name."""
+    found = [_describe(t.name, _DTYPES.get(t.type, t.type), t.shape) for t in actual]
+    wanted = [_describe(t["name"], t["dtype"], t["shape"]) for t in declared]
+    if len(found) != len(wanted):
+        raise BundleError(f"graph {key} has {len(found)} {side} in its ONNX file, manifest.json declares {len(wanted)}")
+    for got, want in zip(found, wanted):
+        if got != want:
+            raise BundleError(f"graph {key}: manifest.json declares {want}, its ONNX file has {got}")
+
+
+def _describe(name: str, dtype: str, shape) -> str:
+    return f"{name}:{dtype}[{','.join(str(d) if isinstance(d, int) else '?' for d in shape)}]"
+
+
 class OrtGraph:
     def __init__(self, key: str, path: Path, entry: dict, options: ort.SessionOptions, providers: list[str]):
         self.key = key
@@ -65,9 +85,8 @@ class OrtGraph:
             raise BundleError(f"graph {key} ({path.name}) cannot be loaded by ONNX Runtime: {exc}") from None
         self.input_names = {i.name for i in self.session.get_inputs()}
         self.output_names = [o.name for o in self.session.get_outputs()]
-        declared = [t["name"] for t in entry["outputs"]]
-        if self.output_names != declared:
-            raise BundleError(f"graph {key} has outputs {self.output_names}, manifest.json says {declared}")
+        for side, actual in (("inputs", self.session.get_inputs()), ("outputs", self.session.get_outputs())):
+            _check_io(key, side, actual, entry[side])
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         used = {name: value for name, value in feed.items() if name in self.input_names}

@@ -44,9 +44,13 @@ def rule_path(path) -> Path:
 
 
 def bundle_id(manifest: dict) -> str:
-    """A bundle's identity for rules: the sha256 over its model graphs' hashes (a router fitted later does not
-    change what concept tokens mean)."""
-    listing = "".join(f"{key}:{graph['sha256']}\n" for key, graph in sorted(manifest["graphs"].items()) if key != "router")
+    """A bundle's identity for rules: the sha256 over its model graphs' files, external weights included, as the
+    verified `files` list records them (a router fitted later does not change what concept tokens mean)."""
+    files, listing = manifest["files"], ""
+    for key, graph in sorted(manifest["graphs"].items()):
+        if key != "router":
+            for path in (graph["file"], *graph.get("data_files", [])):
+                listing += f"{key}:{files[path]}\n"
     return hashlib.sha256(listing.encode()).hexdigest()
 
 

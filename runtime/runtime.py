@@ -22,9 +22,10 @@ import numpy as np
 from PIL import Image
 
 from cseg import pipeline, prompting
-from cseg.errors import InvalidInputError
+from cseg.bundle_files import verify_files
+from cseg.errors import BundleError, InvalidInputError
 from cseg.images import Frame, check_demos, load_frame, render_demonstrations, vlm_image
-from cseg.manifest import read_manifest, verify_files
+from cseg.manifest import read_manifest
 from cseg.pipeline import Reasoning, timed
 from cseg.runtime.generation import Decoder, Prefilled, kv_dtype
 from cseg.runtime.graphs import OrtGraph, check_session, session_options
@@ -32,7 +33,7 @@ from cseg.runtime.router import Router
 from cseg.runtime.rules import Rule, bundle_id
 from cseg.runtime.sam3_steps import HostSam3, ImageState, Sam3Output
 from cseg.runtime.stream import stream as stream_frames
-from cseg.runtime.text import ChatTokenizer, Sam3Tokenizer
+from cseg.runtime.text import IMAGE_PAD, ChatTokenizer, Sam3Tokenizer
 from cseg.runtime.vlm_inputs import image_patches, rope_positions, vision_inputs
 from cseg.segmentation import Instances, Segmentation
 
@@ -64,7 +65,13 @@ class Runtime:
         self.model = manifest["model"]
         tokenizers = manifest["tokenizers"]
         self.chat = ChatTokenizer(bundle / tokenizers["vlm"]["tokenizer.json"])
-        self.sam3_tokenizer = Sam3Tokenizer(bundle / tokenizers["sam3"]["tokenizer.json"], self.model["sam3_text_length"])
+        image_token = self.model["image_token_id"]
+        if self.chat.tokenizer.token_to_id(IMAGE_PAD) != image_token:
+            raise BundleError(f"the VLM tokenizer's {IMAGE_PAD} is not model.image_token_id {image_token}: the "
+                              "bundle's tokenizer and model do not belong together")  # fmt: skip
+        clip = tokenizers["sam3"]
+        config = bundle / clip["tokenizer_config.json"] if "tokenizer_config.json" in clip else None
+        self.sam3_tokenizer = Sam3Tokenizer(bundle / clip["tokenizer.json"], config, self.model["sam3_text_length"])
         if decoder is None:
             decoder = Decoder(graphs["vlm_decoder"], self.model, manifest["generation"], kv_dtype(manifest))
         self.decoder = decoder
@@ -85,14 +92,14 @@ class Runtime:
         by `cseg build`); "cpu" serves any bundle's ONNX graphs with ONNX Runtime on the CPU (for a GPU target: an
         accuracy check of its fp16/quantized graphs, slowly); "tensorrt" insists on the engines.
         `session` overrides the target profile's ONNX Runtime options (e.g. {"intra_op_num_threads": 2}).
-        `verify=False` skips hashing the files (seconds for multi-GB bundles) when they are known to be intact.
+        `verify=False` skips hashing the files (seconds for multi-GB bundles) when they are known to be intact; every
+        file is still checked to be listed in the manifest and inside the bundle.
         """
         if not isinstance(bundle, (str, os.PathLike)) or not isinstance(os.fspath(bundle), str):
             raise InvalidInputError(f"bundle must be a path (str or os.PathLike), got {type(bundle).__name__}")
         bundle = Path(os.fspath(bundle))
         manifest = read_manifest(bundle)
-        if verify:
-            verify_files(bundle, manifest)
+        verify_files(bundle, manifest, hashes=verify)
         return cls.from_manifest(bundle, manifest, device=device, session=session)
 
     @classmethod

@@ -57,10 +57,9 @@ class ChatTokenizer:
 class Sam3Tokenizer:
     """SAM 3's CLIP tokenizer: every phrase becomes exactly `length` ids plus the attention mask (1 = token)."""
 
-    def __init__(self, path: Path, length: int):
+    def __init__(self, path: Path, config_path: Path | None, length: int):
         self.tokenizer = _load(path)
-        config_path = path.parent / "tokenizer_config.json"
-        config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+        config = json.loads(config_path.read_text()) if config_path else {}
         pad = config.get("pad_token") or "<|endoftext|>"
         pad_id = self.tokenizer.token_to_id(pad)
         if pad_id is None:

@@ -13,9 +13,10 @@ import numpy as np
 import onnx
 import pytest
 
+from cseg.bundle_files import verify_files
 from cseg.errors import BundleError, InvalidInputError, ProfileError
 from cseg.images import load_frame
-from cseg.manifest import read_manifest, verify_files
+from cseg.manifest import read_manifest
 from cseg.metrics import iou
 from cseg.runtime import Runtime
 from cseg.runtime.cuda_graphs import why_unavailable

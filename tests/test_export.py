@@ -10,8 +10,9 @@ from tokenizers import Tokenizer
 
 from cseg.errors import BundleError, InvalidInputError
 from cseg.export.graphs.vlm_vision import host_inputs
+from cseg.bundle_files import verify_files
 from cseg.images import load_frame, load_image, sam3_pixels
-from cseg.manifest import GRAPH_KEYS, file_sha256, read_manifest, validate_manifest, verify_files
+from cseg.manifest import GRAPH_KEYS, file_sha256, read_manifest, validate_manifest
 
 
 def _close(got, want, tolerance=1e-4):
@@ -61,7 +62,7 @@ def test_tampered_or_incomplete_bundles_are_refused(tiny_bundle, tmp_path):
     with pytest.raises(BundleError, match="sam3_text.onnx does not match its sha256"):
         verify_files(copy, manifest)
     (copy / "graphs" / "concept_head.onnx").unlink()
-    manifest["files"] = {k: v for k, v in manifest["files"].items() if "sam3_text" not in k}
+    shutil.copy(tiny_bundle / "graphs" / "sam3_text.onnx", copy / "graphs" / "sam3_text.onnx")  # intact again
     with pytest.raises(BundleError, match="concept_head.onnx is missing"):
         verify_files(copy, manifest)
     for broken, message in [({**manifest, "format_version": 99}, "format version 99"),
@@ -243,6 +244,7 @@ def test_force_replaces_a_bundle_atomically(tiny_checkpoint, tmp_path, monkeypat
 
     out = tmp_path / "bundle"
     out.mkdir()
+    (out / "manifest.json").write_text(json.dumps({"format": "cseg-bundle"}))  # --force replaces only a cseg bundle
     (out / "stale.txt").write_text("old")
     monkeypatch.setattr(bundle_module, "_export_into", lambda staging, *a: {"fake": True})
     bundle_module.export_bundle(*tiny_checkpoint, out, force=True, progress=False)

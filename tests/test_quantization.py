@@ -107,10 +107,11 @@ def test_fp8_graphs_are_qdq_and_run_on_the_cpu(tiny_bundle, tmp_path, calibratio
     from cseg.calib.calibration_set import load
     from cseg.calib.collect import collect, feeds
     from cseg.calib.quantize import compare, quantize
+    from cseg.runtime import Runtime
 
     items = load(calibration_folder).items
-    collect(tiny_bundle, items[:2], tmp_path / "train", progress=False)
-    collect(tiny_bundle, items[3:], tmp_path / "held", progress=False)
+    collect(Runtime.open(tiny_bundle), items[:2], tmp_path / "train", progress=False)
+    collect(Runtime.open(tiny_bundle), items[3:], tmp_path / "held", progress=False)
     manifest = read_manifest(tiny_bundle)
     for key in ("sam3_text", "vlm_vision"):
         source, target = tiny_bundle / manifest["graphs"][key]["file"], tmp_path / f"{key}.fp8.onnx"
