@@ -60,7 +60,6 @@ def read_json(path, what: str, limit: int):
     return parse_json(read_text(path, what, limit), f"{what} {path}")
 
 
-
 def inside(root: Path, relative, what: str) -> Path:
     """`root / relative` where that resolves (symlinks followed) inside `root`: a path read from a dataset or
     calibration index must not reach other files on the machine (`../`, an absolute path, a symlink out)."""

@@ -263,9 +263,18 @@ def read_manifest(bundle: str | Path) -> dict:
         raise BundleError(f"bundle {bundle} is not a directory; pass the folder cseg-export wrote")
     if not path.is_file():
         raise BundleError(f"{bundle} has no {MANIFEST_NAME}: not a bundle, or an export that did not finish")
-    try:  # Python's json reads NaN, Infinity and 1e999 (= inf): no manifest value may be one
-        manifest = json.loads(path.read_text(encoding="utf-8"), parse_float=_finite, parse_constant=_finite)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{path} is not valid JSON ({exc}); the bundle is corrupt, export it again") from None
+    manifest = read_bundle_json(path)
     validate_manifest(manifest)
     return manifest
+
+
+def read_bundle_json(path: Path):
+    """A JSON file of a bundle (manifest, recipe, tokenizer config), or BundleError: not UTF-8, not JSON, nested too
+    deeply (RecursionError), or holding NaN, Infinity or 1e999 (= inf), which Python's json reads."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"), parse_float=_finite, parse_constant=_finite)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else exc
+        raise BundleError(f"{path} is not valid JSON ({reason}); the bundle is corrupt, export it again") from None
+    except OSError as exc:
+        raise BundleError(f"{path} cannot be read ({exc.strerror or exc})") from None

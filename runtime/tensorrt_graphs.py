@@ -11,7 +11,6 @@ Requests run one at a time per Runtime on its stream (a lock): one KV cache and 
 
 from __future__ import annotations
 
-import json
 import mmap
 import threading
 from collections import OrderedDict
@@ -21,11 +20,12 @@ import numpy as np
 
 from cseg.engines.footprint import shared_context_memory
 from cseg.errors import BundleError, EngineError
+from cseg.manifest import read_bundle_json
 from cseg.runtime.cuda_buffers import DeviceArray
 from cseg.runtime.cuda_graphs import CapturedWork, Stream, check, device_identity, runtime_api
 from cseg.runtime.generation import Decoder, kv_dtype, static_decode_mask
-from cseg.runtime.tensorrt_io import io_dtype, largest_shapes, profile_range, set_address, set_input_shape
 from cseg.runtime.tensorrt_frames import DeviceSam3
+from cseg.runtime.tensorrt_io import io_dtype, largest_shapes, profile_range, set_address, set_input_shape
 
 INSTALL_HINT = (
     "On a Jetson, TensorRT comes with JetPack (its Python bindings: sudo apt install python3-libnvinfer); on a "
@@ -249,12 +249,12 @@ class TrtDecoder(Decoder):
 
 
 def open_engines(bundle: Path, manifest: dict):
-    """(graphs, decoder, lock, SAM 3's device steps) serving `bundle` from its engines; graphs the bundle keeps as ONNX (the router) are
-    left to the caller."""
+    """(graphs, decoder, lock, SAM 3's device steps) serving `bundle` from its engines; graphs the bundle keeps as
+    ONNX (the router) are left to the caller."""
     require_engines(bundle, manifest)  # before TensorRT: a bundle without engines says what to do, anywhere
     trt = tensorrt_module()
     check_engines(bundle, manifest, trt.__version__, device_identity())
-    recipe = json.loads((bundle / manifest["recipe"]).read_text())
+    recipe = read_bundle_json(bundle / manifest["recipe"])
     logger = trt.Logger(trt.Logger.WARNING)
     runtime = trt.Runtime(logger)
     stream = Stream()

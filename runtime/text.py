@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +9,7 @@ from tokenizers import Tokenizer
 
 from cseg import prompting
 from cseg.errors import BundleError
+from cseg.manifest import read_bundle_json
 
 IMAGE_PAD = "<|image_pad|>"
 
@@ -59,7 +59,9 @@ class Sam3Tokenizer:
 
     def __init__(self, path: Path, config_path: Path | None, length: int):
         self.tokenizer = _load(path)
-        config = json.loads(config_path.read_text()) if config_path else {}
+        config = read_bundle_json(config_path) if config_path else {}
+        if not isinstance(config, dict):
+            raise BundleError(f"SAM 3 tokenizer config {config_path} is not a JSON object")
         pad = config.get("pad_token") or "<|endoftext|>"
         pad_id = self.tokenizer.token_to_id(pad)
         if pad_id is None:

@@ -446,3 +446,11 @@ def test_calib_collect_verifies_the_bundle(tiny_bundle, tmp_path, capsys):
         handle.write(b"corrupt")
     assert main(["calib", "collect", "--bundle", str(bundle), "--out", str(tmp_path / "data")]) == 2
     assert "sam3_text.onnx does not match its sha256" in capsys.readouterr().err
+
+
+def test_a_deeply_nested_manifest_is_a_bundle_error(tmp_path):
+    from cseg.manifest import read_manifest
+
+    (tmp_path / "manifest.json").write_text("[" * 200_000 + "]" * 200_000)
+    with pytest.raises(BundleError, match="nested too deeply"):
+        read_manifest(tmp_path)
