@@ -12,7 +12,7 @@ from PIL import Image
 
 from cseg import prompting
 from cseg.errors import InvalidInputError
-from cseg.images import load_image
+from cseg.images import load_frame, load_image
 
 # --- user text never becomes a control token ------------------------------------------------------------------------
 
@@ -98,7 +98,7 @@ def _with_max_length(runtime, max_length):
 def test_max_new_tokens_is_capped_by_max_length_and_long_prompts_are_refused(runtime, reference, photo):
     from cseg.export.reference import ReferencePipeline
 
-    pending = runtime.prefill(runtime.image_state(load_image(photo), {}), "bolt", [], None, {})
+    pending = runtime.prefill(runtime.image_state(load_frame(photo), {}), "bolt", [], None, {})
     prompt = pending.prefilled.cache.length
     short = _with_max_length(runtime, prompt + 3)
     got = short.segment(photo, "bolt", route="full", max_new_tokens=10**9)  # tried to allocate 119 GiB
