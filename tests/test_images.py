@@ -1,5 +1,7 @@
 """Image input validation and the two model resizes."""
 
+import warnings
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -56,7 +58,9 @@ def test_numpy_frames_are_served_as_they_are(photo):
     frame = images.load_frame(grey, bgr=True)  # bgr means nothing to a grey frame
     assert np.shares_memory(frame.pixels, grey) and frame.pixels.shape == (8, 8, 3) and not frame.bgr
     assert frame.pixels.strides[2] == 0
-    matrix = images.load_frame(np.asmatrix(grey))  # an ndarray subclass is read as the array it holds
+    with warnings.catch_warnings():  # numpy discourages np.matrix, but a user may still hold one
+        warnings.simplefilter("ignore", PendingDeprecationWarning)
+        matrix = images.load_frame(np.asmatrix(grey))  # an ndarray subclass is read as the array it holds
     assert np.array_equal(matrix.pixels, frame.pixels) and type(matrix.pixels) is np.ndarray
 
 
