@@ -9,8 +9,9 @@
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
+#include <exception>
+#include <mutex>
 #include <stdexcept>
-#include <string>
 #include <thread>
 #include <vector>
 
@@ -43,14 +44,23 @@ void parallel_for(int64_t n, const Body& body) {
     }
     const int64_t chunk = std::max<int64_t>(1, n / (workers * 8));
     std::atomic<int64_t> next{0};
+    std::exception_ptr failure;  // an exception escaping a thread would terminate the process: rethrown here instead
+    std::mutex failure_lock;
     const auto work = [&] {
-        for (int64_t begin = next.fetch_add(chunk); begin < n; begin = next.fetch_add(chunk))
-            body(begin, std::min(n, begin + chunk));
+        try {
+            for (int64_t begin = next.fetch_add(chunk); begin < n; begin = next.fetch_add(chunk))
+                body(begin, std::min(n, begin + chunk));
+        } catch (...) {
+            std::lock_guard<std::mutex> hold(failure_lock);
+            if (!failure) failure = std::current_exception();
+            next = n;  // the other threads stop at their next chunk
+        }
     };
     std::vector<std::thread> threads;
     for (int64_t i = 1; i < workers; ++i) threads.emplace_back(work);
     work();
     for (auto& thread : threads) thread.join();
+    if (failure) std::rethrow_exception(failure);
 }
 
 // Rows of an intermediate (horizontally resampled) image, computed on first use and kept while consecutive output
