@@ -58,6 +58,8 @@ def describe(bundle: str | Path, verify: bool = True) -> str:
         device, fit = manifest["target_profile"]["device"], manifest["footprint"]
         lines += ["", f"device      {device['name']} ({device['arch']}, {device['memory_gb']:g} GB); estimated footprint "
                       f"{fit['total_gb']:.1f} GB of {fit['usable_gb']:.1f} GB usable" + ("" if fit["fits"] else " (DOES NOT FIT)")]  # fmt: skip
+        if "tensorrt_support" in manifest:
+            lines += _support(manifest["tensorrt_support"])
         built = manifest.get("tensorrt")
         lines.append(f"engines     built with TensorRT {built['version']} for {built['gpu']} on {built['built']}" if built
                      else "engines     not built yet: run `cseg build` on the device (recipe.json, build_engines.sh)")  # fmt: skip
@@ -68,3 +70,15 @@ def describe(bundle: str | Path, verify: bool = True) -> str:
             held = router["held_out"]["learned"]
             lines[-1] += f": held-out skip rate {held['skip_rate']:.3f}, IoU loss {held['iou_loss']:.4f}"
     return "\n".join(lines)
+
+
+def _support(support: dict) -> list[str]:
+    """The static operator check: per graph, what it uses and what a TensorRT version's matrix does not list."""
+    versions = ", ".join(f"{v} ({table} matrix)" if v != table else v for v, table in support["versions"].items())
+    lines = [f"operators   checked against {support['source']} for TensorRT {versions} (static, not a TensorRT parse)"]
+    for key, graph in support["graphs"].items():
+        missing = [f"{v}: {'; '.join(items)}" for v, items in graph["unsupported"].items() if items]
+        lines.append(f"  {key:<13} opset {graph['opset']:<3} {graph['ops']:>4} operators, "
+                     f"{', '.join(graph['dtypes'])}: " + ("UNSUPPORTED on " + " | ".join(missing) if missing
+                                                          else "all supported"))  # fmt: skip
+    return lines

@@ -123,7 +123,8 @@ def _export(args) -> int:
 
     out = export_bundle(
         args.model, args.sam3, args.out, target=args.target, precision=args.precision, top_k=args.top_k,
-        calib=args.calib, force=args.force, allow_oversize=args.allow_oversize, memory_gb=args.memory_gb,
+        calib=args.calib, force=args.force, allow_oversize=args.allow_oversize,
+        allow_unsupported_ops=args.allow_unsupported_ops, memory_gb=args.memory_gb,
     )  # fmt: skip
     if profile["backend"] == "tensorrt":
         print(f"next, on the device: cseg build {out}   (or by hand: sh {out}/build_engines.sh; then cseg build {out} "
@@ -334,6 +335,9 @@ def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
     parser.add_argument("--allow-oversize", action="store_true",
                         help="GPU targets: export even if the estimated footprint does not fit the device (warns)")
+    parser.add_argument("--allow-unsupported-ops", action="store_true",
+                        help="GPU targets: export even if a graph uses an operator or data type onnx-tensorrt's "
+                             "operator matrix does not list for the target's TensorRT (warns; recorded in the manifest)")
     parser.add_argument("--memory-gb", type=float, default=None,
                         help="GPU targets: the module's memory when the target comes in several (e.g. 32 for orin-agx)")
     parser.set_defaults(run=_export, command="export")

@@ -116,6 +116,17 @@ _GPU_TARGET = {  # what `cseg inspect`, `cseg build` and the TensorRT backend re
         "shapes": _object({"total_tokens": _int(2, 1 << 20)}),
     }),
     "footprint": _object({"total_gb": _number(0, 1e6), "usable_gb": _number(0, 1e6), "fits": {"type": "boolean"}}),
+    # the static check of the graphs against onnx-tensorrt's operator matrix (cseg/engines/tensorrt_support.py)
+    "tensorrt_support": _object({
+        "source": _TEXT,
+        "versions": {"type": "object", "minProperties": 1, "additionalProperties": _TEXT},
+        "graphs": {"type": "object", "additionalProperties": _object({
+            "opset": _int(0, 1000),
+            "ops": _int(0, 1 << 20),
+            "dtypes": {"type": "array", "items": _TEXT},
+            "unsupported": {"type": "object", "additionalProperties": {"type": "array", "items": _TEXT}},
+        })},
+    }),
     "tensorrt": _object({
         "version": _TEXT, "gpu": _TEXT, "built": _TEXT,
         "compute_capability": {"type": "array", "items": _int(0, 100), "minItems": 2, "maxItems": 2},
@@ -145,7 +156,8 @@ MANIFEST_SCHEMA = {
                    "additionalProperties": {"type": "object", "additionalProperties": _PARITY_OUTPUT}},
         "files": {"type": "object", "minProperties": 1, "additionalProperties": _SHA256},
     }, {"session": _SESSION, "quantization": _QUANTIZATION, **_GPU_TARGET}),
-    "dependentRequired": {"target_profile": ["footprint", "recipe"], "tensorrt": ["target_profile"]},
+    "dependentRequired": {"target_profile": ["footprint", "recipe"], "tensorrt": ["target_profile"],
+                          "tensorrt_support": ["target_profile"]},
 }  # fmt: skip
 
 

@@ -25,6 +25,7 @@ from cseg.engines.footprint import checkpoint_inventory, choose, describe
 from cseg.engines.recipe import RECIPE_NAME, write_recipe
 from cseg.engines.targets import canonical, with_memory
 from cseg.engines.targets import resolve as resolve_target
+from cseg.engines.tensorrt_support import check_bundle
 from cseg.calib.bundle_quantization import quantize_bundle
 from cseg.errors import BundleError, InvalidInputError
 from cseg.export.destination import check_destination, remove_stale, replace, staging_dir
@@ -55,6 +56,7 @@ def export_bundle(
     calib: str | Path | None = None,
     force: bool = False,
     allow_oversize: bool = False,
+    allow_unsupported_ops: bool = False,
     memory_gb: float | None = None,
     report: Callable[[str], None] = tqdm.write,
     progress: bool = True,
@@ -64,7 +66,8 @@ def export_bundle(
     A precision other than fp32 quantizes the graphs its policy names, calibrated on `calib` (a calibration folder,
     see cseg.calib.calibration_set; default: photographs that ship with scikit-image). A GPU target (orin-*, ada,
     hopper) first checks that the bundle fits the device (`memory_gb`: a smaller module of that target), converts
-    every graph (fp16, or QDQ per its policy; gated like quantization) and writes the TensorRT build recipe.
+    every graph (fp16, or QDQ per its policy; gated like quantization), checks the converted graphs against the
+    operators its TensorRT versions document (refused unless `allow_unsupported_ops`) and writes the build recipe.
     """
     profile, precision = resolve_target(target, precision)
     profile, target = with_memory(profile, memory_gb), canonical(target)
@@ -92,7 +95,7 @@ def export_bundle(
             if policy:
                 manifest = quantize_bundle(staging, manifest, profile, precision, calibration, report, progress)
         if footprint is not None:
-            manifest = _for_tensorrt(staging, manifest, target, profile, footprint)
+            manifest = _for_tensorrt(staging, manifest, target, profile, footprint, allow_unsupported_ops, report)
         if policy or footprint is not None:
             manifest["files"] = hash_files(staging)
             validate_manifest(manifest)
@@ -172,14 +175,18 @@ def _export_into(staging, model_dir, sam3_dir, target, profile, precision, top_k
     return manifest
 
 
-def _for_tensorrt(staging: Path, manifest: dict, target: str, profile: dict, footprint: dict) -> dict:
-    """Mark the graphs for TensorRT, record the target and the footprint, write the build recipe."""
+def _for_tensorrt(staging: Path, manifest: dict, target: str, profile: dict, footprint: dict, allow_unsupported: bool,
+                  report) -> dict:  # fmt: skip
+    """Check the converted graphs against the target's TensorRT versions, mark them for TensorRT, record the target,
+    the footprint and the check, write the build recipe."""
+    support = check_bundle(staging, manifest, profile["tensorrt_versions"], allow_unsupported, report)
     manifest = {**manifest, "graphs": {k: {**v, "backend": "tensorrt"} for k, v in manifest["graphs"].items()}}
     manifest["target_profile"] = {
         key: profile[key] for key in ("device", "tensorrt_versions", "base_precision", "shapes", "workspace_mb",
                                       "reserved_gb")
     }  # fmt: skip
     manifest["footprint"] = {**footprint, "onnx_gb": round(sum(g["bytes"] for g in manifest["graphs"].values()) / 1e9, 3)}
+    manifest["tensorrt_support"] = support
     manifest["recipe"] = RECIPE_NAME
     write_recipe(staging, manifest)
     return manifest

@@ -97,6 +97,14 @@ def test_the_recipe_has_a_profile_for_every_dynamic_input_and_a_static_decode_st
 
     report = describe(orin_bundle)
     assert "Jetson Orin NX (sm_87, 16 GB); estimated footprint" in report and "engines     not built yet" in report
+    # the converted graphs, int4 DequantizeLinear and QDQ included, use only what both JetPacks' TensorRT document
+    support = manifest["tensorrt_support"]
+    assert support["versions"] == {"10.3": "10.3", "10.16": "10.15"}
+    assert support["graphs"].keys() == manifest["graphs"].keys()
+    for key, graph in support["graphs"].items():
+        assert graph["unsupported"] == {"10.3": [], "10.16": []} and graph["ops"] > 0, key
+    assert support["graphs"]["vlm_decoder"]["opset"] >= 21 and "INT4" in support["graphs"]["vlm_decoder"]["dtypes"]
+    assert report.count(": all supported") == len(manifest["graphs"]) and "not a TensorRT parse" in report
 
 
 def test_trtexec_lines_follow_trtexecs_profile_rule():
