@@ -40,7 +40,7 @@ def _driver(result, call: str):
 
 
 class HostPathKernels:
-    """The fatbin loaded into the current device's primary context."""
+    """The fatbin loaded into the current device's primary context (once per process, kept while it runs)."""
 
     def __init__(self, path: Path | None = None):
         from cuda.bindings import driver
@@ -85,13 +85,6 @@ class HostPathKernels:
             return
         _driver(driver.cuLaunchKernel(function, *grid, *BLOCK, 1, 0, stream.handle, (values, types), 0),
                 "cuLaunchKernel")  # fmt: skip
-
-    def close(self) -> None:
-        from cuda.bindings import driver
-
-        if self._module is not None:
-            _driver(driver.cuModuleUnload(self._module), "cuModuleUnload")
-            self._module = None
 
 
 @functools.cache

@@ -190,7 +190,8 @@ def test_cuda_preprocess_equals_the_cpu_module_bit_for_bit(cuda, shape, size, bg
                        [SAM3_MEAN] * 3, [SAM3_STD] * 3)  # fmt: skip
     got = out.download(stream)
     assert np.array_equal(got, sam3_pixels(load_frame(rgb, bgr=bgr), size))
-    frame.close(), out.close()
+    frame.close()
+    out.close()
 
 
 @gpu
