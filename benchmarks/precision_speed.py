@@ -12,23 +12,17 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
 import onnxruntime as ort
+
+from cseg.bench import median_ms
 
 
 def _run_time(session, feed, repeat: int) -> float:
     names = {i.name for i in session.get_inputs()}
     used = {k: v for k, v in feed.items() if k in names}
-    session.run(None, used)  # warm-up
-    times = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        session.run(None, used)
-        times.append(time.perf_counter() - started)
-    return float(np.median(times)) * 1000
+    return median_ms(lambda: session.run(None, used), repeat)
 
 
 def main() -> None:

@@ -74,15 +74,9 @@ class DeviceSam3:
         return ImageState(frame, self._fpn())
 
     def decode(self, state: ImageState, features, mask, concept_tokens, timings: dict) -> Sam3Output:
-        with timed(timings, "sam3_decoder"):
-            feed = concept_feed(features, mask, concept_tokens)
-            inputs = {**state.fpn, **{name: (self.decoder.buffers[name].pointer,
-                                             self.decoder.buffers[name].upload(value, self.stream))
-                                      for name, value in feed.items()}}  # fmt: skip
-            context, signature = self.decoder.bind("default", inputs)
-            self.decoder.launch(context, "default", signature)
-            small = {name: self.decoder.buffers[name].download(self.stream, context.get_tensor_shape(name))
-                     for name in SMALL_OUTPUTS}  # fmt: skip
+        with timed(timings, "sam3_decoder"):  # the FPN bound in place; the logits stay on the device
+            small = self.decoder.run(concept_feed(features, mask, concept_tokens), device_inputs=state.fpn,
+                                     fetch=SMALL_OUTPUTS)  # fmt: skip
         self._decoded += 1
         return DeviceSam3Output(None, *(small[name] for name in SMALL_OUTPUTS), None, decoded=self._decoded)
 
