@@ -209,9 +209,8 @@ class Runtime:
         merge = self.model["vision"]["spatial_merge_size"]
         with timed(timings, "vlm_vision"):
             grids, embeds = [], []
-            boxes_drawn = True
-            if demos:  # the demonstration image comes first, as in the research script
-                reference, boxes_drawn = render_demonstrations(demos)
+            reference, layout = render_demonstrations(demos) if demos else (None, prompting.Layout())
+            if reference is not None:  # the demonstration image comes first, as in the research script
                 grid, reference_embeds = self._vision(reference)
                 grids.append(grid)
                 embeds.append(reference_embeds)
@@ -220,7 +219,7 @@ class Runtime:
             grids.append(state.vlm_target[0])
             embeds.append(state.vlm_target[1])
         with timed(timings, "vlm_preprocess"):
-            problem = prompting.build_question(question, n_references=len(grids) - 1, boxes_drawn=boxes_drawn)
+            problem = prompting.problem_text(question, layout)
             per_image = [t * h * w // merge**2 for t, h, w in grids]
             ids, question_tokens = self.chat.encode_prompt(problem, per_image, question)
             positions = rope_positions(ids, self.model["image_token_id"], grids, merge)
