@@ -323,7 +323,9 @@ def _fraction_boxes(path: Path, fractions, sample: str) -> list[list[float]]:
 # --- reasonseg -----------------------------------------------------------------------------------------------------
 
 
-def _reasonseg(root: Path, **_) -> Iterator[Sample]:
+def _reasonseg(root: Path, protocol: str = "default", **_) -> Iterator[Sample]:
+    if protocol not in PROTOCOLS:
+        raise InvalidInputError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     annotations = sorted(root.glob("*.json"))
     if not annotations:
         raise InvalidInputError(f"{root} holds no ReasonSeg annotation (.json beside each image)")
@@ -340,6 +342,10 @@ def _reasonseg(root: Path, **_) -> Iterator[Sample]:
         except InvalidInputError as exc:
             yield _broken(annotation.stem, "reasonseg", exc)
             continue
+        if protocol == "research":  # the published val / test splits ask one question per image: the first
+            yield Sample(f"{annotation.stem}#0", str(image), texts[0], lambda a=annotation, i=image: _polygons(a, i, a.stem),
+                         "reasonseg", demos=images.Episode(None, Layout("reasonseg_cot")), protocol="research")  # fmt: skip
+            continue
         for k, text in enumerate(texts):
             sample_id = f"{annotation.stem}#{k}"
             yield Sample(sample_id, str(image), text, lambda a=annotation, i=image, s=sample_id: _polygons(a, i, s),
@@ -347,17 +353,32 @@ def _reasonseg(root: Path, **_) -> Iterator[Sample]:
 
 
 def _polygons(annotation: Path, image: Path, sample: str):
+    """LISA's get_mask_from_json (reproduced in evaluate_conceptseg.py): "flag" shapes skipped, labels containing
+    "ignore" mark ignored pixels and every other label the target, larger polygons drawn first so smaller ones lie
+    on top; each polygon filled with its outline on int32-truncated vertices (cv2.fillPoly + polylines there, PIL's
+    polygon with outline here)."""
     meta = _load_json(annotation)
     width, height = _image_size(image, sample)
-    target, ignored = Image.new("L", (width, height)), Image.new("L", (width, height))
     shapes = meta.get("shapes", []) if isinstance(meta, dict) else None
     if not isinstance(shapes, list) or not all(isinstance(shape, dict) for shape in shapes):
         raise InvalidInputError(f"sample {sample}: 'shapes' must be a list of objects")
+    polygons = []
     for shape in shapes:
-        points = _points(shape.get("points", []), sample)
-        ImageDraw.Draw(target if shape.get("label") == "target" else ignored).polygon(points, fill=1)
-    ignore = np.asarray(ignored) > 0
-    return np.asarray(target) > 0, ignore if ignore.any() else None
+        label = str(shape.get("label", ""))
+        if label.lower() == "flag":
+            continue
+        points = [(int(x), int(y)) for x, y in _points(shape.get("points", []), sample)]  # np.int32 truncates
+        alone = Image.new("L", (width, height))
+        ImageDraw.Draw(alone).polygon(points, fill=1, outline=1)
+        polygons.append((int(np.asarray(alone).sum()), 255 if "ignore" in label.lower() else 1, points))
+    labels = Image.new("L", (width, height))
+    draw = ImageDraw.Draw(labels)
+    for index in np.argsort([area for area, _, _ in polygons])[::-1]:  # the research's order, ties included
+        _, value, points = polygons[index]
+        draw.polygon(points, fill=value, outline=value)
+    labels = np.asarray(labels)
+    ignore = labels == 255
+    return labels == 1, ignore if ignore.any() else None
 
 
 def _points(points, sample: str) -> list[tuple[float, float]]:

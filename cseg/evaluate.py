@@ -22,14 +22,16 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from cseg import metrics
+from cseg import metrics, prompting
 from cseg.datasets import ResearchEpisode, Sample
 from cseg.errors import CsegError, InvalidInputError
 from cseg.files import parse_json, read_bytes
+from cseg.images import load_image, vlm_image
 
 MAX_NAME = 200  # characters of a mask file name before its extension
 MAX_LOG_BYTES = 1 << 30  # samples.jsonl: ~300 bytes per sample
 RUN_FILE = "run.json"
+REASONSEG_SAM3_SIDE = 1008  # evaluate_reasonseg.py: sam_image = image.resize((1008, 1008)), PIL's bicubic
 
 
 class StaleWorkError(CsegError):
@@ -149,18 +151,45 @@ def evaluate(runtime, samples: list[Sample], work: Path, masks_dir: Path, *, rou
 
 def _score(runtime, sample: Sample, masks_dir: Path, route: str, max_new_tokens, metric_mode: str) -> dict:
     gt, ignored = sample.load_mask()
-    demos = sample.demos.build() if isinstance(sample.demos, ResearchEpisode) else sample.demos or None
-    result = runtime.segment(sample.image, sample.prompt, demos, route=route, max_new_tokens=max_new_tokens)
-    if sample.eval_size is None and result.mask.shape != gt.shape:
-        raise InvalidInputError(f"sample {sample.id}: mask {gt.shape} and image {result.mask.shape} differ")
-    pred = _at(result.mask, sample.eval_size, Image.Resampling.NEAREST)
     gt = _at(gt, sample.eval_size, Image.Resampling.BICUBIC)
+    if ignored is not None:
+        ignored = _at(ignored, sample.eval_size, Image.Resampling.NEAREST)
+    # the mask made at the evaluation size: logits upsampled straight to it and thresholded there (research)
+    result = _segment(runtime, sample, route, max_new_tokens, gt.shape)
+    pred = result.mask
+    if pred.shape != gt.shape:
+        raise InvalidInputError(f"sample {sample.id}: mask {gt.shape} and prediction {pred.shape} differ")
     if ignored is not None:  # ignored pixels count neither way
         pred, gt = pred & ~ignored, gt & ~ignored
     path = masks_dir / mask_name(sample.id)
     Image.fromarray(pred.astype(np.uint8) * 255).save(path)
     return {**metrics.score_sample(pred, gt, metric_mode), "route": result.route, "answer": result.answer,
             "mask": str(path.resolve())}  # fmt: skip
+
+
+def _segment(runtime, sample: Sample, route: str, max_new_tokens, size: tuple[int, int]):
+    demos = sample.demos.build() if isinstance(sample.demos, ResearchEpisode) else sample.demos or None
+    options = {"max_new_tokens": max_new_tokens, "mask_size": size}
+    if sample.protocol != "research" or route != "auto":
+        return runtime.segment(sample.image, sample.prompt, demos, route=route, **options)
+    if sample.dataset == "reasonseg":
+        # evaluate_reasonseg.py: SAM 3 on the bicubic 1008 square; its own mask replaces the reasoned one when its
+        # presence exceeds 0.1 * 2**(words - 1) (strict; the question as asked). The script reasons first and
+        # discards that result then; asking SAM 3 first gives the same masks.
+        image = load_image(sample.image).resize((REASONSEG_SAM3_SIDE,) * 2, Image.Resampling.BICUBIC)
+        shortcut = runtime.segment(image, sample.prompt, route="shortcut", **options)
+        if shortcut.presence > prompting.shortcut_limit(sample.prompt):
+            return shortcut
+        return runtime.segment(image, sample.prompt, demos, route="full", **options)
+    # evaluate_conceptseg.py pre_process_by_sam3: parentheses removed from the question before counting words and
+    # prompting SAM 3 alone on the 600x600 target; SAM 3's mask is kept unless its presence is below the limit (a
+    # tie goes to SAM 3); 5 words or more always reason. The reasoning path's SAM 3 sees the original image.
+    phrase = re.sub(r"\([^)]*\)", "", sample.prompt).strip()
+    if prompting.shortcut_worth_trying(phrase):
+        shortcut = runtime.segment(vlm_image(load_image(sample.image)), phrase, route="shortcut", **options)
+        if not shortcut.presence < prompting.shortcut_limit(phrase):
+            return shortcut
+    return runtime.segment(sample.image, sample.prompt, demos, route="full", **options)
 
 
 def summarize(records: dict[str, dict]) -> dict:

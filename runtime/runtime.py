@@ -126,13 +126,15 @@ class Runtime:
     # --- public calls ----------------------------------------------------------------------------------------------
 
     def segment(self, image, prompt: str, demos=None, *, route: str = "auto", max_new_tokens: int | None = None,
-                bgr: bool = False) -> Segmentation:  # fmt: skip
+                bgr: bool = False, mask_size: tuple[int, int] | None = None) -> Segmentation:  # fmt: skip
         """Segment what `prompt` asks for in `image` (path, PIL image, or HxWx3 uint8 array; bgr=True for OpenCV).
 
-        demos: up to 4 (image, boxes) demonstrations; route: "auto" (Shortcut Router), "shortcut" or "full".
+        demos: up to 4 (image, boxes) demonstrations; route: "auto" (Shortcut Router), "shortcut" or "full";
+        mask_size: (height, width) to make the masks at instead of the image's size (see pipeline.segment_many).
         """
         with self._requests:
-            return pipeline.segment(self, image, prompt, demos, route=route, max_new_tokens=max_new_tokens, bgr=bgr)
+            return pipeline.segment(self, image, prompt, demos, route=route, max_new_tokens=max_new_tokens, bgr=bgr,
+                                    mask_size=mask_size)  # fmt: skip
 
     def segment_many(self, image, prompts, demos=None, *, route: str = "auto", max_new_tokens: int | None = None,
                      bgr: bool = False) -> list[Segmentation]:  # fmt: skip

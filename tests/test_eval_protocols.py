@@ -92,3 +92,29 @@ def test_research_protocol_refuses_a_class_without_other_train_items(bench):
     rare = next(s for s in datasets.read("conceptseg", bench, protocol="research") if s.dataset == "rare")
     with pytest.raises(datasets.InvalidInputError, match="no other item of class 'rare_cat'"):
         rare.load_mask()
+
+
+def test_reasonseg_polygons_follow_lisa(tmp_path):
+    """Larger polygons first, "ignore" labels ignored, "flag" skipped, any other label the target; one question
+    per image in the research protocol, asked with the reasonseg_cot template."""
+    Image.new("RGB", (40, 30)).save(tmp_path / "a.jpg")
+    rect = lambda x1, y1, x2, y2: [[x1, y1], [x2, y1], [x2, y2], [x1, y2]]  # noqa: E731
+    shapes = [
+        {"label": "flag", "points": rect(0, 0, 39, 29)},  # deprecated annotation: skipped
+        {"label": "target", "points": rect(0, 0, 30, 20)},  # the largest: drawn first
+        {"label": "Ignore_blur", "points": rect(5.9, 5.9, 10, 10)},  # inside it, smaller: on top, ignored
+        {"label": "sofa", "points": rect(20, 15, 35, 25)},  # any other label is the target
+        {"label": "ignore", "points": rect(0, 22, 39, 29)},  # larger than the next one
+        {"label": "target", "points": rect(2, 24, 6, 27)},  # drawn over the ignored band
+    ]
+    (tmp_path / "a.json").write_text(json.dumps({"text": ["what can one sit on?", "the sofa"], "shapes": shapes}))
+    default = datasets.read("reasonseg", tmp_path)
+    assert [s.id for s in default] == ["a#0", "a#1"]
+    gt, ignored = default[0].load_mask()
+    assert gt[0, 0] and gt[20, 30] and not gt[21, 0]  # target rectangle, outline included
+    assert ignored[5, 5] and ignored[10, 10] and not gt[7, 7] and not ignored[4, 4]  # 5.9 truncates to 5
+    assert gt[25, 35] and gt[15, 20] and not ignored[24, 30]  # the sofa lies over the ignored band (smaller)
+    assert ignored[28, 38] and gt[26, 4] and not ignored[26, 4]  # the small target over the band
+    research = datasets.read("reasonseg", tmp_path, protocol="research")
+    assert [s.id for s in research] == ["a#0"] and research[0].prompt == "what can one sit on?"
+    assert research[0].demos.layout == prompting.Layout("reasonseg_cot") and research[0].demos.image is None
