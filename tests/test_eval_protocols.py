@@ -118,3 +118,60 @@ def test_reasonseg_polygons_follow_lisa(tmp_path):
     research = datasets.read("reasonseg", tmp_path, protocol="research")
     assert [s.id for s in research] == ["a#0"] and research[0].prompt == "what can one sit on?"
     assert research[0].demos.layout == prompting.Layout("reasonseg_cot") and research[0].demos.image is None
+
+
+def _spy(runtime, monkeypatch):
+    calls = []
+    original = runtime.segment
+
+    def segment(image, prompt, demos=None, **options):
+        result = original(image, prompt, demos, **options)
+        size = image.size if isinstance(image, Image.Image) else Image.open(image).size
+        calls.append((size, prompt, type(demos).__name__, options["route"], options["mask_size"], result.presence))
+        return result
+
+    monkeypatch.setattr(runtime, "segment", segment)
+    return calls
+
+
+def test_research_protocol_end_to_end(runtime, bench, tmp_path, monkeypatch):
+    from cseg import evaluate
+
+    samples = [s for s in datasets.read("conceptseg", bench, protocol="research") if s.dataset == "rare"]
+    calls = _spy(runtime, monkeypatch)
+    records = evaluate.evaluate(runtime, samples, tmp_path / "w", tmp_path / "m", max_new_tokens=4,
+                                metric_mode="research", progress=False)  # fmt: skip
+    record = records["rare/rare_cat/0"]
+    assert "error" not in record, record
+    # SAM 3 alone on the 600x600 target with the stripped phrase, the mask made at the evaluation size
+    assert calls[0][:5] == ((600, 600), "cat", "NoneType", "shortcut", (600, 600))
+    if calls[0][5] < 0.1:  # below the 1-word limit: the episode is reasoned over, SAM 3 on the original image
+        assert calls[1][:5] == ((300, 300), " cat", "Episode", "full", (600, 600)) and record["route"] == "full"
+    else:
+        assert len(calls) == 1 and record["route"] == "shortcut"
+    with Image.open(record["mask"]) as saved:
+        assert saved.size == (600, 600)
+
+
+def test_research_reasonseg_end_to_end(runtime, tmp_path, monkeypatch):
+    from cseg import evaluate
+
+    Image.new("RGB", (40, 30), (90, 60, 30)).save(tmp_path / "a.jpg")
+    shapes = [{"label": "target", "points": [[2, 2], [30, 2], [30, 20], [2, 20]]}]
+    (tmp_path / "a.json").write_text(json.dumps({"text": ["what is brown?"], "shapes": shapes}))
+    calls = _spy(runtime, monkeypatch)
+    records = evaluate.evaluate(runtime, datasets.read("reasonseg", tmp_path, protocol="research"), tmp_path / "w",
+                                tmp_path / "m", max_new_tokens=4, metric_mode="research", progress=False)  # fmt: skip
+    assert "error" not in records["a#0"], records["a#0"]
+    assert calls[0][:5] == ((1008, 1008), "what is brown?", "NoneType", "shortcut", (30, 40))
+    if calls[0][5] > 0.4:  # 3 words: the limit is 0.4, strictly exceeded
+        assert len(calls) == 1
+    else:
+        assert calls[1][:5] == ((1008, 1008), "what is brown?", "Episode", "full", (30, 40))
+
+
+def test_masks_at_a_requested_size(runtime):
+    image = np.zeros((48, 64, 3), np.uint8)
+    assert runtime.segment(image, "x", route="shortcut", mask_size=(37, 53)).mask.shape == (37, 53)
+    with pytest.raises(datasets.InvalidInputError, match="mask_size"):
+        runtime.segment(image, "x", route="shortcut", mask_size=(0, 5))
