@@ -246,6 +246,8 @@ def _eval(args) -> int:
         output_folder(folder, option)
     output_file(args.json, "--json")
     output_file(args.csv, "--csv")
+    if args.protocol == "research" and args.format not in ("conceptseg", "reasonseg"):
+        raise InvalidInputError(f"--protocol research exists for conceptseg and reasonseg, not {args.format}")
     options = {"data": str(Path(args.data).resolve()), "format": args.format, "split": args.split,
                "prompt": args.prompt, "demos": args.demos, "seed": args.seed, "protocol": args.protocol}  # fmt: skip
     samples = datasets.read(args.format, args.data, **{k: options[k] for k in ("split", "prompt", "demos", "seed",
