@@ -24,7 +24,7 @@ from PIL import Image
 from cseg import pipeline, prompting
 from cseg.bundle_files import verify_files
 from cseg.errors import BundleError, InvalidInputError
-from cseg.images import Frame, check_demos, load_frame, render_demonstrations, vlm_image
+from cseg.images import Episode, Frame, check_demos, load_frame, render_demonstrations, vlm_image
 from cseg.manifest import read_manifest
 from cseg.pipeline import Reasoning, timed
 from cseg.runtime.generation import Decoder, Prefilled, kv_dtype
@@ -153,8 +153,9 @@ class Runtime:
         pipeline.check_options("full", max_new_tokens, bgr)
         question = prompting.check_prompt(question)
         demos = check_demos(demos)
-        if not demos:
-            raise InvalidInputError("induce() needs at least one (image, boxes) demonstration")
+        if not demos or (image is None and isinstance(demos, Episode)):
+            raise InvalidInputError("induce() needs at least one (image, boxes) demonstration (or, for a prepared "
+                                    "Episode, the target image)")  # fmt: skip
         target = load_frame(demos[0][0]) if image is None else load_frame(image, bgr=bgr)
         with self._requests:
             state = self.image_state(target, {})
