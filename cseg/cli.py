@@ -246,20 +246,28 @@ def _eval(args) -> int:
         output_folder(folder, option)
     output_file(args.json, "--json")
     output_file(args.csv, "--csv")
-    samples = datasets.read(args.format, args.data, split=args.split, prompt=args.prompt, demos=args.demos)
+    if args.protocol == "research" and args.format not in ("conceptseg", "reasonseg"):
+        raise InvalidInputError(f"--protocol research exists for conceptseg and reasonseg, not {args.format}")
+    options = {"data": str(Path(args.data).resolve()), "format": args.format, "split": args.split,
+               "prompt": args.prompt, "demos": args.demos, "seed": args.seed, "protocol": args.protocol}  # fmt: skip
+    samples = datasets.read(args.format, args.data, **{k: options[k] for k in ("split", "prompt", "demos", "seed",
+                                                                              "protocol")})  # fmt: skip
     samples = samples[: args.limit] if args.limit else samples
     runtime = Runtime.open(args.bundle, device=args.device)
     work = Path(args.work)
     masks = Path(args.save_masks) if args.save_masks else work / "masks"
-    records = evaluate.evaluate(runtime, samples, work, masks, route=args.route, max_new_tokens=args.max_new_tokens)
-    summary = evaluate.summarize(records)
+    metric_mode = args.metrics or ("research" if args.protocol == "research" else "toolkit")
+    records = evaluate.evaluate(runtime, samples, work, masks, route=args.route, max_new_tokens=args.max_new_tokens,
+                                metric_mode=metric_mode, options=options, fresh=args.fresh)  # fmt: skip
+    summary = {"metrics": metric_mode, "protocol": args.protocol, **evaluate.summarize(records)}
+    print(f"metrics: {metric_mode} definitions, protocol: {args.protocol}")
     print(evaluate.table(summary))
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=1))
     if args.csv:
         evaluate.write_csv(records, Path(args.csv))
     if args.worst:
-        shown = evaluate.worst_cases(records, samples, masks, work / "worst", args.worst)
+        shown = evaluate.worst_cases(records, samples, work / "worst", args.worst)
         print(f"worst cases: {len(shown)} overlays in {work / 'worst'}")
     print(f"predicted masks: {masks} (per-sample results: {work / 'samples.jsonl'})")
     return 0
@@ -414,7 +422,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--format", required=True, choices=["conceptseg", "reasonseg", "cityscapes", "folder"])
     ev.add_argument("--split", default=None, help="split to evaluate (conceptseg: test, cityscapes: val)")
     ev.add_argument("--prompt", help="folder format: the prompt for images without an entry in prompts.json")
-    ev.add_argument("--demos", type=int, default=1, help="conceptseg: demonstrations per sample from the train split")
+    ev.add_argument("--demos", type=int, default=1, help="conceptseg: demonstrations per sample from the train split "
+                    "(the research protocol draws its own: 4, or 1 for classes with 2 train items)")
+    ev.add_argument("--seed", type=int, default=None, help="conceptseg: seed of the demonstration draws (default 0; "
+                    "research protocol: 42, as evaluate_conceptseg.py)")
+    ev.add_argument("--protocol", default="default", choices=["default", "research"],
+                    help="research: the episodes, prompts and metric definitions of the research scripts")
+    ev.add_argument("--metrics", choices=["toolkit", "research"], default=None,
+                    help="metric definitions (default: research for --protocol research, else toolkit)")
+    ev.add_argument("--fresh", action="store_true", help="discard the results already in --work")
     ev.add_argument("--limit", type=int, default=None, help="evaluate the first N samples only")
     ev.add_argument("--route", default="auto", choices=["auto", "shortcut", "full"])
     ev.add_argument("--max-new-tokens", type=int, default=None)

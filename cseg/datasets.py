@@ -27,11 +27,15 @@ from typing import Callable, Iterator
 import numpy as np
 from PIL import Image, ImageDraw
 
+from cseg import images
 from cseg.errors import InvalidInputError
 from cseg.files import inside, read_json, regular_file
 from cseg.images import IMAGE_SUFFIXES
+from cseg.prompting import Layout
 
 FORMATS = ("conceptseg", "reasonseg", "cityscapes", "folder")
+PROTOCOLS = ("default", "research")
+RESEARCH_SEED = 42  # evaluate_conceptseg.py: random.seed(42) before the dataset draws its references
 MAX_JSON_BYTES = 256 << 20  # all_meta.json of the whole ConceptSeg-Benchmark is a few MB
 
 # Research code (open_r1/mydataset.py gen_problem_by_dataset): the question asked per benchmark dataset;
@@ -49,6 +53,14 @@ TIERS = {
     "CD": ("DUTS", "isic2018", "Breast_Tumor", "ESDIDefects", "COD10K1024", "Polyp", "transparent1024",
            "Shadow_detection"),
     "CR": ("MIG",),  # every MIG-Bench / MGrounding dataset
+}  # fmt: skip
+# The paper's Table 1 columns (named as on the project page ntu-ai4x.github.io/ConceptSeg-R1) and the benchmark
+# datasets under each, where the dataset name says it; MIG-Bench / MGrounding items form the CR column.
+GROUPS = {
+    "CI: Diverse Classes": ("rare", "ultra_rare", "coco2014_Artifact", "coco2014_Living"),
+    "CD: Saliency": ("DUTS",), "CD: Camouflage": ("COD10K1024",), "CD: Transparency": ("transparent1024",),
+    "CD: Shadow": ("Shadow_detection",), "CD: Anomaly": ("ESDIDefects",),
+    "CD: Lesion": ("isic2018", "Breast_Tumor", "Polyp"),
 }  # fmt: skip
 # Cityscapes' 19 evaluation classes: labelId -> name.
 CITYSCAPES_CLASSES = {
@@ -68,6 +80,8 @@ class Sample:
     tier: str = ""
     demos: list = field(default_factory=list)  # (image path, [[x1, y1, x2, y2], ...]) pairs
     eval_size: tuple[int, int] | None = None  # (height, width) both masks are compared at; None = the image's
+    protocol: str = ""  # "research" when the sample follows the research evaluation scripts (see PROTOCOLS)
+    group: str = ""  # the paper's Table 1 column the dataset belongs to (GROUPS), "" when none
 
 
 def tier_of(dataset: str) -> str:
@@ -75,6 +89,12 @@ def tier_of(dataset: str) -> str:
         if dataset in names or (tier == "CR" and ("MIG" in dataset or dataset == "MGrounding")):
             return tier
     return ""
+
+
+def group_of(dataset: str) -> str:
+    if tier_of(dataset) == "CR":
+        return "CR: Multi-image"
+    return next((group for group, names in GROUPS.items() if dataset in names), "")
 
 
 def read(fmt: str, root: str | Path, **options) -> list[Sample]:
@@ -136,16 +156,63 @@ def _broken(sample_id: str, dataset: str, error: InvalidInputError, prompt: str 
 # --- conceptseg --------------------------------------------------------------------------------------------------
 
 
-def _question(item: dict) -> str:
+def _question(item: dict, research: bool) -> str:
+    """mydataset.py gen_problem_by_dataset; the research code does not strip the class name's leading space."""
     name = item["dataset_name"]
     if "MIG" in name or name == "MGrounding":
         return item["problem"]
     if name in QUESTIONS:
         return QUESTIONS[name]
-    return item["cls_name"].replace(name, "").replace("_", " ").strip()
+    question = item["cls_name"].replace(name, "").replace("_", " ")
+    return question if research else question.strip()
 
 
-def _conceptseg(root: Path, split: str | None = None, demos: int = 1, seed: int = 0, **_) -> Iterator[Sample]:
+def _is_mig(dataset: str) -> bool:
+    return "MIG" in dataset or dataset == "MGrounding"
+
+
+@dataclass(frozen=True)
+class ResearchEpisode:
+    """The references of one research benchmark episode (mydataset.py build_meta_reference), made into the reference
+    image and prompt layout when the sample is evaluated (`build`)."""
+
+    references: tuple[str, ...]
+    masks: tuple[str, ...] = ()  # drawn references: their masks, whose boxes are listed
+    fractions: tuple | None = None  # MIG: ref_box as the item gives it (fractions of a tile), None when absent
+    sample: str = ""
+
+    def build(self) -> images.Episode:
+        read = lambda path, mode: _read_image(Path(path), self.sample, "reference", lambda o: o.convert(mode))  # noqa: E731
+        if len(self.references) == 1:  # a 2-image episode: the reference alone at the VLM size, no boxes, no check
+            reference = read(self.references[0], "RGB").resize((images.VLM_SIDE,) * 2, Image.Resampling.BILINEAR)
+            return images.Episode(reference, Layout("cot", 1))
+        canvas = images.mosaic([images.tile(read(path, "RGB")) for path in self.references])
+        if self.fractions is not None:  # gen_ref_mig: scaled by the tile side, no tile offset
+            boxes = [[b[0] * images.TILE_SIDE, b[1] * images.TILE_SIDE, b[2] * images.TILE_SIDE,
+                      b[3] * images.TILE_SIDE] for b in self.fractions]  # fmt: skip
+        else:  # gen_ref_nomig: each mask at tile size, its box offset into the mosaic
+            boxes = []
+            for i, path in enumerate(self.masks):
+                box = research_box(np.asarray(images.tile(read(path, "L"))))
+                x, y = images.tile_offset(i)
+                boxes.append([box[0] + x, box[1] + y, box[2] + x, box[3] + y] if box else box)
+        if not boxes:
+            return images.Episode(canvas, Layout("cot", len(self.references)))
+        images.draw_boxes(canvas, boxes[1:])  # boxes[0], the top-left one, is withheld for the model's check
+        return images.Episode(canvas, Layout("cot", len(self.references), listed=boxes[1:]))
+
+
+def research_box(mask: np.ndarray) -> list[int]:
+    """mask2box_point.py process_mask: [x1, y1, x2, y2] of the non-zero pixels, edges inclusive; [] when none."""
+    ys, xs = np.nonzero(mask)
+    return [int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())] if xs.size else []
+
+
+def _conceptseg(root: Path, split: str | None = None, demos: int = 1, seed: int | None = None, protocol: str = "default",
+                **_) -> Iterator[Sample]:  # fmt: skip
+    if protocol not in PROTOCOLS:
+        raise InvalidInputError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    research = protocol == "research"
     split = split or "test"
     meta_path = next((root / n for n in ("all_meta.json", "data.json") if (root / n).is_file()), None)
     if meta_path is None:
@@ -155,28 +222,70 @@ def _conceptseg(root: Path, split: str | None = None, demos: int = 1, seed: int 
         found = ", ".join(meta) if isinstance(meta, dict) else type(meta).__name__
         raise InvalidInputError(f"{meta_path} has no split {split!r}; it has {found}")
     train_split = meta.get("train") if isinstance(meta.get("train"), dict) else {}
+    seed = (RESEARCH_SEED if research else 0) if seed is None else seed
     rng = random.Random(seed)
+    runs: dict[str, random.Random] = {}  # research: one run per dataset, each drawing from its own seeded start
     for cls_name, items in meta[split].items():
         train = train_split.get(cls_name) if isinstance(train_split.get(cls_name), list) else []
         for index, item in enumerate(items if isinstance(items, list) else []):
             dataset = item.get("dataset_name", "?") if isinstance(item, dict) else "?"
             sample_id = f"{dataset}/{cls_name}/{index}"
             try:
-                yield _conceptseg_sample(root, item, train, sample_id, demos, rng)
+                if research:
+                    draws = runs.setdefault(str(dataset), random.Random(seed))
+                    yield _research_sample(root, item, train, sample_id, draws)
+                else:
+                    yield _conceptseg_sample(root, item, train, sample_id, demos, rng)
             except InvalidInputError as exc:
                 yield _broken(sample_id, str(dataset), exc)
 
 
-def _conceptseg_sample(root: Path, item, train: list, sample_id: str, demos: int, rng: random.Random) -> Sample:
+def _item_fields(root: Path, item, sample_id: str, research: bool):
     try:
         paths = [_file(root, p, sample_id, "image") for p in item["img_path"]]
-        question = _question(item)
+        question = _question(item, research)
         mask_path = _file(root, item["mask_path"], sample_id, "mask")
         dataset = item["dataset_name"]
     except (KeyError, TypeError, AttributeError) as exc:
         raise InvalidInputError(f"sample {sample_id}: the item lacks {exc}") from None
     if not paths:
         raise InvalidInputError(f"sample {sample_id}: img_path is empty")
+    return paths, question, mask_path, dataset
+
+
+def _research_sample(root: Path, item, train: list, sample_id: str, draws: random.Random) -> Sample:
+    """mydataset.py get_cd_data + build_meta_reference: a single-image item gets 4 references drawn with replacement
+    from its class's train split (1 when the class has exactly 2 train items), redrawn while a draw is the target."""
+    paths, question, mask_path, dataset = _item_fields(root, item, sample_id, True)
+    if len(paths) > 1:  # MIG: the item's own references; its ref_box lists the boxes
+        fractions = item.get("ref_box")
+        try:
+            fractions = None if fractions is None else tuple(tuple(float(v) for v in box) for box in fractions)
+        except (TypeError, ValueError):
+            raise InvalidInputError(f"sample {sample_id}: ref_box must hold [x1, y1, x2, y2] fractions") from None
+        episode = ResearchEpisode(tuple(map(str, paths[:-1])), fractions=fractions, sample=sample_id)
+    else:
+        if not any(_first_image(t) != item["img_path"][0] for t in train):
+            raise InvalidInputError(f"sample {sample_id}: the train split has no other item of class "
+                                    f"{item.get('cls_name')!r} to draw references from")  # fmt: skip
+        refs = []
+        for _ in range(1 if len(train) == 2 else 4):
+            chosen = draws.choice(train)
+            while _first_image(chosen) == item["img_path"][0]:
+                chosen = draws.choice(train)
+            try:
+                refs.append((_file(root, chosen["img_path"][0], sample_id, "train image"),
+                             _file(root, chosen["mask_path"], sample_id, "train mask")))  # fmt: skip
+            except (KeyError, TypeError, IndexError) as exc:
+                raise InvalidInputError(f"sample {sample_id}: a train item lacks {exc}") from None
+        episode = ResearchEpisode(tuple(str(i) for i, _ in refs), tuple(str(m) for _, m in refs), sample=sample_id)
+    return Sample(sample_id, str(paths[-1]), question, lambda: (_binary_mask(mask_path, None, sample_id), None),
+                  dataset, tier_of(dataset), episode, eval_size=(600, 600), protocol="research",
+                  group=group_of(dataset))  # fmt: skip
+
+
+def _conceptseg_sample(root: Path, item, train: list, sample_id: str, demos: int, rng: random.Random) -> Sample:
+    paths, question, mask_path, dataset = _item_fields(root, item, sample_id, False)
     if len(paths) > 1:  # MIG: the references come with the item, boxes as fractions of the image
         fractions = item.get("ref_box") or []
         refs = [(str(p), _fraction_boxes(p, fractions[i:i + 1], sample_id)) for i, p in enumerate(paths[:-1])]
@@ -192,7 +301,7 @@ def _conceptseg_sample(root: Path, item, train: list, sample_id: str, demos: int
             refs.append((str(_file(root, image, sample_id, "train image")), [box] if box else []))
     target = paths[-1]
     return Sample(sample_id, str(target), question, lambda: (_binary_mask(mask_path, None, sample_id), None),
-                  dataset, tier_of(dataset), refs, eval_size=(600, 600))  # fmt: skip
+                  dataset, tier_of(dataset), refs, eval_size=(600, 600), group=group_of(dataset))  # fmt: skip
 
 
 def _first_image(item):
@@ -214,7 +323,9 @@ def _fraction_boxes(path: Path, fractions, sample: str) -> list[list[float]]:
 # --- reasonseg -----------------------------------------------------------------------------------------------------
 
 
-def _reasonseg(root: Path, **_) -> Iterator[Sample]:
+def _reasonseg(root: Path, protocol: str = "default", **_) -> Iterator[Sample]:
+    if protocol not in PROTOCOLS:
+        raise InvalidInputError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     annotations = sorted(root.glob("*.json"))
     if not annotations:
         raise InvalidInputError(f"{root} holds no ReasonSeg annotation (.json beside each image)")
@@ -231,6 +342,10 @@ def _reasonseg(root: Path, **_) -> Iterator[Sample]:
         except InvalidInputError as exc:
             yield _broken(annotation.stem, "reasonseg", exc)
             continue
+        if protocol == "research":  # the published val / test splits ask one question per image: the first
+            yield Sample(f"{annotation.stem}#0", str(image), texts[0], lambda a=annotation, i=image: _polygons(a, i, a.stem),
+                         "reasonseg", demos=images.Episode(None, Layout("reasonseg_cot")), protocol="research")  # fmt: skip
+            continue
         for k, text in enumerate(texts):
             sample_id = f"{annotation.stem}#{k}"
             yield Sample(sample_id, str(image), text, lambda a=annotation, i=image, s=sample_id: _polygons(a, i, s),
@@ -238,17 +353,32 @@ def _reasonseg(root: Path, **_) -> Iterator[Sample]:
 
 
 def _polygons(annotation: Path, image: Path, sample: str):
+    """LISA's get_mask_from_json (reproduced in evaluate_conceptseg.py): "flag" shapes skipped, labels containing
+    "ignore" mark ignored pixels and every other label the target, larger polygons drawn first so smaller ones lie
+    on top; each polygon filled with its outline on int32-truncated vertices (cv2.fillPoly + polylines there, PIL's
+    polygon with outline here)."""
     meta = _load_json(annotation)
     width, height = _image_size(image, sample)
-    target, ignored = Image.new("L", (width, height)), Image.new("L", (width, height))
     shapes = meta.get("shapes", []) if isinstance(meta, dict) else None
     if not isinstance(shapes, list) or not all(isinstance(shape, dict) for shape in shapes):
         raise InvalidInputError(f"sample {sample}: 'shapes' must be a list of objects")
+    polygons = []
     for shape in shapes:
-        points = _points(shape.get("points", []), sample)
-        ImageDraw.Draw(target if shape.get("label") == "target" else ignored).polygon(points, fill=1)
-    ignore = np.asarray(ignored) > 0
-    return np.asarray(target) > 0, ignore if ignore.any() else None
+        label = str(shape.get("label", ""))
+        if label.lower() == "flag":
+            continue
+        points = [(int(x), int(y)) for x, y in _points(shape.get("points", []), sample)]  # np.int32 truncates
+        alone = Image.new("L", (width, height))
+        ImageDraw.Draw(alone).polygon(points, fill=1, outline=1)
+        polygons.append((int(np.asarray(alone).sum()), 255 if "ignore" in label.lower() else 1, points))
+    labels = Image.new("L", (width, height))
+    draw = ImageDraw.Draw(labels)
+    for index in np.argsort([area for area, _, _ in polygons])[::-1]:  # the research's order, ties included
+        _, value, points = polygons[index]
+        draw.polygon(points, fill=value, outline=value)
+    labels = np.asarray(labels)
+    ignore = labels == 255
+    return labels == 1, ignore if ignore.any() else None
 
 
 def _points(points, sample: str) -> list[tuple[float, float]]:

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
 from cseg.errors import InvalidInputError
+from cseg.prompting import Layout
 
 MAX_SIDE = 16384
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")  # what folder sources are read for
@@ -26,6 +27,7 @@ SAM3_MEAN = SAM3_STD = 0.5
 DEMO_BOX_COLOR = "red"
 DEMO_BOX_WIDTH = 2
 MAX_DEMOS = 4  # the research mosaic has 2x2 tiles
+TILE_SIDE = VLM_SIDE // 2  # research mydataset.py: reference tiles of RESIZE_SIZE // 2 = 300 pixels
 _limit_lock = threading.Lock()  # guards PIL's global pixel limit (see _pixel_limit)
 _limit_users = 0
 _limit_saved = Image.MAX_IMAGE_PIXELS
@@ -156,10 +158,21 @@ def sam3_pixels(frame: Frame, size: int) -> np.ndarray:
     return out
 
 
-def check_demos(demos) -> list[tuple[Image.Image, list[tuple[float, float, float, float]]]]:
-    """Validate demonstrations: a list of (image, boxes) pairs, boxes xyxy in that image's pixels."""
+@dataclass(frozen=True)
+class Episode:
+    """A reference image already made (the research evaluation's episodes, cseg.datasets) and its prompt layout;
+    `image` None: no reference image, only the layout's question template (ReasonSeg)."""
+
+    image: Image.Image | None
+    layout: Layout
+
+
+def check_demos(demos):
+    """Validate demonstrations: a list of (image, boxes) pairs, boxes xyxy in that image's pixels (or an Episode)."""
     if demos is None:
         return []
+    if isinstance(demos, Episode):
+        return demos
     if not isinstance(demos, (list, tuple)):
         raise InvalidInputError(f"demos must be a list of (image, boxes) pairs, got {type(demos).__name__}")
     if len(demos) > MAX_DEMOS:
@@ -190,29 +203,61 @@ def _check_boxes(boxes, size: tuple[int, int], i: int) -> list[tuple[float, floa
     return [tuple(map(float, box)) for box in array]
 
 
-def render_demonstrations(demos: Sequence[tuple[Image.Image, list]]) -> tuple[Image.Image, bool]:
-    """The reference image the VLM sees, and whether boxes were drawn on it.
+def render_demonstrations(demos) -> tuple[Image.Image | None, Layout]:
+    """The reference image the VLM sees and the prompt layout that goes with it.
 
-    One demonstration: resized to the VLM square with its boxes drawn in red (the research inference script).
-    Two to four: pasted as half-size tiles into a 2x2 mosaic, boxes offset into the mosaic (the research benchmark
-    episode layout; its withheld-box self-check is a training device and is not reproduced).
+    One demonstration: resized to the VLM square with its boxes drawn in red, the question of the research inference
+    script (src/eval/inference_single_example.py). Two to four: the research benchmark episode (mydataset.py
+    build_meta_reference + construct_mosaic): bilinear 300x300 tiles in a 2x2 mosaic, each tile's boxes offset into
+    it, the first box (the top-left tile's) withheld for the model's self-check and the others drawn and listed in the
+    "cot" question. Extrapolated beyond the research, which has exactly one box per tile: a tile's boxes are listed in
+    order, a tile without boxes lists [] (as an empty reference mask does there), and demonstrations without any box
+    get the episode question without boxes and check (as MIG references without ref_box do there).
     """
+    if isinstance(demos, Episode):
+        return demos.image, demos.layout
     if len(demos) == 1:
         image, boxes = demos[0]
         canvas = vlm_image(image)
         scaled = [_scale_box(b, image.size, (VLM_SIDE, VLM_SIDE), (0, 0)) for b in boxes]
-    else:
-        half = VLM_SIDE // 2
-        canvas = Image.new("RGB", (VLM_SIDE, VLM_SIDE))
-        scaled = []
-        for i, (image, boxes) in enumerate(demos):
-            offset = ((i % 2) * half, (i // 2) * half)
-            canvas.paste(image.resize((half, half), Image.Resampling.BICUBIC), offset)
-            scaled += [_scale_box(b, image.size, (half, half), offset) for b in boxes]
+        draw_boxes(canvas, scaled)
+        return canvas, Layout("inference", 1, bool(scaled))
+    tiles, entries = [], []
+    for i, (image, boxes) in enumerate(demos):
+        tiles.append(tile(image))
+        offset = tile_offset(i)
+        entries += [_scale_box(b, image.size, (TILE_SIDE, TILE_SIDE), offset) for b in boxes] or [[]]
+    canvas = mosaic(tiles)
+    if not any(entries):
+        return canvas, Layout("cot", len(demos), listed=None)
+    draw_boxes(canvas, entries[1:])  # the first is withheld: not drawn, not listed
+    return canvas, Layout("cot", len(demos), listed=entries[1:])
+
+
+def tile(image: Image.Image) -> Image.Image:
+    """A reference as a mosaic tile: torchvision's resize of the research code, PIL bilinear on PIL images."""
+    return image.resize((TILE_SIDE, TILE_SIDE), Image.Resampling.BILINEAR)
+
+
+def tile_offset(index: int) -> tuple[int, int]:
+    """(x, y) of tile `index` in the 2x2 mosaic: row-major, as construct_mosaic lays them."""
+    return (index % 2) * TILE_SIDE, (index // 2) * TILE_SIDE
+
+
+def mosaic(tiles: Sequence[Image.Image]) -> Image.Image:
+    """Up to four TILE_SIDE tiles on a black VLM square."""
+    canvas = Image.new("RGB", (VLM_SIDE, VLM_SIDE))
+    for i, image in enumerate(tiles):
+        canvas.paste(image, tile_offset(i))
+    return canvas
+
+
+def draw_boxes(canvas: Image.Image, boxes) -> None:
+    """Red 2-pixel rectangles (research draw_bboxes: entries that are not 4 numbers are skipped)."""
     draw = ImageDraw.Draw(canvas)
-    for box in scaled:
-        draw.rectangle(box, outline=DEMO_BOX_COLOR, width=DEMO_BOX_WIDTH)
-    return canvas, bool(scaled)
+    for box in boxes:
+        if box is not None and len(box) == 4:
+            draw.rectangle(box, outline=DEMO_BOX_COLOR, width=DEMO_BOX_WIDTH)
 
 
 def _scale_box(box, src: tuple[int, int], dst: tuple[int, int], offset: tuple[int, int]) -> list[int]:

@@ -26,7 +26,7 @@ import numpy as np
 
 from cseg import prompting
 from cseg.errors import InvalidInputError
-from cseg.images import check_demos, load_frame
+from cseg.images import MAX_SIDE, check_demos, load_frame
 from cseg.segmentation import Segmentation
 
 ROUTE_CHOICES = ("auto", "shortcut", "full")
@@ -67,14 +67,30 @@ def check_options(route: str, max_new_tokens, bgr=False) -> None:
         raise InvalidInputError(f"max_new_tokens must be a positive integer or None, got {max_new_tokens!r}")
 
 
-def segment(backend, image, prompt, demos=None, *, route="auto", max_new_tokens=None, bgr=False) -> Segmentation:
+def segment(backend, image, prompt, demos=None, *, route="auto", max_new_tokens=None, bgr=False,
+            mask_size=None) -> Segmentation:  # fmt: skip
     """One image, one prompt (see `segment_many` for several prompts on one image)."""
-    return segment_many(backend, image, [prompt], demos, route=route, max_new_tokens=max_new_tokens, bgr=bgr)[0]
+    return segment_many(backend, image, [prompt], demos, route=route, max_new_tokens=max_new_tokens, bgr=bgr,
+                        mask_size=mask_size)[0]  # fmt: skip
 
 
-def segment_many(backend, image, prompts, demos=None, *, route="auto", max_new_tokens=None, bgr=False):
-    """Several prompts on one image: the image is encoded once and its features serve every prompt."""
+def check_mask_size(mask_size) -> tuple[int, int] | None:
+    """None (the input image's size) or (height, width) of positive ints up to images.MAX_SIDE."""
+    if mask_size is None:
+        return None
+    if (not isinstance(mask_size, (tuple, list)) or len(mask_size) != 2
+            or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 1 <= v <= MAX_SIDE
+                       for v in mask_size)):  # fmt: skip
+        raise InvalidInputError(f"mask_size must be None or (height, width) of 1 to {MAX_SIDE} pixels, got {mask_size!r}")
+    return int(mask_size[0]), int(mask_size[1])
+
+
+def segment_many(backend, image, prompts, demos=None, *, route="auto", max_new_tokens=None, bgr=False, mask_size=None):
+    """Several prompts on one image: the image is encoded once and its features serve every prompt. `mask_size`
+    (height, width): the masks upsampled from SAM 3's logits straight to that size and thresholded there (an
+    evaluation at a fixed size, as the research scripts do), instead of the input image's size."""
     check_options(route, max_new_tokens, bgr)
+    mask_size = check_mask_size(mask_size)
     if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)) or not prompts:
         raise InvalidInputError(f"prompts must be a non-empty list of strings, got {type(prompts).__name__}")
     timings: dict[str, float] = {}
@@ -85,8 +101,8 @@ def segment_many(backend, image, prompts, demos=None, *, route="auto", max_new_t
     state = backend.image_state(frame, timings)
     results = []
     for question in questions:
-        results.append(_answer(backend, state, (frame.height, frame.width), question, demos, route, max_new_tokens,
-                               timings))  # fmt: skip
+        results.append(_answer(backend, state, mask_size or (frame.height, frame.width), question, demos, route,
+                               max_new_tokens, timings))  # fmt: skip
         timings = {}  # the image's preprocessing and encoding are charged to the first prompt only
     return results
 

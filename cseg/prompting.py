@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 
@@ -60,6 +60,38 @@ def build_question(question: str, n_references: int = 0, boxes_drawn: bool = Tru
         check_prompt=t["check_prompt"],
         check_answer=variant["check_answer"],
     )
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What the VLM is shown besides the target, which decides the question text (see `problem_text`).
+
+    template: "inference" (src/eval/inference_single_example.py: no reference, or one reference image),
+    "cot" (the benchmark episodes of src/open-r1-multimodal/src/open_r1/mydataset.py::build_meta_reference: a
+    reference image, mosaic or single, with boxes listed and the top-left one withheld for the self-check),
+    "reasonseg_cot" (src/eval/evaluate_reasonseg.py: no reference image).
+    """
+
+    template: str = "inference"
+    n_references: int = 0
+    boxes_drawn: bool = True  # inference template, one reference: whether its boxes were drawn
+    listed: list | None = field(default=None)  # cot: the boxes listed in the prompt; None = no boxes and no check
+
+
+def problem_text(question: str, layout: Layout) -> str:
+    """The user-turn text for `question` as the research code builds it for `layout`."""
+    t = template()
+    if layout.template == "inference":
+        return build_question(question, layout.n_references, layout.boxes_drawn)
+    if layout.template == "reasonseg_cot":
+        return t["reasonseg_cot"].format(question=question)
+    episode = t["episode"]
+    if layout.listed is None:  # build_meta_reference: one reference image, or MIG references without ref_box
+        return t["cot"].format(ref_bboxes="", question=question, check_prompt="", check_answer=episode["check_answer"])
+    return t["cot"].format(  # the boxes as Python prints the list, as the research f-string does
+        ref_bboxes=episode["ref_bboxes"].format(boxes=layout.listed), question=question,
+        check_prompt=episode["check_prompt"], check_answer=episode["check_answer"] + episode["check_tag"],
+    )  # fmt: skip
 
 
 def build_messages(problem: str, n_images: int) -> list[dict]:

@@ -155,11 +155,10 @@ class ReferencePipeline:
     def vlm_inputs(self, image, question: str, demos=()) -> dict[str, torch.Tensor]:
         """Token ids, pixel patches and grids for the VLM, as the research script builds them with the processor."""
         images = [vlm_image(image)]
-        boxes_drawn = True
-        if demos:
-            reference, boxes_drawn = render_demonstrations(demos)
+        reference, layout = render_demonstrations(demos) if demos else (None, prompting.Layout())
+        if reference is not None:
             images.insert(0, reference)
-        problem = prompting.build_question(question, n_references=len(images) - 1, boxes_drawn=boxes_drawn)
+        problem = prompting.problem_text(question, layout)
         tokenizer, processor = self.vlm.tokenizer, self.vlm.image_processor
         text = tokenizer.apply_chat_template(
             prompting.build_messages(problem, len(images)), tokenize=False, add_generation_prompt=True

@@ -24,7 +24,7 @@ from PIL import Image
 from cseg import pipeline, prompting
 from cseg.bundle_files import verify_files
 from cseg.errors import BundleError, InvalidInputError
-from cseg.images import Frame, check_demos, load_frame, render_demonstrations, vlm_image
+from cseg.images import Episode, Frame, check_demos, load_frame, render_demonstrations, vlm_image
 from cseg.manifest import read_manifest
 from cseg.pipeline import Reasoning, timed
 from cseg.runtime.generation import Decoder, Prefilled, kv_dtype
@@ -126,13 +126,15 @@ class Runtime:
     # --- public calls ----------------------------------------------------------------------------------------------
 
     def segment(self, image, prompt: str, demos=None, *, route: str = "auto", max_new_tokens: int | None = None,
-                bgr: bool = False) -> Segmentation:  # fmt: skip
+                bgr: bool = False, mask_size: tuple[int, int] | None = None) -> Segmentation:  # fmt: skip
         """Segment what `prompt` asks for in `image` (path, PIL image, or HxWx3 uint8 array; bgr=True for OpenCV).
 
-        demos: up to 4 (image, boxes) demonstrations; route: "auto" (Shortcut Router), "shortcut" or "full".
+        demos: up to 4 (image, boxes) demonstrations; route: "auto" (Shortcut Router), "shortcut" or "full";
+        mask_size: (height, width) to make the masks at instead of the image's size (see pipeline.segment_many).
         """
         with self._requests:
-            return pipeline.segment(self, image, prompt, demos, route=route, max_new_tokens=max_new_tokens, bgr=bgr)
+            return pipeline.segment(self, image, prompt, demos, route=route, max_new_tokens=max_new_tokens, bgr=bgr,
+                                    mask_size=mask_size)  # fmt: skip
 
     def segment_many(self, image, prompts, demos=None, *, route: str = "auto", max_new_tokens: int | None = None,
                      bgr: bool = False) -> list[Segmentation]:  # fmt: skip
@@ -151,8 +153,9 @@ class Runtime:
         pipeline.check_options("full", max_new_tokens, bgr)
         question = prompting.check_prompt(question)
         demos = check_demos(demos)
-        if not demos:
-            raise InvalidInputError("induce() needs at least one (image, boxes) demonstration")
+        if not demos or (image is None and isinstance(demos, Episode)):
+            raise InvalidInputError("induce() needs at least one (image, boxes) demonstration (or, for a prepared "
+                                    "Episode, the target image)")  # fmt: skip
         target = load_frame(demos[0][0]) if image is None else load_frame(image, bgr=bgr)
         with self._requests:
             state = self.image_state(target, {})
@@ -209,9 +212,8 @@ class Runtime:
         merge = self.model["vision"]["spatial_merge_size"]
         with timed(timings, "vlm_vision"):
             grids, embeds = [], []
-            boxes_drawn = True
-            if demos:  # the demonstration image comes first, as in the research script
-                reference, boxes_drawn = render_demonstrations(demos)
+            reference, layout = render_demonstrations(demos) if demos else (None, prompting.Layout())
+            if reference is not None:  # the demonstration image comes first, as in the research script
                 grid, reference_embeds = self._vision(reference)
                 grids.append(grid)
                 embeds.append(reference_embeds)
@@ -220,7 +222,7 @@ class Runtime:
             grids.append(state.vlm_target[0])
             embeds.append(state.vlm_target[1])
         with timed(timings, "vlm_preprocess"):
-            problem = prompting.build_question(question, n_references=len(grids) - 1, boxes_drawn=boxes_drawn)
+            problem = prompting.problem_text(question, layout)
             per_image = [t * h * w // merge**2 for t, h, w in grids]
             ids, question_tokens = self.chat.encode_prompt(problem, per_image, question)
             positions = rope_positions(ids, self.model["image_token_id"], grids, merge)

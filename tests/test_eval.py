@@ -53,7 +53,7 @@ def test_folder_layout_end_to_end(runtime, folder_dataset, tmp_path):
     assert recomputed["mIoU"] == pytest.approx(records["coffee"]["mIoU"])
     evaluate.write_csv(records, tmp_path / "rows.csv")
     assert len((tmp_path / "rows.csv").read_text().splitlines()) == 4
-    shown = evaluate.worst_cases(records, samples, tmp_path / "masks", tmp_path / "worst", 2)
+    shown = evaluate.worst_cases(records, samples, tmp_path / "worst", 2)
     assert len(shown) == 2 and all(p.is_file() for p in shown)
 
 
@@ -156,3 +156,39 @@ def test_cli_eval_writes_json_csv_masks(tiny_bundle, folder_dataset, tmp_path, c
     assert sorted(p.name for p in (tmp_path / "pred").iterdir()) == ["astronaut.png", "chelsea.png", "coffee.png"]
     assert "overall" in capsys.readouterr().out
     assert main(["eval", "--bundle", str(tiny_bundle), "--data", str(tmp_path / "nothing"), "--format", "folder"]) == 2
+
+
+def test_a_work_folder_is_not_reused_for_another_bundle(tiny_bundle, tiny_alt_bundle, folder_dataset, tmp_path, capsys):
+    """The report: bundle A then bundle B from the same folder reported A's numbers as B's, then --worst crashed."""
+    from cseg.cli import main
+
+    def run(bundle, masks, *extra):
+        return main(["eval", "--bundle", str(bundle), "--data", str(folder_dataset), "--format", "folder", "--prompt",
+                     "x", "--route", "shortcut", "--save-masks", str(tmp_path / masks), "--work",
+                     str(tmp_path / "cseg-eval-work"), "--json", str(tmp_path / f"{masks}.json"), *extra])  # fmt: skip
+
+    assert run(tiny_bundle, "p1") == 0
+    capsys.readouterr()
+    assert run(tiny_alt_bundle, "p2") == 2
+    error = capsys.readouterr().err
+    assert "holds the results of another evaluation" in error and "bundle_manifest_sha256" in error and "masks" in error
+    assert run(tiny_alt_bundle, "p2", "--fresh") == 0
+    first, second = (json.loads((tmp_path / f"{name}.json").read_text())["overall"] for name in ("p1", "p2"))
+    assert first["mIoU"] != second["mIoU"]  # B's own numbers (the two seeds segment differently)
+    assert sorted(p.name for p in (tmp_path / "p2").iterdir()) == ["astronaut.png", "chelsea.png", "coffee.png"]
+    log = [json.loads(line) for line in (tmp_path / "cseg-eval-work" / "samples.jsonl").read_text().splitlines()]
+    assert {line["mask"] for line in log} == {str((tmp_path / "p2" / f"{n}.png").resolve())
+                                              for n in ("astronaut", "chelsea", "coffee")}  # fmt: skip
+    assert run(tiny_alt_bundle, "p2") == 0  # the same evaluation resumes
+
+
+def test_a_changed_sample_or_option_is_refused_on_resume(runtime, folder_dataset, tmp_path):
+    samples = datasets.read("folder", folder_dataset, prompt="object")
+    _run(runtime, samples, tmp_path)
+    with pytest.raises(evaluate.StaleWorkError, match="metrics: 'toolkit' there, 'research' now"):
+        _run(runtime, samples, tmp_path, metric_mode="research")
+    with pytest.raises(evaluate.StaleWorkError, match="sample astronaut .* other inputs"):
+        _run(runtime, datasets.read("folder", folder_dataset, prompt="thing"), tmp_path)
+    (tmp_path / "work" / evaluate.RUN_FILE).unlink()  # a folder from before run.json
+    with pytest.raises(evaluate.StaleWorkError, match="does not record what it was computed from"):
+        _run(runtime, samples, tmp_path)

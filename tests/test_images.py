@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cseg import images
+from cseg import images, prompting
 from cseg.errors import InvalidInputError
 
 
@@ -84,9 +84,9 @@ def test_sam3_pixels_are_normalised_with_mean_and_std_half():
 
 def test_one_demonstration_is_resized_with_red_boxes_in_the_600_frame():
     demo = Image.new("RGB", (300, 150), (0, 0, 0))
-    canvas, drawn = images.render_demonstrations(images.check_demos([(demo, [[30, 15, 150, 75]])]))
+    canvas, layout = images.render_demonstrations(images.check_demos([(demo, [[30, 15, 150, 75]])]))
     array = np.asarray(canvas)
-    assert drawn and canvas.size == (600, 600)
+    assert layout == prompting.Layout("inference", 1, boxes_drawn=True) and canvas.size == (600, 600)
     # the box (30, 15, 150, 75) scales x2 horizontally and x4 vertically: top edge at y = 60, x from 60 to 300
     assert tuple(array[60, 100]) == (255, 0, 0) and tuple(array[150, 300]) == (255, 0, 0)
     assert tuple(array[100, 100]) == (0, 0, 0) and tuple(array[58, 100]) == (0, 0, 0)
@@ -94,11 +94,31 @@ def test_one_demonstration_is_resized_with_red_boxes_in_the_600_frame():
 
 def test_several_demonstrations_become_a_2x2_mosaic():
     demos = [(Image.new("RGB", (40, 40), (i * 60, 0, 0)), []) for i in range(1, 4)]
-    canvas, drawn = images.render_demonstrations(images.check_demos(demos))
+    canvas, layout = images.render_demonstrations(images.check_demos(demos))
     array = np.asarray(canvas)
-    assert not drawn
+    assert layout == prompting.Layout("cot", 3, listed=None)  # no boxes at all: the episode question without check
     assert array[10, 10, 0] == 60 and array[10, 310, 0] == 120 and array[310, 10, 0] == 180
     assert tuple(array[310, 310]) == (0, 0, 0)  # empty tile stays black
+
+
+def test_demonstration_episode_withholds_the_top_left_box():
+    """2-4 demonstrations follow the research episode (mydataset.py): 300x300 tiles, boxes offset into the mosaic,
+    the first (top-left) box neither drawn nor listed, the others drawn red and listed in the cot question."""
+    demos = [(Image.new("RGB", (600, 300), (0, 0, 90)), [[60, 30, 400, 200]]),
+             (Image.new("RGB", (100, 100), (0, 90, 0)), [[10, 20, 50, 60]]),
+             (Image.new("RGB", (100, 100), (0, 0, 0)), [])]  # fmt: skip
+    canvas, layout = images.render_demonstrations(images.check_demos(demos))
+    array = np.asarray(canvas)
+    # tile 0: x/2, y; tile 1: x3 + 300 across; tile 2: no box -> []
+    assert layout == prompting.Layout("cot", 3, listed=[[330, 60, 450, 180], []])
+    assert tuple(array[60, 400]) == (255, 0, 0) and tuple(array[120, 330]) == (255, 0, 0)  # drawn edges of tile 1
+    assert tuple(array[30, 100]) == (0, 0, 90) and tuple(array[100, 30]) == (0, 0, 90)  # withheld: tile 0 untouched
+    assert not (array[:300, :300] == (255, 0, 0)).all(axis=-1).any()
+    text = prompting.problem_text("scratch", layout)
+    assert "1. Reference Image : Bounding boxes at [[330, 60, 450, 180], []].\n" in text
+    assert "induce the visual rule and check it by locating the missed bounding box in the top-left region in  the " \
+           "reference image, apply" in text
+    assert "</think>  <rule>Visual rule of the reference targets</rule><check>[x1, y1, x2, y2]</check> <bbox>" in text
 
 
 @pytest.mark.parametrize(

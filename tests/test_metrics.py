@@ -80,3 +80,69 @@ def test_against_pysodmetrics(name, ours, theirs, key):
 def test_shape_mismatch_is_refused():
     with pytest.raises(ValueError, match="one size"):
         metrics.dice(np.zeros((2, 3)), np.zeros((3, 2)))
+
+
+# --- research mode: src/eval/metrics.py (cal_wfm, cal_sm) on the int32 masks evaluate_conceptseg.py passes -------
+
+
+def _kernel_centre() -> float:
+    """fspecial('gaussian', 7, 5) at its centre, from the formula: 1 / sum(exp(-(x^2 + y^2) / 50))."""
+    return 1 / sum(np.exp(-(x * x + y * y) / 50) for x in range(-3, 4) for y in range(-3, 4))
+
+
+def test_research_weighted_f_truncates_the_smoothed_error():
+    gt = np.ones((10, 10), bool)  # no background: every weight is 1
+    pred = gt.copy()
+    pred[5, 5] = False  # one missed pixel: error 1 there, 0 elsewhere
+    # float: the smoothed error at the miss is the kernel centre, below 1, so it replaces the error there
+    recall = 1 - _kernel_centre() / 100
+    precision = (100 - _kernel_centre()) / (100 - _kernel_centre() + metrics.EPS)
+    expected = 2 * recall * precision / (recall + precision + metrics.EPS)
+    assert metrics.weighted_f_measure(pred, gt) == pytest.approx(expected, abs=1e-12)
+    # int32: the smoothed error truncates to 0 < 1, so the miss costs nothing: R = 1, TP = 100, eps 1e-6
+    precision = 100 / (100 + 1e-6)
+    assert metrics.weighted_f_measure(pred, gt, mode="research") == pytest.approx(2 * precision / (1e-6 + 1 + precision),
+                                                                                abs=1e-12)  # fmt: skip
+
+
+def _research_s(pred: np.ndarray, gt: np.ndarray) -> float:
+    """The research S-measure written out from its definition: object term with population std and eps 1e-8,
+    region term as area-weighted SSIM of the 4 quadrants around the rounded centroid (+1), variances ddof 0,
+    covariance over N - 1, eps 1e-8, no clamp."""
+    p, g = pred.astype(float), gt.astype(float)
+
+    def similarity(values):
+        return 2 * values.mean() / (values.mean() ** 2 + 1 + values.std() + 1e-8)
+
+    share = g.mean()
+    objects = share * similarity(p[gt]) + (1 - share) * similarity(1 - p[~gt])
+    rows, cols = np.nonzero(gt)
+    cy, cx = int(round(rows.mean())) + 1, int(round(cols.mean())) + 1
+    regions = 0.0
+    for r in (slice(0, cy), slice(cy, None)):
+        for c in (slice(0, cx), slice(cx, None)):
+            x, y = p[r, c], g[r, c]
+            n = x.size
+            cov = ((x - x.mean()) * (y - y.mean())).sum() / (n - 1)
+            a = 4 * x.mean() * y.mean() * cov
+            b = (x.mean() ** 2 + y.mean() ** 2) * (x.var() + y.var())
+            regions += n / g.size * (a / (b + 1e-8) if a != 0 else float(b == 0))
+    return 0.5 * objects + 0.5 * regions
+
+
+def test_research_s_measure_uses_population_statistics():
+    gt = np.zeros((8, 8), bool)
+    gt[:, :4] = True
+    pred = np.zeros((8, 8), bool)
+    pred[:4, :4] = True  # half of the object found
+    pred[6, 6] = True  # and one false pixel
+    research = metrics.s_measure(pred, gt, mode="research")
+    assert research == pytest.approx(_research_s(pred, gt), abs=1e-7)  # float32 ground truth in the script's SSIM
+    assert abs(research - metrics.s_measure(pred, gt)) > 1e-4  # ddof 1 / eps differ in the toolkit definition
+
+
+def test_research_s_measure_keeps_the_scripts_nan_for_an_empty_quadrant():
+    gt = np.zeros((6, 6), bool)
+    gt[:, 5] = True  # the object on the last column: centroid column 5, + 1 = 6 leaves the right quadrants empty
+    assert np.isnan(metrics.s_measure(gt, gt, mode="research"))
+    assert 0 <= metrics.s_measure(gt, gt) <= 1

@@ -95,3 +95,50 @@ def test_router_counts_words_with_str_split():
 def test_bad_prompts_are_refused(bad):
     with pytest.raises(InvalidInputError):
         prompting.check_prompt(bad)
+
+
+# Typed from src/open-r1-multimodal/src/open_r1/constants.py question_template_registry["cot"], formatted as
+# mydataset.py build_meta_reference does for a 4-reference episode (boxes of tiles 2-4 listed; tile 1's withheld).
+RESEARCH_EPISODE = (
+    '\nYour task is to locate the object matching " cat" in the Target Image.\n'
+    "Data provided:\n"
+    "1. Reference Image : Bounding boxes at [[310, 5, 580, 290], [12, 301, 150, 420], [305, 333, 599, 599]].\n"
+    "2. Target Image: The image to locate.\n"
+    "Think through the reasoning process in your mind\uff0c induce the visual rule and check it by locating the missed "
+    "bounding box in the top-left region in  the reference image, apply this rule to locate the corresponding object "
+    "in the Target Image.\n"
+    "Finally,  provide the bounding box  and a 1-2 word  noun phrase for the object in the target image. \n"
+    "Output strictly in the following format: <think>[Your step-by-step analysis and reasoning]</think>  "
+    "<rule>Visual rule of the reference targets</rule><check>[x1, y1, x2, y2]</check> <bbox>[x3, y3, x4, y4]</bbox> "
+    "<answer>concise noun phrase for target object</answer>\n"
+    "     "
+)
+# The same template for one reference (or MIG references without ref_box): no boxes, no check.
+RESEARCH_ONE_REFERENCE = RESEARCH_EPISODE.replace(
+    " : Bounding boxes at [[310, 5, 580, 290], [12, 301, 150, 420], [305, 333, 599, 599]].", " ."
+).replace("rule and check it by locating the missed bounding box in the top-left region in", "rule  in").replace(
+    "</rule><check>[x1, y1, x2, y2]</check>", "</rule>"
+)
+# constants.py question_template_registry["reasonseg_cot"] (evaluate_reasonseg.py).
+RESEARCH_REASONSEG = (
+    '\nYour task is to locate the object matching "what protects the head?" in the Target Image.\n'
+    "Data provided:\n"
+    "1. Reference Image: N/A.\n"
+    "2. Target Image: The image to locate.\n"
+    "Think through the reasoning process in your mind\uff0c induce the visual rule, apply this rule to locate the "
+    "corresponding object in the Target Image.\n"
+    "Finally,  provide the bounding box  and a 1-2 word  noun phrase for the object in the target image. \n"
+    "Output strictly in the following format: <think>[Your step-by-step analysis and reasoning]</think>  "
+    "<rule>Visual rule </rule> <bbox>[x3, y3, x4, y4]</bbox> <answer>concise noun phrase for target object</answer>\n"
+    " "
+)
+
+
+def test_episode_questions_are_byte_identical_to_the_research_templates():
+    listed = [[310, 5, 580, 290], [12, 301, 150, 420], [305, 333, 599, 599]]
+    assert prompting.problem_text(" cat", prompting.Layout("cot", 4, listed=listed)) == RESEARCH_EPISODE
+    assert prompting.problem_text(" cat", prompting.Layout("cot", 1)) == RESEARCH_ONE_REFERENCE
+    assert "1. Reference Image .\n" in RESEARCH_ONE_REFERENCE and "induce the visual rule  in  the" in RESEARCH_ONE_REFERENCE
+    reasonseg = prompting.problem_text("what protects the head?", prompting.Layout("reasonseg_cot"))
+    assert reasonseg == RESEARCH_REASONSEG
+    assert prompting.problem_text("red apple", prompting.Layout()) == RESEARCH_NO_REFERENCE  # the inference script's

@@ -1,0 +1,177 @@
+"""`cseg eval --protocol research`: the benchmark episodes of the research code (mydataset.py), built from a
+synthetic ConceptSeg-Benchmark layout (no model needed)."""
+
+import json
+import random
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cseg import datasets, prompting
+
+RED = (255, 0, 0)
+
+
+@pytest.fixture
+def bench(tmp_path):
+    """rare_cat: 5 train items (4 references drawn), DUTS_salient: 2 (1 reference), two MIG items."""
+    root = tmp_path / "bench"
+    (root / "img").mkdir(parents=True)
+    mask = np.zeros((300, 300), np.uint8)
+    mask[50:100, 20:80] = 255  # box [20, 50, 79, 99], edges inclusive
+    for i in range(8):
+        Image.new("RGB", (300, 300), (10 * i, 100, 0)).save(root / "img" / f"{i}.png")
+        Image.fromarray(mask).save(root / "img" / f"{i}_m.png")
+
+    def item(i, dataset, cls, **extra):
+        return {"img_path": [f"img/{i}.png"], "mask_path": f"img/{i}_m.png", "dataset_name": dataset,
+                "cls_name": cls, "task_name": "t", **extra}  # fmt: skip
+
+    mig = item(7, "MIG_common", "MIG_x", problem="the shared object", ref_box=[[0.1, 0.2, 0.5, 0.6], [0.5, 0.5, 1, 1]])
+    mig["img_path"] = ["img/5.png", "img/6.png", "img/7.png"]
+    mig2 = {**item(7, "MIG_common", "MIG_y", problem="the same one"), "img_path": ["img/6.png", "img/7.png"]}
+    meta = {"train": {"rare_cat": [item(i, "rare", "rare_cat") for i in range(5)],
+                      "DUTS_salient": [item(i, "DUTS", "DUTS_salient") for i in (5, 6)]},
+            "test": {"rare_cat": [item(0, "rare", "rare_cat")], "DUTS_salient": [item(7, "DUTS", "DUTS_salient")],
+                     "MIG_x": [mig], "MIG_y": [mig2]}}  # fmt: skip
+    (root / "all_meta.json").write_text(json.dumps(meta))
+    return root
+
+
+def test_research_episodes_draw_four_references_with_replacement(bench):
+    samples = {s.dataset + s.id: s for s in datasets.read("conceptseg", bench, protocol="research")}
+    rare = samples["rarerare/rare_cat/0"]
+    assert rare.prompt == " cat" and rare.protocol == "research" and rare.eval_size == (600, 600)
+    assert rare.group == "CI: Diverse Classes" and rare.tier == "CI"
+    draws, expected = random.Random(42), []  # seed 42, choice with replacement, redrawn while it is the target
+    for _ in range(4):
+        index = draws.randrange(5)
+        while index == 0:
+            index = draws.randrange(5)
+        expected.append(str(bench / "img" / f"{index}.png"))
+    assert list(rare.demos.references) == expected
+    duts = samples["DUTSDUTS/DUTS_salient/0"]
+    assert len(duts.demos.references) == 1 and duts.prompt == "salient object segmentation"
+
+
+def test_research_mosaic_geometry_and_withheld_box(bench):
+    rare = next(s for s in datasets.read("conceptseg", bench, protocol="research") if s.dataset == "rare")
+    episode = rare.demos.build()
+    canvas = np.asarray(episode.image)
+    assert episode.image.size == (600, 600)
+    # the 4 tiles, row-major; each reference's box [20, 50, 79, 99] offset into its tile; the top-left one withheld
+    assert episode.layout == prompting.Layout("cot", 4, listed=[[320, 50, 379, 99], [20, 350, 79, 399],
+                                                                [320, 350, 379, 399]])  # fmt: skip
+    colours = [int(path.split("/")[-1][0]) * 10 for path in rare.demos.references]
+    for i, (x, y) in enumerate([(0, 0), (300, 0), (0, 300), (300, 300)]):
+        assert tuple(canvas[y + 5, x + 5]) == (colours[i], 100, 0)
+    assert tuple(canvas[50, 350]) == RED and tuple(canvas[370, 20]) == RED and tuple(canvas[399, 350]) == RED
+    assert not (canvas[:300, :300] == RED).all(axis=-1).any()  # the withheld box is not drawn
+    assert "Bounding boxes at [[320, 50, 379, 99], [20, 350, 79, 399], [320, 350, 379, 399]]." in prompting.problem_text(
+        rare.prompt, episode.layout)  # fmt: skip
+
+
+def test_research_one_reference_and_mig_episodes(bench):
+    samples = {s.id: s for s in datasets.read("conceptseg", bench, protocol="research")}
+    one = samples["DUTS/DUTS_salient/0"].demos.build()
+    assert one.layout == prompting.Layout("cot", 1) and one.image.size == (600, 600)  # no boxes, no check
+    assert not (np.asarray(one.image) == RED).all(axis=-1).any()
+    mig = samples["MIG_common/MIG_x/0"]
+    assert mig.prompt == "the shared object" and mig.tier == "CR"
+    episode = mig.demos.build()
+    # ref_box fractions times the tile side, without the tile offset; the first withheld
+    assert episode.layout.listed == [[150.0, 150.0, 300.0, 300.0]]
+    assert samples["MIG_common/MIG_y/0"].demos.build().layout == prompting.Layout("cot", 1)
+
+
+def test_research_protocol_refuses_a_class_without_other_train_items(bench):
+    meta = json.loads((bench / "all_meta.json").read_text())
+    meta["train"]["rare_cat"] = meta["train"]["rare_cat"][:1]  # only the target itself
+    (bench / "all_meta.json").write_text(json.dumps(meta))
+    rare = next(s for s in datasets.read("conceptseg", bench, protocol="research") if s.dataset == "rare")
+    with pytest.raises(datasets.InvalidInputError, match="no other item of class 'rare_cat'"):
+        rare.load_mask()
+
+
+def test_reasonseg_polygons_follow_lisa(tmp_path):
+    """Larger polygons first, "ignore" labels ignored, "flag" skipped, any other label the target; one question
+    per image in the research protocol, asked with the reasonseg_cot template."""
+    Image.new("RGB", (40, 30)).save(tmp_path / "a.jpg")
+    rect = lambda x1, y1, x2, y2: [[x1, y1], [x2, y1], [x2, y2], [x1, y2]]  # noqa: E731
+    shapes = [
+        {"label": "flag", "points": rect(0, 0, 39, 29)},  # deprecated annotation: skipped
+        {"label": "target", "points": rect(0, 0, 30, 20)},  # the largest: drawn first
+        {"label": "Ignore_blur", "points": rect(5.9, 5.9, 10, 10)},  # inside it, smaller: on top, ignored
+        {"label": "sofa", "points": rect(20, 15, 35, 25)},  # any other label is the target
+        {"label": "ignore", "points": rect(0, 22, 39, 29)},  # larger than the next one
+        {"label": "target", "points": rect(2, 24, 6, 27)},  # drawn over the ignored band
+    ]
+    (tmp_path / "a.json").write_text(json.dumps({"text": ["what can one sit on?", "the sofa"], "shapes": shapes}))
+    default = datasets.read("reasonseg", tmp_path)
+    assert [s.id for s in default] == ["a#0", "a#1"]
+    gt, ignored = default[0].load_mask()
+    assert gt[0, 0] and gt[20, 30] and not gt[21, 0]  # target rectangle, outline included
+    assert ignored[5, 5] and ignored[10, 10] and not gt[7, 7] and not ignored[4, 4]  # 5.9 truncates to 5
+    assert gt[25, 35] and gt[15, 20] and not ignored[24, 30]  # the sofa lies over the ignored band (smaller)
+    assert ignored[28, 38] and gt[26, 4] and not ignored[26, 4]  # the small target over the band
+    research = datasets.read("reasonseg", tmp_path, protocol="research")
+    assert [s.id for s in research] == ["a#0"] and research[0].prompt == "what can one sit on?"
+    assert research[0].demos.layout == prompting.Layout("reasonseg_cot") and research[0].demos.image is None
+
+
+def _spy(runtime, monkeypatch):
+    calls = []
+    original = runtime.segment
+
+    def segment(image, prompt, demos=None, **options):
+        result = original(image, prompt, demos, **options)
+        size = image.size if isinstance(image, Image.Image) else Image.open(image).size
+        calls.append((size, prompt, type(demos).__name__, options["route"], options["mask_size"], result.presence))
+        return result
+
+    monkeypatch.setattr(runtime, "segment", segment)
+    return calls
+
+
+def test_research_protocol_end_to_end(runtime, bench, tmp_path, monkeypatch):
+    from cseg import evaluate
+
+    samples = [s for s in datasets.read("conceptseg", bench, protocol="research") if s.dataset == "rare"]
+    calls = _spy(runtime, monkeypatch)
+    records = evaluate.evaluate(runtime, samples, tmp_path / "w", tmp_path / "m", max_new_tokens=4,
+                                metric_mode="research", progress=False)  # fmt: skip
+    record = records["rare/rare_cat/0"]
+    assert "error" not in record, record
+    # SAM 3 alone on the 600x600 target with the stripped phrase, the mask made at the evaluation size
+    assert calls[0][:5] == ((600, 600), "cat", "NoneType", "shortcut", (600, 600))
+    if calls[0][5] < 0.1:  # below the 1-word limit: the episode is reasoned over, SAM 3 on the original image
+        assert calls[1][:5] == ((300, 300), " cat", "Episode", "full", (600, 600)) and record["route"] == "full"
+    else:
+        assert len(calls) == 1 and record["route"] == "shortcut"
+    with Image.open(record["mask"]) as saved:
+        assert saved.size == (600, 600)
+
+
+def test_research_reasonseg_end_to_end(runtime, tmp_path, monkeypatch):
+    from cseg import evaluate
+
+    Image.new("RGB", (40, 30), (90, 60, 30)).save(tmp_path / "a.jpg")
+    shapes = [{"label": "target", "points": [[2, 2], [30, 2], [30, 20], [2, 20]]}]
+    (tmp_path / "a.json").write_text(json.dumps({"text": ["what is brown?"], "shapes": shapes}))
+    calls = _spy(runtime, monkeypatch)
+    records = evaluate.evaluate(runtime, datasets.read("reasonseg", tmp_path, protocol="research"), tmp_path / "w",
+                                tmp_path / "m", max_new_tokens=4, metric_mode="research", progress=False)  # fmt: skip
+    assert "error" not in records["a#0"], records["a#0"]
+    assert calls[0][:5] == ((1008, 1008), "what is brown?", "NoneType", "shortcut", (30, 40))
+    if calls[0][5] > 0.4:  # 3 words: the limit is 0.4, strictly exceeded
+        assert len(calls) == 1
+    else:
+        assert calls[1][:5] == ((1008, 1008), "what is brown?", "Episode", "full", (30, 40))
+
+
+def test_masks_at_a_requested_size(runtime):
+    image = np.zeros((48, 64, 3), np.uint8)
+    assert runtime.segment(image, "x", route="shortcut", mask_size=(37, 53)).mask.shape == (37, 53)
+    with pytest.raises(datasets.InvalidInputError, match="mask_size"):
+        runtime.segment(image, "x", route="shortcut", mask_size=(0, 5))
