@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 
 from cseg.calib.calibration_set import CalibrationSet
-from cseg.calib.collect import MAX_NEW_TOKENS, collect, feeds
+from cseg.calib.collect import MAX_NEW_TOKENS, collect, feeds, sam3_on_text
 from cseg.calib.quantize import MIN_COSINE, compare, passes, quantize
 from cseg.manifest import file_sha256
 from cseg.metrics import iou
@@ -30,17 +30,20 @@ RANDOM_WEIGHTS_NOTE = (
 
 
 def quantize_bundle(staging: Path, manifest: dict, profile: dict, precision: str, calib: CalibrationSet,
-                    report: Callable[[str], None], progress: bool = True) -> dict:  # fmt: skip
+                    report: Callable[[str], None], progress: bool = True, text=None) -> dict:  # fmt: skip
     """Quantize `staging`'s graphs in place per the target profile's `precision` policy; returns the updated manifest
-    (files not yet re-hashed). For a GPU target every graph is converted (fp16 at least) and gated."""
-    policy = profile["policies"][precision]
+    (files not yet re-hashed). For a GPU target every graph is converted (fp16 at least) and gated.
+
+    text: for a rule-only bundle (no reasoner, no text encoder), phrase -> SAM 3 text features: calibration and the
+    end-to-end check then prompt SAM 3 with each sample's text alone."""
+    policy = {key: value for key, value in profile["policies"][precision].items() if key in manifest["graphs"]}
     train, held = calib.split()
     work = Path(tempfile.mkdtemp(prefix=".calib-", dir=staging))
     try:
         report(f"calibrating on {len(train)} samples, gating on {len(held)} held-out samples")
         # the fp32 graphs serve from the manifest in memory: staging gets its manifest.json last, when it is done
-        collect(Runtime.from_manifest(staging, manifest), train, work / "train", progress=progress)
-        collect(Runtime.from_manifest(staging, manifest), held, work / "held", progress=progress)
+        collect(Runtime.from_manifest(staging, manifest), train, work / "train", progress=progress, text=text)
+        collect(Runtime.from_manifest(staging, manifest), held, work / "held", progress=progress, text=text)
         quantized = {**manifest, "graphs": {k: dict(v) for k, v in manifest["graphs"].items()}}
         table, replaced = {}, []
         for key, wanted in policy.items():
@@ -49,10 +52,10 @@ def quantize_bundle(staging: Path, manifest: dict, profile: dict, precision: str
             table[key] = row
             if entry["precision"] != "fp32":
                 replaced.append(staging / manifest["graphs"][key]["file"])
-        end_to_end = _end_to_end(staging, manifest, quantized, held)
+        end_to_end = _end_to_end(staging, manifest, quantized, held, text)
+        tokens = f", token agreement {end_to_end['token_agreement']:.3f}" if "token_agreement" in end_to_end else ""
         report(f"  end to end vs fp32 on {len(held)} held-out samples: mask IoU min {end_to_end['mask_iou_min']:.4f}, "
-               f"presence |delta| max {end_to_end['presence_delta_max']:.4f}, "
-               f"token agreement {end_to_end['token_agreement']:.3f}")  # fmt: skip
+               f"presence |delta| max {end_to_end['presence_delta_max']:.4f}{tokens}")  # fmt: skip
         for path in replaced:  # the fp32 originals of quantized graphs leave the bundle
             path.unlink()
             Path(str(path) + ".data").unlink(missing_ok=True)
@@ -107,10 +110,17 @@ def _io_types(path: Path, entry: dict) -> dict:
     return {side: [{**t, "dtype": dtypes.get(t["name"], t["dtype"])} for t in entry[side]] for side in ("inputs", "outputs")}
 
 
-def _end_to_end(staging: Path, fp32: dict, quantized: dict, held) -> dict:
+def _end_to_end(staging: Path, fp32: dict, quantized: dict, held, text) -> dict:
     reference = Runtime.from_manifest(staging, fp32)
     candidate = Runtime.from_manifest(staging, quantized)
     ious, presence, agreement = [], [], []
+    if text is not None:  # a rule-only bundle: SAM 3 on each sample's text
+        for item in held:
+            want, got = (sam3_on_text(runtime, item, text) for runtime in (reference, candidate))
+            ious.append(iou(want[0], got[0]))
+            presence.append(abs(want[1] - got[1]))
+        return {"mask_iou_mean": float(np.mean(ious)), "mask_iou_min": float(np.min(ious)),
+                "presence_delta_max": float(np.max(presence)), "samples": len(held)}  # fmt: skip
     for item in held:
         for route in ("full", "shortcut"):
             want = reference.segment(str(item.image), item.prompt, item.demos or None, route=route,

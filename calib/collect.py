@@ -54,19 +54,36 @@ class _Recorder:
         decoder.step = recording_step
 
 
-def collect(runtime, items: list[CalibrationItem], out: str | Path, *, progress: bool = True) -> dict[str, int]:
+def collect(runtime, items: list[CalibrationItem], out: str | Path, *, progress: bool = True,
+            text=None) -> dict[str, int]:  # fmt: skip
     """Record the inputs of every graph of the (fp32) bundle `runtime` serves over `items`; returns the number of
-    files per graph. The runtime's graphs record from then on: give each collection a runtime of its own."""
+    files per graph. The runtime's graphs record from then on: give each collection a runtime of its own.
+    text: phrase -> SAM 3 text features, for a rule-only bundle (see sam3_on_text)."""
     out = Path(out)
     recorder = _Recorder(out)
     for key, graph in runtime.graphs.items():
         if key != "vlm_decoder":
             recorder.wrap_graph(graph)
-    recorder.wrap_decoder(runtime.decoder)
+    if runtime.decoder is not None:
+        recorder.wrap_decoder(runtime.decoder)
     for item in tqdm(items, desc="calibration", unit="sample", disable=not progress):
+        if text is not None:
+            sam3_on_text(runtime, item, text)
+            continue
         runtime.segment(str(item.image), item.prompt, item.demos or None, route="full", max_new_tokens=MAX_NEW_TOKENS)
         runtime.segment(str(item.image), item.prompt, route="shortcut")
     return dict(recorder.counts)
+
+
+def sam3_on_text(runtime, item: CalibrationItem, text) -> tuple[np.ndarray, float]:
+    """(mask, presence) of SAM 3 on `item`'s image prompted with its text alone, the text features from `text`: how
+    a rule-only bundle (no reasoner to make concept tokens, no text encoder) is calibrated and checked."""
+    from cseg.images import load_frame
+
+    features, mask = text(item.prompt)
+    threshold = runtime.manifest["postprocess"]["instance_score_threshold"]
+    raw, semantic, _ = runtime.sam3.apply(load_frame(str(item.image)), features, mask, None, threshold, {})
+    return semantic, runtime.presence(raw)
 
 
 def feeds(folder: str | Path) -> list[dict[str, np.ndarray]]:

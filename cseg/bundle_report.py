@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cseg.bundle_files import verify_files
-from cseg.manifest import read_manifest
+from cseg.manifest import read_manifest, rule_only
 
 
 def _shape(tensor: dict) -> str:
@@ -15,20 +15,33 @@ def _shape(tensor: dict) -> str:
 def describe(bundle: str | Path, verify: bool = True) -> str:
     manifest = read_manifest(bundle)
     verify_files(bundle, manifest, hashes=verify)
-    model, generation = manifest["model"], manifest["generation"]
+    model, sam3 = manifest["model"], manifest["source"]["sam3"]
     lines = [
-        f"bundle      {bundle}",
+        f"bundle      {bundle}" + ("  RULE-ONLY: SAM 3 alone, applies rules induced on a full bundle of the same SAM 3 "
+                                   "weights" if rule_only(manifest) else ""),  # fmt: skip
         f"format      v{manifest['format_version']}, written by cseg {manifest['cseg_version']} on {manifest['created']}",
         f"target      {manifest['target']} ({manifest['precision']})",
         f"files       {len(manifest['files'])} " + ("(sha256 verified)" if verify else "(not verified)"),
-        f"ConceptSeg  {manifest['source']['conceptseg']['path']}  sha256 {manifest['source']['conceptseg']['sha256'][:16]}",
-        f"SAM 3       {manifest['source']['sam3']['path']}  sha256 {manifest['source']['sam3']['sha256'][:16]}",
-        f"model       H={model['hidden_size']} layers={model['num_layers']} Q={model['num_queries']} "
-        f"top-K={model['top_k']} VLM grid={manifest['preprocessing']['vlm']['grid_thw']} "
-        f"SAM 3 input={manifest['preprocessing']['sam3']['size']}",
-        f"generation  max_length={generation['max_length']} repetition_penalty="
-        f"{generation.get('repetition_penalty', 1.0)} eos={generation['eos_token_ids']}",
-        f"router      {manifest['router']['kind']}",
+    ]
+    if "conceptseg" in manifest["source"]:
+        lines.append(f"ConceptSeg  {manifest['source']['conceptseg']['path']}  sha256 "
+                     f"{manifest['source']['conceptseg']['sha256'][:16]}")  # fmt: skip
+    lines.append(f"SAM 3       {sam3['path']}  sha256 {sam3['sha256'][:16]}  weights id "
+                 f"{sam3.get('weights', 'none (rules stay bound to this bundle)')[:16]}")  # fmt: skip
+    if rule_only(manifest):
+        lines.append(f"model       Q={model['num_queries']} top-K={model['top_k']} "
+                     f"SAM 3 input={manifest['preprocessing']['sam3']['size']}")  # fmt: skip
+    else:
+        generation = manifest["generation"]
+        lines += [
+            f"model       H={model['hidden_size']} layers={model['num_layers']} Q={model['num_queries']} "
+            f"top-K={model['top_k']} VLM grid={manifest['preprocessing']['vlm']['grid_thw']} "
+            f"SAM 3 input={manifest['preprocessing']['sam3']['size']}",
+            f"generation  max_length={generation['max_length']} repetition_penalty="
+            f"{generation.get('repetition_penalty', 1.0)} eos={generation['eos_token_ids']}",
+            f"router      {manifest['router']['kind']}",
+        ]
+    lines += [
         "",
         f"{'graph':<14}{'backend':<13}{'precision':<10}{'MB':>9}  inputs -> outputs",
     ]
@@ -52,8 +65,9 @@ def describe(bundle: str | Path, verify: bool = True) -> str:
             cosine = min((e["cosine"] for e in row.get("gate", {}).values()), default=float("nan"))
             lines.append(f"  {key:<13} asked {row['requested']:<5} shipped {row['shipped']:<5} min cosine {cosine:.5f}")
         end = quant["end_to_end"]
+        tokens = f", token agreement {end['token_agreement']:.3f}" if "token_agreement" in end else ""
         lines.append(f"  end to end vs fp32: mask IoU min {end['mask_iou_min']:.4f}, presence |delta| max "
-                     f"{end['presence_delta_max']:.4f}, token agreement {end['token_agreement']:.3f}")  # fmt: skip
+                     f"{end['presence_delta_max']:.4f}{tokens}")  # fmt: skip
     if "target_profile" in manifest:
         device, fit = manifest["target_profile"]["device"], manifest["footprint"]
         lines += ["", f"device      {device['name']} ({device['arch']}, {device['memory_gb']:g} GB); estimated footprint "
@@ -63,8 +77,8 @@ def describe(bundle: str | Path, verify: bool = True) -> str:
         built = manifest.get("tensorrt")
         lines.append(f"engines     built with TensorRT {built['version']} for {built['gpu']} on {built['built']}" if built
                      else "engines     not built yet: run `cseg build` on the device (recipe.json, build_engines.sh)")  # fmt: skip
-    router = manifest["router"]
-    if router["kind"] == "learned":
+    router = manifest.get("router", {})
+    if router.get("kind") == "learned":
         lines += ["", f"router learned, threshold {router['threshold']:.4f}"]
         if "held_out" in router:
             held = router["held_out"]["learned"]

@@ -4,6 +4,7 @@
     cseg export --model ckpt/conceptseg-r1 --sam3 ckpt/sam3 --target cpu --out bundle/     (= cseg-export ...)
     cseg-export --model ckpt/conceptseg-r1 --sam3 ckpt/sam3 --target orin-nx --out bundle-nx/  (GPU: ONNX + recipe)
     cseg build bundle-nx/                                                    (on the device: TensorRT engines)
+    cseg-export --sam3 ckpt/sam3 --rule-only --target orin-nano --out nano/  (SAM 3 alone: applies rules, cseg watch)
     cseg inspect bundle/
     cseg segment --bundle bundle/ sample:astronaut "astronaut" --out overlay.png --json
     cseg segment --model ckpt/conceptseg-r1 --sam3 ckpt/sam3 sample:astronaut "astronaut"  (PyTorch reference)
@@ -119,16 +120,26 @@ def _export(args) -> int:
     profile, _ = resolve(args.target, args.precision)  # refuse unknown targets/precisions before loading anything
     if args.top_k < 1:
         raise InvalidInputError(f"--top-k must be at least 1, got {args.top_k}")
+    if args.rule_only == bool(args.model):
+        raise InvalidInputError("pass --model (a full bundle) or --rule-only (SAM 3 alone, applies rules induced on a "
+                                "full bundle of the same SAM 3 weights), not both or neither")  # fmt: skip
+    if args.queries is not None and not args.rule_only:
+        raise InvalidInputError("--queries is for --rule-only bundles; a full bundle reads Q from --model")
     from cseg.export.bundle import export_bundle
 
     out = export_bundle(
         args.model, args.sam3, args.out, target=args.target, precision=args.precision, top_k=args.top_k,
-        calib=args.calib, force=args.force, allow_oversize=args.allow_oversize,
+        queries=args.queries, calib=args.calib, force=args.force, allow_oversize=args.allow_oversize,
         allow_unsupported_ops=args.allow_unsupported_ops, memory_gb=args.memory_gb,
     )  # fmt: skip
+    check = (f"cseg watch --bundle {out} --device cpu --rule RULE.json FRAMES/" if args.rule_only else
+             f"cseg segment --bundle {out} --device cpu ...")  # fmt: skip
     if profile["backend"] == "tensorrt":
         print(f"next, on the device: cseg build {out}   (or by hand: sh {out}/build_engines.sh; then cseg build {out} "
-              f"--register). Check the converted graphs here: cseg segment --bundle {out} --device cpu ...")  # fmt: skip
+              f"--register). Check the converted graphs here: {check}")  # fmt: skip
+    elif args.rule_only:
+        print(f"next: induce a rule on a full bundle of the same SAM 3 weights (cseg induce --bundle FULL ... --out "
+              f"rule.json), then: cseg watch --bundle {out} --rule rule.json FRAMES/   (details: cseg inspect {out})")  # fmt: skip
     else:
         print(f"next: cseg segment --bundle {out} sample:astronaut \"astronaut\" --out overlay.png   (details: cseg inspect {out})")
     return 0
@@ -136,6 +147,7 @@ def _export(args) -> int:
 
 def _build(args) -> int:
     from cseg.engines.build import build_bundle
+    from cseg.manifest import rule_only
 
     try:
         manifest = build_bundle(args.bundle, cache=args.cache, force=args.force, register=args.register)
@@ -143,8 +155,10 @@ def _build(args) -> int:
         print(f"cseg build: error: {exc}", file=sys.stderr)
         return 3
     built = manifest["tensorrt"]
+    serve = (f"cseg watch --bundle {args.bundle} --rule RULE.json SOURCE" if rule_only(manifest)
+             else f"cseg segment --bundle {args.bundle} ...")  # fmt: skip
     print(f"engines for {built['gpu']} with TensorRT {built['version']} recorded in {args.bundle}/manifest.json; "
-          f"serve it: cseg segment --bundle {args.bundle} ...")  # fmt: skip
+          f"serve it: {serve}")  # fmt: skip
     return 0
 
 
@@ -330,8 +344,14 @@ def _fit_router_on(args, calibration) -> int:
 
 
 def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="ConceptSeg-R1 checkpoint directory (or hub id)")
+    parser.add_argument("--model", help="ConceptSeg-R1 checkpoint directory (or hub id); not with --rule-only")
     parser.add_argument("--sam3", required=True, help="SAM 3 checkpoint directory (or hub id)")
+    parser.add_argument("--rule-only", action="store_true",
+                        help="SAM 3 alone (image encoder + decoder): a bundle that applies rules induced on a full "
+                             "bundle of the same SAM 3 weights (cseg watch), e.g. an 8 GB Orin Nano per camera")
+    parser.add_argument("--queries", type=int, default=None,
+                        help="--rule-only: concept tokens per rule, the Q of the ConceptSeg-R1 that induces them "
+                             "(default 16, the published model's)")
     parser.add_argument("--out", required=True, help="bundle directory to create")
     parser.add_argument("--target", default="cpu",
                         help="cpu | orin-agx (= orin) | orin-nx | orin-nano | ada | hopper (default cpu)")

@@ -18,6 +18,11 @@ BUNDLE_FORMAT = "cseg-bundle"  # the marker that says a manifest.json (and so it
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 GRAPH_KEYS = ("vlm_vision", "vlm_decoder", "concept_head", "sam3_vision", "sam3_text", "sam3_decoder")
+# A rule-only bundle (`contents`: "rule-only") serves Runtime.apply alone: SAM 3's image encoder and its decoder with
+# concept tokens. A rule brings its phrase's text features, so SAM 3's text encoder (354M of its 840M parameters)
+# stays out, and so does everything of the VLM.
+RULE_ONLY = "rule-only"
+RULE_ONLY_GRAPH_KEYS = ("sam3_vision", "sam3_decoder")
 
 # Bounds are generous for real checkpoints (Qwen2.5-VL-72B, SAM 3) and tight enough that no value can make the
 # runtime allocate or loop without end: sizes the runtime allocates from are checked against the graphs as well.
@@ -58,7 +63,9 @@ _GRAPH = _object({
     "tolerances": {"type": "object", "additionalProperties": _number(0, 1e6)},
 }, {"data_files": {"type": "array", "items": _PATH}, "bytes": _int(0, 1 << 50)})
 _PARITY_OUTPUT = _object({"max_abs": _number(0, 1e30), "mean_abs": _number(0, 1e30), "tolerance": _number(0, 1e30)})
-_SOURCE = _object({"path": _TEXT, "sha256": _SHA256, "files": {"type": "object"}})
+# weights: the SAM 3 weights id (export/bundle.py sam3_weights_id), what a portable rule is bound to
+_SOURCE = _object({"path": _TEXT, "sha256": _SHA256, "files": {"type": "object"}}, {"weights": _SHA256})
+_SAM3_MODEL = {"num_queries": _int(1, 4096), "top_k": _int(1, 10000)}
 _MODEL = _object({
     "num_queries": _int(1, 4096),
     "hidden_size": _int(1, 65536),
@@ -72,6 +79,7 @@ _MODEL = _object({
     "vision": _object({"patch_size": _int(1, 1024), "spatial_merge_size": _int(1, 64),
                        "window_size": _int(1, 1 << 20)}, {"temporal_patch_size": _int(1, 64)}),
 })
+_SAM3_PREPROCESSING = _object({"size": _int(1, 16384)}, {"mean": _number(-1e3, 1e3), "std": _number(0, 1e3, above=True)})
 _PREPROCESSING = _object({
     "vlm": _object({
         "patch_size": _int(1, 1024), "merge_size": _int(1, 64), "temporal_patch_size": _int(1, 64),
@@ -79,7 +87,7 @@ _PREPROCESSING = _object({
         "rescale_factor": _number(0, 1e3, above=True), "mean": _RGB, "std": _RGB_STD,
         "grid_thw": {"type": "array", "items": _int(1, 16384), "minItems": 3, "maxItems": 3},
     }),
-    "sam3": _object({"size": _int(1, 16384)}, {"mean": _number(-1e3, 1e3), "std": _number(0, 1e3, above=True)}),
+    "sam3": _SAM3_PREPROCESSING,
 })
 _GENERATION = _object({
     "max_length": _int(2, 1 << 20),
@@ -106,7 +114,8 @@ _QUANTIZATION = _object({
     "precision": _TEXT,
     "calibration": _object({"sha256": _SHA256, "samples": _int(0, 1 << 30), "held_out": _int(0, 1 << 30)}),
     "graphs": {"type": "object", "additionalProperties": _object({"requested": _TEXT, "shipped": _TEXT})},
-    "end_to_end": _object({"mask_iou_min": _FRACTION, "presence_delta_max": _FRACTION, "token_agreement": _FRACTION}),
+    # token_agreement: bundles with a VLM (a rule-only bundle generates no tokens)
+    "end_to_end": _object({"mask_iou_min": _FRACTION, "presence_delta_max": _FRACTION}, {"token_agreement": _FRACTION}),
 })
 _GPU_TARGET = {  # what `cseg inspect`, `cseg build` and the TensorRT backend read from a GPU-target bundle
     "recipe": _PATH,
@@ -133,32 +142,51 @@ _GPU_TARGET = {  # what `cseg inspect`, `cseg build` and the TensorRT backend re
         "engines": {"type": "object", "additionalProperties": _object({"file": _PATH, "sha256": _SHA256})},
     }),
 }
+_COMMON = {  # what every bundle has
+    "format": {"const": BUNDLE_FORMAT},
+    "format_version": {"const": FORMAT_VERSION},
+    "cseg_version": _TEXT,
+    "created": _TEXT,
+    "target": _TEXT,
+    "precision": _TEXT,
+    "postprocess": _object({"instance_score_threshold": _FRACTION}),
+    "parity": {"type": "object", "additionalProperties": {"type": "object", "additionalProperties": _PARITY_OUTPUT}},
+    "files": {"type": "object", "minProperties": 1, "additionalProperties": _SHA256},
+}
+_FULL = _object({  # a full bundle: the reasoner and SAM 3 (no `contents`, or "full")
+    "source": _object({"conceptseg": _SOURCE, "sam3": _SOURCE}),
+    "model": _MODEL,
+    "preprocessing": _PREPROCESSING,
+    "prompt": _object({"question": _TEXT, "system": _TEXT, "chat_template": _TEXT}),
+    "generation": _GENERATION,
+    "router": _ROUTER,
+    "tokenizers": _object({"vlm": _object({"tokenizer.json": _PATH}),
+                           "sam3": _object({"tokenizer.json": _PATH}, {"tokenizer_config.json": _PATH})}),
+    "graphs": {"type": "object", "required": list(GRAPH_KEYS), "additionalProperties": _GRAPH},
+})
+_RULE_ONLY = _object({
+    "source": _object({"sam3": {**_SOURCE, "required": [*_SOURCE["required"], "weights"]}}),
+    "model": _object(_SAM3_MODEL),
+    "preprocessing": _object({"sam3": _SAM3_PREPROCESSING}),
+    "tokenizers": {"type": "object", "maxProperties": 0},
+    "graphs": {"type": "object", "required": list(RULE_ONLY_GRAPH_KEYS), "additionalProperties": False,
+               "properties": {key: _GRAPH for key in RULE_ONLY_GRAPH_KEYS}},
+})
 MANIFEST_SCHEMA = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
-    **_object({
-        "format": {"const": BUNDLE_FORMAT},
-        "format_version": {"const": FORMAT_VERSION},
-        "cseg_version": _TEXT,
-        "created": _TEXT,
-        "target": _TEXT,
-        "precision": _TEXT,
-        "source": _object({"conceptseg": _SOURCE, "sam3": _SOURCE}),
-        "model": _MODEL,
-        "preprocessing": _PREPROCESSING,
-        "prompt": _object({"question": _TEXT, "system": _TEXT, "chat_template": _TEXT}),
-        "generation": _GENERATION,
-        "router": _ROUTER,
-        "postprocess": _object({"instance_score_threshold": _FRACTION}),
-        "tokenizers": _object({"vlm": _object({"tokenizer.json": _PATH}),
-                               "sam3": _object({"tokenizer.json": _PATH}, {"tokenizer_config.json": _PATH})}),
-        "graphs": {"type": "object", "required": list(GRAPH_KEYS), "additionalProperties": _GRAPH},
-        "parity": {"type": "object",
-                   "additionalProperties": {"type": "object", "additionalProperties": _PARITY_OUTPUT}},
-        "files": {"type": "object", "minProperties": 1, "additionalProperties": _SHA256},
-    }, {"session": _SESSION, "quantization": _QUANTIZATION, **_GPU_TARGET}),
+    **_object(_COMMON, {"contents": {"enum": ["full", RULE_ONLY]}, "session": _SESSION, "quantization": _QUANTIZATION,
+                        **_GPU_TARGET}),
+    "if": {"required": ["contents"], "properties": {"contents": {"const": RULE_ONLY}}},
+    "then": _RULE_ONLY,
+    "else": _FULL,
     "dependentRequired": {"target_profile": ["footprint", "recipe"], "tensorrt": ["target_profile"],
                           "tensorrt_support": ["target_profile"]},
 }  # fmt: skip
+
+
+def rule_only(manifest: dict) -> bool:
+    """Whether the bundle serves rules alone (SAM 3's image encoder and decoder; no VLM, no text encoder)."""
+    return manifest.get("contents") == RULE_ONLY
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
@@ -219,6 +247,15 @@ def _check_sizes(manifest: dict) -> None:
         if isinstance(shape[axis], int) and shape[axis] != value:  # a named dynamic axis takes any size
             raise BundleError(f"manifest.json: {field} = {value} disagrees with graph {key}'s {name} ({shape[axis]})")
 
+    size = manifest["preprocessing"]["sam3"]["size"]
+    for field, value, key, name, axis in (
+        ("model.top_k", model["top_k"], "sam3_decoder", "instance_scores", 1),
+        ("preprocessing.sam3.size", size, "sam3_vision", "pixel_values", 2),
+        ("preprocessing.sam3.size", size, "sam3_vision", "pixel_values", 3),
+    ):  # fmt: skip
+        agree(field, value, key, name, axis)
+    if rule_only(manifest):
+        return
     layers = model["num_layers"]
     kv = {f"{io}_{kind}_{i}" for io in ("past", "new") for kind in ("key", "value") for i in range(layers)}
     declared = {n for n in tensors["vlm_decoder"] if n.startswith(("past_", "new_"))}
@@ -234,9 +271,6 @@ def _check_sizes(manifest: dict) -> None:
         ("model.hidden_size", model["hidden_size"], "concept_head", "hidden_states", 2),
         ("model.num_queries", model["num_queries"], "concept_head", "concept_tokens", 1),
         ("model.sam3_text_length", model["sam3_text_length"], "sam3_text", "input_ids", 1),
-        ("model.top_k", model["top_k"], "sam3_decoder", "instance_scores", 1),
-        ("preprocessing.sam3.size", manifest["preprocessing"]["sam3"]["size"], "sam3_vision", "pixel_values", 2),
-        ("preprocessing.sam3.size", manifest["preprocessing"]["sam3"]["size"], "sam3_vision", "pixel_values", 3),
         ("preprocessing.vlm patch volume", 3 * vlm["temporal_patch_size"] * vlm["patch_size"] ** 2, "vlm_vision",
          "pixel_values", 1),
     ):  # fmt: skip

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from cseg.engines.targets import AUTO_ORDER, GRAPH_ORDER
 from cseg.errors import CheckpointError, InvalidInputError
+from cseg.manifest import RULE_ONLY_GRAPH_KEYS
 
 RUNTIME_GB = 1.2
 HOST_GB = 0.5
@@ -82,6 +83,13 @@ def kv_dims(config: dict) -> dict[str, int]:
         "kv_heads": text["num_key_value_heads"],
         "head_dim": text.get("head_dim") or text["hidden_size"] // text["num_attention_heads"],
     }
+
+
+def rule_only_inventory(sam3: dict[str, list[int]]) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
+    """(inventory, kv_dims) of a rule-only bundle: SAM 3's image encoder and decoder (a rule brings its text
+    features, so the text encoder stays out), and no KV cache (no LLM)."""
+    counts = inventory({}, sam3)
+    return {key: counts[key] for key in RULE_ONLY_GRAPH_KEYS}, {"layers": 0, "kv_heads": 0, "head_dim": 0}
 
 
 def checkpoint_inventory(model_dir: str | Path, sam3_dir: str | Path) -> tuple[dict, dict]:
@@ -161,8 +169,9 @@ def _parts(footprint: dict) -> str:
     graphs = footprint["graphs_gb"]
     largest = max(graphs, key=graphs.get)
     parts = footprint["parts_gb"]
-    return (f"weights {parts['weights']:.1f} GB of which {largest} {graphs[largest]:.1f}, KV cache "
-            f"{parts['kv_cache']:.2f}, workspace {parts['workspace']:.1f}, runtime {parts['runtime'] + parts['host']:.1f}")  # fmt: skip
+    kv = f", KV cache {parts['kv_cache']:.2f}" if parts["kv_cache"] else ""
+    return (f"weights {parts['weights']:.1f} GB of which {largest} {graphs[largest]:.1f}{kv}, workspace "
+            f"{parts['workspace']:.1f}, runtime {parts['runtime'] + parts['host']:.1f}")  # fmt: skip
 
 
 def describe(footprint: dict) -> str:

@@ -9,6 +9,7 @@ Profiles come from the target's shape table and the manifest's dynamic axes:
   run is captured once as a CUDA graph and replayed per token;
 - concept_head: 1 .. total_tokens generated states;
 - sam3_decoder: 0 (shortcut) .. Q (full path) concept tokens; the others are static.
+A rule-only bundle (SAM 3's image encoder and decoder) has only the last.
 """
 
 from __future__ import annotations
@@ -24,17 +25,21 @@ TIMING_CACHE = "engines/timing.cache"
 
 def _axes(manifest: dict) -> dict[str, dict[str, dict[str, int]]]:
     """Per graph and profile: axis name -> {"min", "opt", "max"}."""
+
+    def span(low, opt, high):
+        return {"min": low, "opt": opt, "max": high}
+
+    queries = manifest["model"]["num_queries"]
+    sam3 = {"sam3_decoder": {"default": {"concepts": span(0, queries, queries)}}}
+    if "vlm" not in manifest["preprocessing"]:  # a rule-only bundle: SAM 3 alone
+        return sam3
     shapes = manifest["target_profile"]["shapes"]
     images, prompt, total = shapes["images"], shapes["prompt_tokens"], shapes["total_tokens"]
     t, h, w = manifest["preprocessing"]["vlm"]["grid_thw"]
     patches = t * h * w
     merged = patches // manifest["preprocessing"]["vlm"]["merge_size"] ** 2
-    queries = manifest["model"]["num_queries"]
-
-    def span(low, opt, high):
-        return {"min": low, "opt": opt, "max": high}
-
     return {
+        **sam3,
         "vlm_vision": {"default": {"patches": span(*(n * patches for n in images.values())),
                                    "merged": span(*(n * merged for n in images.values()))}},
         "vlm_decoder": {
@@ -44,7 +49,6 @@ def _axes(manifest: dict) -> dict[str, dict[str, dict[str, int]]]:
                        "total": span(total + 1, total + 1, total + 1), "image_tokens": span(1, 1, 1)},
         },
         "concept_head": {"default": {"tokens": span(1, 64, total)}},
-        "sam3_decoder": {"default": {"concepts": span(0, queries, queries)}},
     }  # fmt: skip
 
 

@@ -17,11 +17,12 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import torch
 from PIL import Image
 from tqdm import tqdm
 
 import cseg
-from cseg.engines.footprint import checkpoint_inventory, choose, describe
+from cseg.engines.footprint import checkpoint_inventory, choose, describe, rule_only_inventory, safetensors_shapes
 from cseg.engines.recipe import RECIPE_NAME, write_recipe
 from cseg.engines.targets import canonical, with_memory
 from cseg.engines.targets import resolve as resolve_target
@@ -30,16 +31,19 @@ from cseg.calib.bundle_quantization import quantize_bundle
 from cseg.errors import BundleError, InvalidInputError
 from cseg.export.destination import check_destination, remove_stale, replace, staging_dir
 from cseg.export.graphs import GRAPHS
+from cseg.export.checkpoint_sizes import QWEN_FULL
 from cseg.export.graphs.sam3_text import TEXT_LENGTH
 from cseg.export.loading import load_conceptseg, load_sam3, resolve_checkpoint_dir
 from cseg.export.onnx_export import export_graph
 from cseg.export.parity import check_parity
-from cseg.export.reference import INSTANCE_SCORE_THRESHOLD, RESEARCH_MAX_LENGTH
+from cseg.export.reference import INSTANCE_SCORE_THRESHOLD, RESEARCH_MAX_LENGTH, sam3_text_features
 from cseg.images import SAM3_MEAN, SAM3_STD, VLM_SIDE
-from cseg.manifest import BUNDLE_FORMAT, FORMAT_VERSION, MANIFEST_NAME, file_sha256, hash_files, validate_manifest
+from cseg.manifest import (BUNDLE_FORMAT, FORMAT_VERSION, GRAPH_KEYS, MANIFEST_NAME, RULE_ONLY, RULE_ONLY_GRAPH_KEYS,
+                           file_sha256, hash_files, validate_manifest)  # fmt: skip
 from cseg.prompting import template
 
 DEFAULT_TOP_K = 20
+RULE_QUERIES = QWEN_FULL["num_of_query"]  # Q of the published ConceptSeg-R1: what a rule-only bundle takes by default
 SOURCE_FILES = ("config.json", "*.safetensors", "model.safetensors.index.json")
 VLM_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "preprocessor_config.json")
 SAM3_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -53,6 +57,7 @@ def export_bundle(
     target: str = "cpu",
     precision: str | None = None,
     top_k: int = DEFAULT_TOP_K,
+    queries: int | None = None,
     calib: str | Path | None = None,
     force: bool = False,
     allow_oversize: bool = False,
@@ -63,6 +68,9 @@ def export_bundle(
 ) -> Path:
     """Export both checkpoints into the bundle directory `out`; returns its path.
 
+    model_dir None exports a rule-only bundle: SAM 3's image encoder and decoder alone, which serves Runtime.apply /
+    stream with rules induced on a full bundle of the same SAM 3 weights; `queries` is the number of concept tokens
+    of those rules (default: the published ConceptSeg-R1's). A full bundle reads Q from its checkpoint.
     A precision other than fp32 quantizes the graphs its policy names, calibrated on `calib` (a calibration folder,
     see cseg.calib.calibration_set; default: photographs that ship with scikit-image). A GPU target (orin-*, ada,
     hopper) first checks that the bundle fits the device (`memory_gb`: a smaller module of that target), converts
@@ -71,17 +79,20 @@ def export_bundle(
     """
     profile, precision = resolve_target(target, precision)
     profile, target = with_memory(profile, memory_gb), canonical(target)
+    keys = GRAPH_KEYS if model_dir is not None else RULE_ONLY_GRAPH_KEYS
+    queries = _queries(model_dir, queries, profile, precision)
     out = Path(out)
-    destination = check_destination(out, force, (model_dir, sam3_dir))
+    destination = check_destination(out, force, (sam3_dir,) if model_dir is None else (model_dir, sam3_dir))
     footprint = None
     if profile["backend"] == "tensorrt":
         # from the safetensors headers, before loading anything: a bundle that cannot fit is refused in seconds
-        counts, kv = checkpoint_inventory(resolve_checkpoint_dir(model_dir, "ConceptSeg-R1"),
-                                          resolve_checkpoint_dir(sam3_dir, "SAM 3"))  # fmt: skip
+        sam3_path = resolve_checkpoint_dir(sam3_dir, "SAM 3")
+        counts, kv = (rule_only_inventory(safetensors_shapes(sam3_path)) if model_dir is None else
+                      checkpoint_inventory(resolve_checkpoint_dir(model_dir, "ConceptSeg-R1"), sam3_path))  # fmt: skip
         precision, footprint = choose(counts, kv, target, profile, precision, allow_oversize, report)
         report(f"target {target} ({profile['device']['name']}, {profile['device']['memory_gb']:g} GB), precision "
                f"{precision}: {describe(footprint)}")  # fmt: skip
-    policy = profile["policies"][precision]
+    policy = {key: value for key, value in profile["policies"][precision].items() if key in keys}
     remove_stale(destination)
     staging = staging_dir(destination, "partial")
     try:
@@ -91,9 +102,11 @@ def export_bundle(
     start = time.perf_counter()
     try:
         with _calibration_set(calib) if policy else contextlib.nullcontext() as calibration:
-            manifest = _export_into(staging, model_dir, sam3_dir, target, profile, precision, top_k, report, progress)
+            manifest, text = _export_into(staging, model_dir, sam3_dir, target, profile, precision,
+                                          {"top_k": top_k, "queries": queries}, report, progress)  # fmt: skip
             if policy:
-                manifest = quantize_bundle(staging, manifest, profile, precision, calibration, report, progress)
+                manifest = quantize_bundle(staging, manifest, profile, precision, calibration, report, progress,
+                                           text=text)  # fmt: skip
         if footprint is not None:
             manifest = _for_tensorrt(staging, manifest, target, profile, footprint, allow_unsupported_ops, report)
         if policy or footprint is not None:
@@ -110,14 +123,53 @@ def export_bundle(
     return out
 
 
-def _export_into(staging, model_dir, sam3_dir, target, profile, precision, top_k, report, progress) -> dict:
+def _queries(model_dir, queries: int | None, profile: dict, precision: str) -> int | None:
+    """Q for a rule-only bundle (refusing precisions that would change none of its graphs); None for a full one."""
+    if model_dir is not None:
+        if queries is not None:
+            raise InvalidInputError("the number of concept tokens comes from the ConceptSeg-R1 checkpoint; pass "
+                                    "queries only for a rule-only bundle")  # fmt: skip
+        return None
+    changed = {profile["policies"][precision].get(key) for key in RULE_ONLY_GRAPH_KEYS}
+    if precision not in changed | {"auto", profile["base_precision"]}:
+        raise InvalidInputError(f"precision {precision} quantizes only the VLM, which a rule-only bundle does not "
+                                "hold; choose " + " or ".join(sorted(changed - {None})) + " (or leave it out)")  # fmt: skip
+    queries = RULE_QUERIES if queries is None else queries
+    if type(queries) is not int or not 1 <= queries <= 4096:
+        raise InvalidInputError(f"queries (the concept tokens of a rule) must be an integer from 1 to 4096, got {queries!r}")
+    return queries
+
+
+def sam3_weights_id(model) -> str:
+    """The identity of SAM 3's weights, which a rule's concept tokens are bound to: sha256 over every parameter of
+    the loaded model in name order (name, dtype, shape, bytes). Taken from the model, not the files, so the same
+    weights give the same id whatever the file layout (one safetensors file, shards, or another published layout
+    that loads into the same Sam3Model). Its cost is one sha256 pass over the weights in memory, once per export."""
+    digest = hashlib.sha256()
+    for name, parameter in sorted(model.named_parameters()):
+        tensor = parameter.detach().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{list(tensor.shape)}\n".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().data)
+    return digest.hexdigest()
+
+
+def _export_into(staging, model_dir, sam3_dir, target, profile, precision, settings, report, progress):
+    """Export, check and write the graphs; returns the manifest and, for a rule-only bundle, a phrase -> SAM 3 text
+    features function (its calibration prompts SAM 3 with text alone: it has no reasoner, nor a text encoder)."""
     report("loading checkpoints")
-    vlm = load_conceptseg(model_dir)
+    vlm = load_conceptseg(model_dir) if model_dir is not None else None
     sam3 = load_sam3(sam3_dir, attn_implementation="eager")  # the dynamo exporter fails on SAM 3's sdpa path
-    grid = vlm.image_processor(images=[Image.new("RGB", (VLM_SIDE, VLM_SIDE))])["image_grid_thw"][0].tolist()
-    settings = {"top_k": top_k, "vlm_grid": grid}
+    began = time.perf_counter()
+    weights = sam3_weights_id(sam3.model)
+    report(f"  SAM 3 weights id {weights[:16]} ({time.perf_counter() - began:.1f} s): rules from bundles with this id apply")
+    if vlm is not None:
+        image = Image.new("RGB", (VLM_SIDE, VLM_SIDE))
+        settings = {**settings, "queries": vlm.num_queries,
+                    "vlm_grid": vlm.image_processor(images=[image])["image_grid_thw"][0].tolist()}  # fmt: skip
+    keys = GRAPH_KEYS if vlm is not None else RULE_ONLY_GRAPH_KEYS
     graphs, parity = {}, {}
-    stages = tqdm(GRAPHS.items(), desc="export", unit="graph", disable=not progress, leave=False)
+    builders = [(key, build) for key, build in GRAPHS.items() if key in keys]
+    stages = tqdm(builders, desc="export", unit="graph", disable=not progress, leave=False)
     for key, build in stages:
         stages.set_postfix_str(key)
         began = time.perf_counter()
@@ -141,38 +193,66 @@ def _export_into(staging, model_dir, sam3_dir, target, profile, precision, top_k
             f"  {key:<13} exported in {exported:5.1f} s, {size:8.1f} MB, parity ok "
             f"(worst max-abs {worst['max_abs']:.2e} <= {worst['tolerance']:.1e})"
         )
-    tokenizers = {
-        "vlm": _copy_files(vlm.path, VLM_TOKENIZER_FILES, staging / "tokenizers" / "vlm"),
-        "sam3": _copy_files(sam3.path, SAM3_TOKENIZER_FILES, staging / "tokenizers" / "sam3"),
-    }
     manifest = {
         "format": BUNDLE_FORMAT,
         "format_version": FORMAT_VERSION,
         "cseg_version": cseg.__version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "contents": "full" if vlm is not None else RULE_ONLY,
         "target": target,
         "precision": precision,
         "session": profile.get("session", {}),
-        "source": {"conceptseg": _source(vlm.path), "sam3": _source(sam3.path)},
-        "model": _model_section(vlm, sam3, settings),
-        "preprocessing": _preprocessing(vlm, sam3, grid),
-        "prompt": template(),
-        "generation": _generation(vlm),
-        "router": {"kind": "heuristic", "max_words": 4, "limit": "0.1 * 2 ** (words - 1)", "accept": "presence > limit"},
+        "source": {"sam3": {**_source(sam3.path), "weights": weights}},
+        "model": {"num_queries": settings["queries"],
+                  "top_k": min(settings["top_k"], sam3.model.config.detr_decoder_config.num_queries),
+                  "sam3_queries": sam3.model.config.detr_decoder_config.num_queries},  # fmt: skip
+        "preprocessing": {"sam3": {"size": sam3.image_size, "mean": SAM3_MEAN, "std": SAM3_STD,
+                                   "resample": "bilinear, antialiased, rounded to uint8 (torchvision v2 Resize)"}},
         "postprocess": {
             "mask_logit_threshold": 0.0,
             "upsample": "bilinear, align_corners=False, to the input image size",
             "instance_score_threshold": INSTANCE_SCORE_THRESHOLD,
             "instance_mask_logit_threshold": 0.0,
         },
-        "tokenizers": tokenizers,
+        "tokenizers": {},
         "graphs": graphs,
         "parity": {k: {o: {m: v[m] for m in ("max_abs", "mean_abs", "tolerance", "scale")} for o, v in p.items()}
                    for k, p in parity.items()},  # fmt: skip
     }
+    text = None
+    if vlm is not None:
+        _add_reasoner(manifest, staging, vlm, sam3, settings)
+    else:
+        text = _text_features(sam3)
     manifest["files"] = hash_files(staging)
     validate_manifest(manifest)
-    return manifest
+    return manifest, text
+
+
+def _add_reasoner(manifest: dict, staging: Path, vlm, sam3, settings: dict) -> None:
+    """What a full bundle holds beyond a rule-only one: the VLM's and SAM 3's tokenizers and settings."""
+    manifest["source"]["conceptseg"] = _source(vlm.path)
+    manifest["model"] = {**_model_section(vlm), **manifest["model"]}
+    manifest["preprocessing"]["vlm"] = _vlm_preprocessing(vlm, settings["vlm_grid"])
+    manifest["prompt"] = template()
+    manifest["generation"] = _generation(vlm)
+    manifest["router"] = {"kind": "heuristic", "max_words": 4, "limit": "0.1 * 2 ** (words - 1)",
+                          "accept": "presence > limit"}  # fmt: skip
+    manifest["tokenizers"] = {
+        "vlm": _copy_files(vlm.path, VLM_TOKENIZER_FILES, staging / "tokenizers" / "vlm"),
+        "sam3": _copy_files(sam3.path, SAM3_TOKENIZER_FILES, staging / "tokenizers" / "sam3"),
+    }
+
+
+def _text_features(sam3) -> Callable[[str], tuple]:
+    """phrase -> SAM 3 text features [1, 32, 256] float32 and mask [1, 32] int64, from the PyTorch text encoder."""
+
+    def features(phrase: str):
+        with torch.inference_mode():
+            values, mask = sam3_text_features(sam3, phrase)
+        return values.numpy().astype("float32"), mask.numpy().astype("int64")
+
+    return features
 
 
 def _for_tensorrt(staging: Path, manifest: dict, target: str, profile: dict, footprint: dict, allow_unsupported: bool,
@@ -221,11 +301,10 @@ def _source(path: Path) -> dict:
     return {"path": str(path.resolve()), "sha256": combined, "files": files}
 
 
-def _model_section(vlm, sam3, settings) -> dict:
+def _model_section(vlm) -> dict:
     config = vlm.model.config
     text, vision = config.text_config, config.vision_config
     return {
-        "num_queries": vlm.num_queries,
         "hidden_size": text.hidden_size,
         "num_layers": text.num_hidden_layers,
         "num_kv_heads": text.num_key_value_heads,
@@ -244,32 +323,26 @@ def _model_section(vlm, sam3, settings) -> dict:
             "tokens_per_second": vision.tokens_per_second,
             "out_hidden_size": vision.out_hidden_size,
         },
-        "top_k": min(settings["top_k"], sam3.model.config.detr_decoder_config.num_queries),
-        "sam3_queries": sam3.model.config.detr_decoder_config.num_queries,
         "sam3_text_length": TEXT_LENGTH,
     }
 
 
-def _preprocessing(vlm, sam3, grid) -> dict:
+def _vlm_preprocessing(vlm, grid) -> dict:
     processor = vlm.image_processor
     return {
-        "vlm": {
-            "square_side": VLM_SIDE,
-            "square_resample": "bicubic",
-            "grid_thw": grid,
-            "resized": [grid[1] * processor.patch_size, grid[2] * processor.patch_size],
-            "resample": "bicubic",
-            "min_pixels": processor.size["shortest_edge"],
-            "max_pixels": processor.size["longest_edge"],
-            "rescale_factor": processor.rescale_factor,
-            "mean": list(processor.image_mean),
-            "std": list(processor.image_std),
-            "patch_size": processor.patch_size,
-            "temporal_patch_size": processor.temporal_patch_size,
-            "merge_size": processor.merge_size,
-        },
-        "sam3": {"size": sam3.image_size, "resample": "bilinear, antialiased, rounded to uint8 (torchvision v2 Resize)",
-                 "mean": SAM3_MEAN, "std": SAM3_STD},
+        "square_side": VLM_SIDE,
+        "square_resample": "bicubic",
+        "grid_thw": grid,
+        "resized": [grid[1] * processor.patch_size, grid[2] * processor.patch_size],
+        "resample": "bicubic",
+        "min_pixels": processor.size["shortest_edge"],
+        "max_pixels": processor.size["longest_edge"],
+        "rescale_factor": processor.rescale_factor,
+        "mean": list(processor.image_mean),
+        "std": list(processor.image_std),
+        "patch_size": processor.patch_size,
+        "temporal_patch_size": processor.temporal_patch_size,
+        "merge_size": processor.merge_size,
     }
 
 

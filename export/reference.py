@@ -137,13 +137,7 @@ class ReferencePipeline:
         return self.sam3.model.get_vision_features(pixel_values=pixels)
 
     def sam3_text(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """SAM 3 text features [1, 32, 256] and attention mask [1, 32] (1 = token) for a phrase."""
-        tokens = self.sam3.tokenizer(
-            [text], padding="max_length", max_length=SAM3_TEXT_LENGTH, truncation=True, return_tensors="pt",
-            split_special_tokens=True,  # a phrase is user or generated text: its <|endoftext|> is not the real one
-        )
-        out = self.sam3.model.get_text_features(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
-        return out.pooler_output, tokens.attention_mask
+        return sam3_text_features(self.sam3, text)
 
     def sam3_decode(self, vision, text_features, text_mask, concept_tokens=None) -> Sam3Result:
         features, mask = sam3_prompt(text_features, text_mask, concept_tokens)
@@ -238,3 +232,13 @@ class ReferencePipeline:
             use_cache=False,
         )
         return out.hidden_states[-1][:, prompt_length:]
+
+
+def sam3_text_features(sam3: Sam3Checkpoint, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAM 3 text features [1, 32, 256] and attention mask [1, 32] (1 = token) for a phrase."""
+    tokens = sam3.tokenizer(
+        [text], padding="max_length", max_length=SAM3_TEXT_LENGTH, truncation=True, return_tensors="pt",
+        split_special_tokens=True,  # a phrase is user or generated text: its <|endoftext|> is not the real one
+    )
+    out = sam3.model.get_text_features(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
+    return out.pooler_output, tokens.attention_mask

@@ -2,8 +2,13 @@
 SAM 3 alone.
 
 A `Rule` keeps what a frame needs from the reasoning: the answer phrase with its SAM 3 text features, the concept
-tokens, and the induced rule text for people. It is bound to the bundle that made it (a hash of the bundle's
-files): concept tokens are only meaningful to the SAM 3 weights they were made for.
+tokens, and the induced rule text for people. Concept tokens and text features are only meaningful to the SAM 3
+weights they were made for, so a rule is bound to those weights (the SAM 3 weights id a bundle's manifest records),
+not to one bundle: induced on a full bundle of any target or precision, it applies on every bundle exported from
+the same SAM 3 weights, rule-only bundles (an 8 GB Jetson per camera) included, and is refused on any other.
+It also records its number of concept tokens Q and their dtype, checked against the applying bundle's decoder.
+Rules of format 1 (before portable rules) and rules from bundles without a weights id stay bound to the one bundle
+that induced them (a hash of its graph files).
 Saved as JSON + npz (no pickle); the JSON records the npz's sha256. Loading checks everything a hand-edited or
 hostile file could get wrong before any array reaches a graph.
 """
@@ -16,6 +21,7 @@ import io
 import json
 import math
 import os
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +32,7 @@ import cseg
 from cseg.errors import BundleError, InvalidInputError
 from cseg.files import read_bytes, read_json
 
-RULE_FORMAT = 1
+RULE_FORMAT = 2  # 2: bound to the SAM 3 weights (sam3_weights, num_queries, concept_dtype); 1: to one bundle
 MAX_RULE_BYTES = 4 << 20  # the JSON: the texts of one completion (max_length tokens at most) and its token ids
 MAX_ARRAYS_BYTES = 16 << 20  # the npz, uncompressed: [1, Q, 256] and [1, 32, 256] floats are kilobytes
 # The arrays and their dtype and rank; their shapes are checked against the bundle's sam3_decoder inputs at apply.
@@ -65,6 +71,7 @@ class Rule:
     text_features: np.ndarray  # [1, 32, 256] float32: SAM 3 text encoder on `answer`
     text_mask: np.ndarray  # [1, 32] int64
     bundle: str  # bundle_id() of the bundle that induced it
+    sam3_weights: str | None = None  # the SAM 3 weights id of that bundle; None: bound to that bundle alone
     token_ids: tuple[int, ...] = ()
     created: str = field(default_factory=lambda: datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
 
@@ -81,6 +88,9 @@ class Rule:
             "cseg_version": cseg.__version__,
             "created": self.created,
             "bundle": self.bundle,
+            "sam3_weights": self.sam3_weights,
+            "num_queries": int(self.concept_tokens.shape[1]),
+            "concept_dtype": self.concept_tokens.dtype.name,
             "question": self.question,
             "answer": self.answer,
             "rule": self.rule,
@@ -107,28 +117,52 @@ class Rule:
             raise InvalidInputError(f"rule {path}: {arrays.name} does not match its sha256 (changed or corrupt)")
         values = _read_arrays(blob, f"rule {path}: {arrays.name}")
         _check_arrays(values, f"rule {path}")
+        concept = values["concept_tokens"]
+        if meta["format"] >= 2 and [meta["num_queries"], meta["concept_dtype"]] != [concept.shape[1], concept.dtype.name]:
+            raise InvalidInputError(f"rule {path} says {meta['num_queries']} concept tokens of {meta['concept_dtype']}, "
+                                    f"its arrays hold {concept.shape[1]} of {concept.dtype}")  # fmt: skip
         return cls(
             question=meta["question"], answer=meta["answer"], rule=meta["rule"], think=meta["think"],
-            text=meta["text"], bundle=meta["bundle"], token_ids=tuple(meta["token_ids"]), created=meta["created"],
-            **values,
+            text=meta["text"], bundle=meta["bundle"], sam3_weights=meta.get("sam3_weights"),
+            token_ids=tuple(meta["token_ids"]), created=meta["created"], **values,
         )  # fmt: skip
 
     def check_bundle(self, manifest: dict) -> None:
-        """Refuse a rule of another bundle (BundleError) or whose arrays this bundle's model cannot take."""
-        if self.bundle != bundle_id(manifest):
+        """Refuse (BundleError) a rule made for other SAM 3 weights, or whose arrays this bundle's model cannot take."""
+        weights = manifest["source"]["sam3"].get("weights")
+        if self.sam3_weights is None:  # a format-1 rule, or one induced on a bundle without a weights id
+            if self.bundle != bundle_id(manifest):
+                raise BundleError(
+                    "this rule is bound to the bundle that induced it (it records no SAM 3 weights id: a rule file "
+                    "from before portable rules, or from a bundle exported before them) and this is another bundle; "
+                    "induce it again on a full bundle exported by this cseg, whose rules apply on every bundle of the "
+                    "same SAM 3 weights: Runtime.induce(demos, question) or cseg induce"
+                )
+        elif self.sam3_weights != weights:
+            have = f"SAM 3 weights {weights[:16]}" if weights else "no SAM 3 weights id (exported before portable rules)"
             raise BundleError(
-                "this rule was induced with another bundle (its concept tokens belong to other weights or graphs); "
-                "induce it again with this bundle: Runtime.induce(demos, question)"
+                f"this rule was induced for SAM 3 weights {self.sam3_weights[:16]}, but this bundle holds {have} "
+                f"(from {manifest['source']['sam3']['path']}): its concept tokens mean nothing to other weights. Apply "
+                "it on a bundle exported from the same SAM 3 checkpoint, or induce it again on a full bundle of "
+                "these weights"
             )
         arrays = self._arrays()
         _check_arrays(arrays, "rule")  # a Rule can also be built by hand
-        declared = {t["name"]: t["shape"] for t in manifest["graphs"]["sam3_decoder"]["inputs"]}
+        declared = {t["name"]: t for t in manifest["graphs"]["sam3_decoder"]["inputs"]}
         queries = manifest["model"]["num_queries"]
+        if self.concept_tokens.shape[1] != queries:
+            raise InvalidInputError(
+                f"rule: {self.concept_tokens.shape[1]} concept tokens; this bundle's model takes {queries} (the Q of "
+                f"its ConceptSeg-R1; for a rule-only bundle, export it with --queries {self.concept_tokens.shape[1]})"
+            )
         for name, value in arrays.items():
             if name not in declared:  # an exporter may prune an input the graph does not use; it is not fed then
                 continue
+            if value.dtype.name != declared[name]["dtype"]:
+                raise BundleError(f"rule: {name} is {value.dtype}; this bundle's sam3_decoder takes "
+                                  f"{declared[name]['dtype']}")  # fmt: skip
             # the one dynamic axis of these inputs is the number of concept tokens: Q on the rule path
-            want = [queries if isinstance(d, str) else d for d in declared[name]]
+            want = [queries if isinstance(d, str) else d for d in declared[name]["shape"]]
             if list(value.shape) != want:
                 raise InvalidInputError(f"rule: {name} has shape {list(value.shape)}; this bundle's model takes {want}")
 
@@ -137,11 +171,17 @@ class Rule:
 
 
 def _check_meta(meta, path: Path) -> None:
-    if not isinstance(meta, dict) or type(meta.get("format")) is not int or meta["format"] != RULE_FORMAT:
-        raise InvalidInputError(f"rule {path} is not a cseg rule file of format {RULE_FORMAT}")
+    if not isinstance(meta, dict) or type(meta.get("format")) is not int or meta["format"] not in (1, RULE_FORMAT):
+        raise InvalidInputError(f"rule {path} is not a cseg rule file of format 1 or {RULE_FORMAT}")
     for key in _TEXTS:
         if not isinstance(meta.get(key), str):
             raise InvalidInputError(f"rule {path}: {key!r} is missing or not a string")
+    if meta["format"] >= 2:
+        weights = meta.get("sam3_weights")
+        if not (weights is None or isinstance(weights, str) and re.fullmatch("[0-9a-f]{64}", weights)):
+            raise InvalidInputError(f"rule {path}: 'sam3_weights' must be a sha256 (hex) or null")
+        if type(meta.get("num_queries")) is not int or not isinstance(meta.get("concept_dtype"), str):
+            raise InvalidInputError(f"rule {path}: 'num_queries' (integer) or 'concept_dtype' (string) is missing")
     ids = meta.get("token_ids")
     if not isinstance(ids, list) or not all(type(i) is int and i >= 0 for i in ids):
         raise InvalidInputError(f"rule {path}: 'token_ids' must be a list of non-negative integers")

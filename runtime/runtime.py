@@ -25,7 +25,7 @@ from cseg import pipeline, prompting
 from cseg.bundle_files import verify_files
 from cseg.errors import BundleError, InvalidInputError
 from cseg.images import Episode, Frame, check_demos, load_frame, render_demonstrations, vlm_image
-from cseg.manifest import read_manifest
+from cseg.manifest import read_manifest, rule_only
 from cseg.pipeline import Reasoning, timed
 from cseg.runtime.generation import Decoder, Prefilled, kv_dtype
 from cseg.runtime.graphs import OrtGraph, check_session, session_options
@@ -63,18 +63,20 @@ class Runtime:
         self.manifest = manifest
         self.graphs = graphs
         self.model = manifest["model"]
-        tokenizers = manifest["tokenizers"]
-        self.chat = ChatTokenizer(bundle / tokenizers["vlm"]["tokenizer.json"])
-        image_token = self.model["image_token_id"]
-        if self.chat.tokenizer.token_to_id(IMAGE_PAD) != image_token:
-            raise BundleError(f"the VLM tokenizer's {IMAGE_PAD} is not model.image_token_id {image_token}: the "
-                              "bundle's tokenizer and model do not belong together")  # fmt: skip
-        clip = tokenizers["sam3"]
-        config = bundle / clip["tokenizer_config.json"] if "tokenizer_config.json" in clip else None
-        self.sam3_tokenizer = Sam3Tokenizer(bundle / clip["tokenizer.json"], config, self.model["sam3_text_length"])
-        if decoder is None:
-            decoder = Decoder(graphs["vlm_decoder"], self.model, manifest["generation"], kv_dtype(manifest))
-        self.decoder = decoder
+        self.rule_only = rule_only(manifest)
+        self.chat = self.sam3_tokenizer = self.decoder = None  # a rule-only bundle has neither reasoner nor text encoder
+        if not self.rule_only:
+            tokenizers = manifest["tokenizers"]
+            self.chat = ChatTokenizer(bundle / tokenizers["vlm"]["tokenizer.json"])
+            image_token = self.model["image_token_id"]
+            if self.chat.tokenizer.token_to_id(IMAGE_PAD) != image_token:
+                raise BundleError(f"the VLM tokenizer's {IMAGE_PAD} is not model.image_token_id {image_token}: the "
+                                  "bundle's tokenizer and model do not belong together")  # fmt: skip
+            clip = tokenizers["sam3"]
+            config = bundle / clip["tokenizer_config.json"] if "tokenizer_config.json" in clip else None
+            self.sam3_tokenizer = Sam3Tokenizer(bundle / clip["tokenizer.json"], config, self.model["sam3_text_length"])
+            self.decoder = decoder or Decoder(graphs["vlm_decoder"], self.model, manifest["generation"],
+                                              kv_dtype(manifest))  # fmt: skip
         self.backend = "tensorrt" if request_lock is not None else "onnxruntime"
         # TensorRT: one set of device buffers and one KV cache, so requests take turns; ONNX Runtime runs them together
         self._requests = request_lock or contextlib.nullcontext()
@@ -83,6 +85,15 @@ class Runtime:
         self._text_cache: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._text_lock = threading.Lock()
         self._router = Router(graphs["router"], manifest["router"]) if "router" in graphs else None
+
+    def _needs_reasoner(self, call: str) -> None:
+        if self.rule_only:
+            raise BundleError(
+                f"{self.bundle} is a rule-only bundle (SAM 3 alone): it applies rules (apply, stream, cseg watch) but "
+                f"cannot {call}. Induce the rule on a full bundle of the same SAM 3 weights (Runtime.induce, or cseg "
+                "induce --bundle FULL_BUNDLE ... --out rule.json), then copy the rule file and its .npz here and "
+                "apply it (Rule.load, Runtime.apply / cseg watch --rule rule.json)"
+            )
 
     @classmethod
     def open(cls, bundle, device: str = "auto", *, verify: bool = True, session: dict | None = None) -> "Runtime":
@@ -132,6 +143,7 @@ class Runtime:
         demos: up to 4 (image, boxes) demonstrations; route: "auto" (Shortcut Router), "shortcut" or "full";
         mask_size: (height, width) to make the masks at instead of the image's size (see pipeline.segment_many).
         """
+        self._needs_reasoner("segment from a prompt")
         with self._requests:
             return pipeline.segment(self, image, prompt, demos, route=route, max_new_tokens=max_new_tokens, bgr=bgr,
                                     mask_size=mask_size)  # fmt: skip
@@ -139,6 +151,7 @@ class Runtime:
     def segment_many(self, image, prompts, demos=None, *, route: str = "auto", max_new_tokens: int | None = None,
                      bgr: bool = False) -> list[Segmentation]:  # fmt: skip
         """Several concepts on one image with one image-encoder pass (and one VLM vision pass)."""
+        self._needs_reasoner("segment from a prompt")
         with self._requests:
             return pipeline.segment_many(self, image, prompts, demos, route=route, max_new_tokens=max_new_tokens,
                                          bgr=bgr)  # fmt: skip
@@ -150,6 +163,7 @@ class Runtime:
 
         `image` is the target the model reasons about (default: the first demonstration's image).
         """
+        self._needs_reasoner("induce rules")
         pipeline.check_options("full", max_new_tokens, bgr)
         question = prompting.check_prompt(question)
         demos = check_demos(demos)
@@ -165,7 +179,8 @@ class Runtime:
         return Rule(
             question=question, answer=parsed.answer, rule=parsed.rule, think=parsed.think, text=reasoning.text,
             concept_tokens=reasoning.concept_tokens, text_features=features, text_mask=mask,
-            bundle=bundle_id(self.manifest), token_ids=reasoning.token_ids,
+            bundle=bundle_id(self.manifest), sam3_weights=self.manifest["source"]["sam3"].get("weights"),
+            token_ids=reasoning.token_ids,
         )  # fmt: skip
 
     def apply(self, rule: Rule, frame, *, bgr: bool = False) -> Segmentation:

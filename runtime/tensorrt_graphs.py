@@ -259,7 +259,8 @@ def open_engines(bundle: Path, manifest: dict):
     runtime = trt.Runtime(logger)
     stream = Stream()
     model = manifest["model"]
-    kv_names = [f"{io}_{kind}_{i}" for io in ("past", "new") for kind in ("key", "value") for i in range(model["num_layers"])]
+    kv_names = [f"{io}_{kind}_{i}" for io in ("past", "new") for kind in ("key", "value")
+                for i in range(model.get("num_layers", 0))]  # a rule-only bundle: no LLM, no KV cache  # fmt: skip
     graphs = {}
     for key, engine in manifest["tensorrt"]["engines"].items():
         # vlm_vision and the prefill see new shapes per request: plain enqueue. The decode step always has the same
@@ -278,6 +279,7 @@ def open_engines(bundle: Path, manifest: dict):
     block = check(runtime_api().cudaMalloc(max(1, size)), "cudaMalloc (TensorRT context memory)")
     for graph in graphs.values():
         graph.use_context_memory(block, size)
-    decoder = TrtDecoder(graphs["vlm_decoder"], model, manifest["generation"], kv_dtype(manifest))
+    decoder = (TrtDecoder(graphs["vlm_decoder"], model, manifest["generation"], kv_dtype(manifest))
+               if "vlm_decoder" in graphs else None)  # fmt: skip
     sam3 = DeviceSam3(graphs["sam3_vision"], graphs["sam3_decoder"], manifest["preprocessing"]["sam3"], stream)
     return graphs, decoder, threading.Lock(), sam3

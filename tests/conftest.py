@@ -106,3 +106,15 @@ def orin_bundle(tiny_checkpoint, tmp_path_factory, calibration_folder):
 
     return export_bundle(*tiny_checkpoint, tmp_path_factory.mktemp("bundles") / "orin-nx", target="orin-nx",
                          precision="int4", calib=calibration_folder, progress=False, report=lambda line: None)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def rule_only_bundle(tiny_checkpoint, tmp_path_factory):
+    """A rule-only cpu bundle of the tiny SAM 3 (tiny_bundle's weights), taking that ConceptSeg-R1's Q tokens."""
+    import json
+
+    from cseg.export.bundle import export_bundle
+
+    queries = json.loads((tiny_checkpoint[0] / "config.json").read_text())["num_of_query"]
+    return export_bundle(None, tiny_checkpoint[1], tmp_path_factory.mktemp("bundles") / "rule-only", queries=queries,
+                         progress=False, report=lambda line: None)  # fmt: skip

@@ -246,7 +246,7 @@ def test_force_replaces_a_bundle_atomically(tiny_checkpoint, tmp_path, monkeypat
     out.mkdir()
     (out / "manifest.json").write_text(json.dumps({"format": "cseg-bundle"}))  # --force replaces only a cseg bundle
     (out / "stale.txt").write_text("old")
-    monkeypatch.setattr(bundle_module, "_export_into", lambda staging, *a: {"fake": True})
+    monkeypatch.setattr(bundle_module, "_export_into", lambda staging, *a: ({"fake": True}, None))
     bundle_module.export_bundle(*tiny_checkpoint, out, force=True, progress=False)
     assert json.loads((out / "manifest.json").read_text()) == {"fake": True}
     assert not (out / "stale.txt").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]

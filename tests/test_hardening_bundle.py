@@ -41,7 +41,7 @@ def no_export_work(monkeypatch):
 
     def fake(staging, *args):
         calls.append(staging)
-        return {"format": BUNDLE_FORMAT, "fake": True}
+        return {"format": BUNDLE_FORMAT, "fake": True}, None  # (manifest, text features: none)
 
     monkeypatch.setattr(bundle_module, "_export_into", fake)
     return bundle_module.export_bundle, calls
@@ -125,7 +125,7 @@ def test_int8_export_writes_the_manifest_last_and_removes_its_calibration_set(ti
     monkeypatch.setattr(tempfile, "tempdir", str(temp))
     seen = []
 
-    def quantize(staging, manifest, profile, precision, calibration, report, progress):
+    def quantize(staging, manifest, profile, precision, calibration, report, progress, text=None):
         seen.append(((staging / MANIFEST_NAME).exists(), calibration.root.is_dir(), len(calibration.items)))
         raise KeyboardInterrupt  # killed while quantizing
 

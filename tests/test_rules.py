@@ -35,11 +35,11 @@ def test_saved_rule_gives_the_full_path_result(runtime, rule, demos, photo, tmp_
     assert "sam3_text" not in applied.timings and "vlm_decode" not in applied.timings  # SAM 3 image + decoder only
 
 
-def test_rules_are_bound_to_their_bundle(rule, tiny_alt_bundle, photo):
+def test_rules_are_bound_to_their_sam3_weights(rule, tiny_alt_bundle, photo):
     other = Runtime.open(tiny_alt_bundle, verify=False)
-    with pytest.raises(BundleError, match="another bundle"):
+    with pytest.raises(BundleError, match="induced for SAM 3 weights"):
         other.apply(rule, photo)
-    with pytest.raises(BundleError, match="another bundle"):
+    with pytest.raises(BundleError, match="induced for SAM 3 weights"):
         other.stream([photo], rule)
 
 

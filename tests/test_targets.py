@@ -159,3 +159,19 @@ def test_the_tensorrt_contexts_share_one_block_of_context_memory():
     sizes = {"vlm_decoder": 900 << 20, "sam3_vision": 600 << 20, "concept_head": 10 << 20}
     assert footprint.shared_context_memory(sizes) == 900 << 20
     assert footprint.shared_context_memory({}) == 0
+
+
+def test_a_rule_only_bundle_of_full_size_sam3_fits_the_orin_nano(full_size):
+    """SAM 3's image encoder and decoder alone (no VLM, no text encoder, no KV cache): what an 8 GB Nano per camera
+    holds, where the full bundle fits at no precision."""
+    counts, kv = footprint.rule_only_inventory(full_size[2][2])
+    assert list(counts) == ["sam3_vision", "sam3_decoder"] and kv["layers"] == 0
+    assert sum(sum(parts.values()) for parts in counts.values()) / 1e6 == pytest.approx(454.0 + 32.6, abs=0.1)
+    nano = TARGETS["orin-nano"]
+    fp16, int8 = (footprint.estimate(counts, kv, nano, nano["policies"][p]) for p in ("fp16", "int8"))
+    assert fp16["parts_gb"]["kv_cache"] == 0 and fp16["graphs_gb"]["sam3_vision"] == pytest.approx(0.91, abs=0.01)
+    assert fp16["total_gb"] == pytest.approx(3.19, abs=0.01) and int8["total_gb"] == pytest.approx(2.73, abs=0.01)
+    assert int8["total_gb"] <= 3.0 and fp16["fits"]
+    assert footprint.choose(counts, kv, "orin-nano", nano, "auto", False, print)[0] == "fp16"  # the most accurate
+    assert "KV cache" not in footprint.describe(fp16)
+    assert footprint.choose(*full_size[:2], "orin-nano", nano, "auto", True, [].append)[1]["total_gb"] > 11

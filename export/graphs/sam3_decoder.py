@@ -50,7 +50,7 @@ class Detector(nn.Module):
 
 
 def spec(vlm, sam3, settings) -> GraphSpec:
-    queries = vlm.num_queries
+    queries = settings["queries"]  # Q: the concept tokens of the full path (and of a rule)
     num_queries = sam3.model.config.detr_decoder_config.num_queries
     top_k = min(settings["top_k"], num_queries)
     shapes = fpn_shapes(sam3)
