@@ -18,6 +18,7 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 
 from cseg.errors import CheckpointError
 from cseg.export.modeling import CONCEPT_HEAD_PREFIXES, ConceptSegR1ForConditionalGeneration, num_queries
+from cseg.export.sam3_layouts import meta_file, transformers_layout
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
@@ -118,8 +119,16 @@ def load_conceptseg(model_dir: str | os.PathLike, dtype: torch.dtype = torch.flo
 def load_sam3(sam3_dir: str | os.PathLike, dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa"):
     """Load SAM 3 (transformers' Sam3Model reads the published facebook/sam3 weights) and its CLIP tokenizer.
 
+    `sam3_dir` may also be Meta's layout: its sam3.pt, or a folder holding it (cseg.export.sam3_layouts).
+
     attn_implementation="eager" is what the ONNX exporter needs for the detector side (see DESIGN).
     """
+    meta = meta_file(sam3_dir)
+    if meta is not None:  # Meta's sam3.pt: read through a converted temporary folder
+        with transformers_layout(meta) as converted:
+            checkpoint = load_sam3(converted, dtype, attn_implementation)
+        checkpoint.path = meta.parent  # where its config and tokenizer files lie
+        return checkpoint
     path = resolve_checkpoint_dir(sam3_dir, "SAM 3")
     _require_files(path, "SAM 3")
     try:
