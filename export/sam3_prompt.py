@@ -11,9 +11,9 @@ roi_align), so `geometry_token` below runs the no-box path with the encoder's ow
 INFERRED, not seen (ANATOMY section 2): the modified SAM 3 ships only as a binary zip, so the concept tokens'
 injection is unverified. The evidence points to the Q concept tokens [1, Q, 256] being extra prompt tokens, all valid
 (unmasked), so every fusion point (DETR encoder, decoder, scoring, mask head) attends to them. They go last, in the
-slot `_encode_prompt` gives extra prompt embeddings. Their position is numerically moot: prompt tokens carry no
-position encoding and every consumer (attention keys, masked mean pooling) is invariant to their order; what matters
-is which tokens are there and their masks.
+slot `_encode_prompt` gives extra prompt embeddings. Their position is mathematically moot (up to float summation
+order): prompt tokens carry no position encoding and every consumer (attention keys, masked mean pooling) is
+invariant to their order; what matters is which tokens are there and their masks.
 
 Masks follow transformers' Sam3Model convention: True / 1 = a token to attend to (upstream SAM 3 uses the opposite).
 """

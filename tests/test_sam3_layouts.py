@@ -71,3 +71,17 @@ def test_meta_file_without_tokenizer_or_detector_weights_is_refused(meta_checkpo
     torch.save({"model": {"tracker.x": torch.zeros(1)}}, tmp_path / "tracker_only.pt")
     with pytest.raises(CheckpointError, match="detector"):
         sam3_layouts.read_meta(tmp_path / "tracker_only.pt")
+
+
+def test_export_reads_metas_file_through_a_temporary_transformers_folder(meta_checkpoint):
+    """What cseg-export does with --sam3 .../sam3.pt before anything else (export_bundle)."""
+    with sam3_layouts.transformers_layout(meta_checkpoint / sam3_layouts.META_FILE) as folder:
+        assert folder != meta_checkpoint
+        for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+            assert (folder / name).read_bytes() == (meta_checkpoint / name).read_bytes(), name
+        converted, original = load_file(folder / "model.safetensors"), load_file(meta_checkpoint / "model.safetensors")
+        assert sorted(converted) == sorted(original)
+        assert all(torch.equal(converted[n], t) for n, t in original.items())
+    assert not folder.exists()
+    with sam3_layouts.transformers_layout(meta_checkpoint) as same:  # transformers' layout: used as it is
+        assert same == meta_checkpoint
