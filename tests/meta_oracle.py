@@ -75,6 +75,7 @@ def run(checkpoint: str, image_path: str, prompts: list[str], out: str, bpe: str
     state = state.get("model", state)
     weights = {k[len("detector."):]: v for k, v in state.items() if k.startswith("detector.")}
     missing, unexpected = model.load_state_dict(weights, strict=False)
+    del state, weights  # the model holds its own copy
     model.eval()
     print(f"built and loaded in {time.perf_counter() - start:.1f} s; {len(missing)} missing, "
           f"{len(unexpected)} unexpected weights", flush=True)  # fmt: skip

@@ -6,7 +6,8 @@ layouts (`cseg make-checkpoint --meta-sam3`: transformers' safetensors and Meta'
 Meta's model on sam3.pt through tests/meta_oracle.py, and requires cseg's reference and its exported fp32 graphs
 (sam3_vision, sam3_text, sam3_decoder under ONNX Runtime) to match Meta's outputs on Meta's preprocessed pixels:
 semantic logits max-abs <= 1e-3 x max|logit|, semantic mask IoU >= 0.999, presence within 1e-4, the same instances
-above 0.5 with boxes within 1 px. It prints the same numbers for transformers' text-only prompt (no geometry token,
+above 0.5, and the 20 best instances' boxes within 1 px in score order (random weights put no instance above
+0.5). It prints the same numbers for transformers' text-only prompt (no geometry token,
 what cseg did before) and for cseg's own preprocessing against Meta's.
 
 The checkpoint, image and Meta's outputs are cached under out/meta-oracle/ (CSEG_META_CACHE); Meta's full-size
@@ -62,30 +63,32 @@ def _sigmoid(x):
     return 1 / (1 + np.exp(-np.asarray(x, np.float64)))
 
 
-def _compare(semantic, presence_logit, scores, boxes, meta: dict, i: int, size) -> dict:
-    """Metrics of one prompt's answer against Meta's; `scores`/`boxes` are ours, best first (any count)."""
+def _compare(semantic, presence_logit, scores, boxes, meta: dict, i: int, size, top: int = 20) -> dict:
+    """Metrics of one prompt's answer against Meta's; `scores`/`boxes` are ours, best first (at least `top`).
+
+    Besides the instances above 0.5 (random weights may give none), the `top` best instances are compared in
+    score order: their scores, and their boxes in pixels."""
     want = meta[f"semantic_logits_{i}"]
     ours, theirs = np.asarray(semantic) > 0, want > 0
     union = np.logical_or(ours, theirs).sum()
     meta_scores = _sigmoid(meta[f"pred_logits_{i}"][0]) * _sigmoid(meta[f"presence_logit_{i}"]).item()
-    order = np.argsort(-meta_scores)
-    keep = order[meta_scores[order] > 0.5]
-    ours_keep = np.asarray(scores)[0] > 0.5
+    order = np.argsort(-meta_scores)[:top]
     scale = np.array([size[1], size[0], size[1], size[0]])
-    same = ours_keep.sum() == len(keep)
-    box_px = np.abs(np.asarray(boxes)[0][ours_keep] * scale - meta[f"pred_boxes_{i}"][0][keep] * scale) if same else None
+    scores, boxes = np.asarray(scores)[0, :top], np.asarray(boxes)[0, :top]
+    box_px = np.abs(boxes * scale - meta[f"pred_boxes_{i}"][0][order] * scale)
     return {
         "semantic_rel": float(np.abs(np.asarray(semantic) - want).max() / np.abs(want).max()),
         "semantic_iou": float(np.logical_and(ours, theirs).sum() / union) if union else 1.0,
         "presence_diff": float(abs(_sigmoid(presence_logit).item() - _sigmoid(meta[f"presence_logit_{i}"]).item())),
-        "instances": (int(ours_keep.sum()), len(keep)),
-        "box_px": float(box_px.max()) if same and box_px.size else 0.0 if same else None,
+        "instances_above_half": (int((scores > 0.5).sum()), int((meta_scores > 0.5).sum())),
+        f"top{top}_score_diff": float(np.abs(scores - meta_scores[order]).max()),
+        f"top{top}_box_px": float(box_px.max()),
     }
 
 
 def _passes(m: dict) -> bool:
     return (m["semantic_rel"] <= 1e-3 and m["semantic_iou"] >= 0.999 and m["presence_diff"] <= 1e-4
-            and m["instances"][0] == m["instances"][1] and m["box_px"] is not None and m["box_px"] <= 1.0)  # fmt: skip
+            and m["instances_above_half"][0] == m["instances_above_half"][1] and m["top20_box_px"] <= 1.0)  # fmt: skip
 
 
 def _ranked(result):
@@ -103,8 +106,10 @@ def test_cseg_matches_metas_sam3(oracle, tmp_path):
     sam3_dir, image, meta = oracle
     assert all(k.startswith(("backbone.vision_backbone.trunk.blocks.", "geometry_encoder.points_"))
                for k in meta["missing_keys"]), meta["missing_keys"]  # only the weights transformers has no use for
-    # one model for both: the reference with eager attention (what the exporter needs) equals its sdpa path in fp32
-    vlm, sam3 = load_conceptseg(sam3_dir.parent / "conceptseg-r1"), load_sam3(sam3_dir / "sam3.pt", attn_implementation="eager")
+    # The folder's safetensors (transformers' layout) are the weights Meta's model read from sam3.pt; reading sam3.pt
+    # here too would only add a 3.4 GB temporary conversion (the round trip is tested on the tiny checkpoint).
+    # One model for both: the reference with eager attention (what the exporter needs) equals its sdpa path in fp32.
+    vlm, sam3 = load_conceptseg(sam3_dir.parent / "conceptseg-r1"), load_sam3(sam3_dir, attn_implementation="eager")
     reference = ReferencePipeline(vlm, sam3)
     frame = load_frame(str(image))
     size = (frame.height, frame.width)
@@ -112,12 +117,15 @@ def test_cseg_matches_metas_sam3(oracle, tmp_path):
     grey = np.abs(ours_pixels - meta["pixel_values"]) * 127.5
     results = {"preprocessing": {"max_grey_levels": round(float(grey.max()), 3),
                                  "fraction_differing": float((grey > 0.5).mean())}}  # fmt: skip
+    print("preprocessing", json.dumps(results["preprocessing"]), flush=True)
     vision = reference.sam3_vision(torch.from_numpy(meta["pixel_values"]))
     vision_ours = reference.sam3_vision(torch.from_numpy(ours_pixels))
-    graphs = _export_sam3_graphs(vlm, sam3, tmp_path)
-    fpn = graphs["sam3_vision"].run(None, {"pixel_values": meta["pixel_values"]})
+    prompts = {}
     for i, prompt in enumerate(PROMPTS):
         features, mask = reference.sam3_text(prompt)
+        ids = reference.sam3.tokenizer([prompt], padding="max_length", max_length=32, truncation=True,
+                                       return_tensors="np", split_special_tokens=True).input_ids  # as sam3_text  # fmt: skip
+        prompts[prompt] = (ids, mask.numpy())
         row = {}
         sam = reference.sam3_decode(vision, features, mask)
         row["reference"] = _compare(sam.semantic_logits, sam.presence_logit, *_ranked(sam), meta, i, size)
@@ -128,30 +136,40 @@ def test_cseg_matches_metas_sam3(oracle, tmp_path):
         )
         old = Sam3Result(old.semantic_seg, old.presence_logits, old.pred_logits, old.pred_boxes, old.pred_masks)
         row["text_only_before"] = _compare(old.semantic_logits, old.presence_logit, *_ranked(old), meta, i, size)
-        ids = reference.sam3.tokenizer([prompt], padding="max_length", max_length=32, truncation=True,
-                                       return_tensors="np", split_special_tokens=True).input_ids  # as sam3_text  # fmt: skip
-        (text,) = graphs["sam3_text"].run(None, {"input_ids": ids, "attention_mask": mask.numpy()})
-        feed = {f"fpn_{k}": level for k, level in enumerate(fpn)}
-        feed.update(text_features=text, text_mask=mask.numpy(), concept_tokens=np.zeros((1, 0, 256), np.float32))
-        semantic, presence, scores, boxes, _ = graphs["sam3_decoder"].run(None, feed)
-        row["graphs_fp32"] = _compare(semantic, presence, scores, boxes, meta, i, size)
         results[prompt] = row
         print(prompt, json.dumps(row), flush=True)
-    print("preprocessing", json.dumps(results["preprocessing"]), flush=True)
+    del vision, vision_ours
+    for i, (prompt, (semantic, presence, scores, boxes)) in enumerate(
+        _run_sam3_graphs(vlm, sam3, meta["pixel_values"], prompts, tmp_path).items()
+    ):
+        results[prompt]["graphs_fp32"] = _compare(semantic, presence, scores, boxes, meta, i, size)
+        print(prompt, "graphs_fp32", json.dumps(results[prompt]["graphs_fp32"]), flush=True)
     failures = {f"{p}/{k}": m for p in PROMPTS for k, m in results[p].items()
                 if k in ("reference", "graphs_fp32") and not _passes(m)}  # fmt: skip
     assert not failures, failures
 
 
-def _export_sam3_graphs(vlm, sam3, tmp_path) -> dict:
+def _run_sam3_graphs(vlm, sam3, pixels, prompts: dict, tmp_path) -> dict:
+    """The exported fp32 graphs under ONNX Runtime, one at a time (each session freed before the next export)."""
     import onnxruntime as ort
 
     from cseg.export.graphs import GRAPHS
     from cseg.export.onnx_export import export_graph
 
-    sessions = {}
-    for key in ("sam3_vision", "sam3_text", "sam3_decoder"):
+    def session(key):
         files = export_graph(GRAPHS[key](vlm, sam3, {"top_k": 20, "vlm_grid": [1, 42, 42]}), tmp_path / f"{key}.onnx")
-        sessions[key] = ort.InferenceSession(str(files[0]), providers=["CPUExecutionProvider"])
         print(f"exported {key}", file=sys.stderr, flush=True)
-    return sessions
+        return ort.InferenceSession(str(files[0]), providers=["CPUExecutionProvider"])
+
+    fpn = session("sam3_vision").run(None, {"pixel_values": pixels})
+    text_graph = session("sam3_text")
+    texts = {p: text_graph.run(None, {"input_ids": ids, "attention_mask": mask})[0] for p, (ids, mask) in prompts.items()}
+    del text_graph
+    decoder = session("sam3_decoder")
+    out = {}
+    for prompt, (_, mask) in prompts.items():
+        feed = {f"fpn_{k}": level for k, level in enumerate(fpn)}
+        feed.update(text_features=texts[prompt], text_mask=mask, concept_tokens=np.zeros((1, 0, 256), np.float32))
+        semantic, presence, scores, boxes, _ = decoder.run(None, feed)
+        out[prompt] = (semantic, presence, scores, boxes)
+    return out
