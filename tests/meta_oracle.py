@@ -9,8 +9,9 @@ open_clip_torch for the CLIP BPE file), never in cseg's: it imports nothing from
 sam3/sam3.pt, the same random weights as the transformers-layout files beside it). The image goes through Meta's
 Sam3Processor.set_image (torchvision v2 uint8 antialiased resize, mean = std = 0.5) and each prompt through
 set_text_prompt's path: the text plus the dummy (empty) geometric prompt, `forward_grounding`. Written per prompt i:
-semantic_logits_i [1, 1, h, w], presence_logit_i [1, 1], pred_logits_i [1, N], pred_boxes_i [1, N, 4] (normalised
-xyxy, transformers' convention), pred_masks_i [1, N, h, w]; plus pixel_values [1, 3, S, S] (Meta's preprocessing)
+input_ids_i [1, 32] (Meta's CLIP BPE tokens, 0 = padding), text_features_i [1, 32, 256], semantic_logits_i
+[1, 1, h, w], presence_logit_i [1, 1], pred_logits_i [1, N], pred_boxes_i [1, N, 4] (normalised xyxy,
+transformers' convention), pred_masks_i [1, N, h, w]; plus pixel_values [1, 3, S, S] (Meta's preprocessing)
 and missing_keys (names of the model's weights the checkpoint did not hold; the caller requires it empty).
 
 Meta's code assumes a GPU in two places: tensors created with device="cuda" (e.g. PositionEmbeddingSine's cache) and
@@ -71,7 +72,7 @@ def run(checkpoint: str, image_path: str, prompts: list[str], out: str, bpe: str
 
     start = time.perf_counter()
     model = build(bpe)
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)  # no second copy in memory
     state = state.get("model", state)
     weights = {k[len("detector."):]: v for k, v in state.items() if k.startswith("detector.")}
     missing, unexpected = model.load_state_dict(weights, strict=False)
@@ -81,7 +82,8 @@ def run(checkpoint: str, image_path: str, prompts: list[str], out: str, bpe: str
           f"{len(unexpected)} unexpected weights", flush=True)  # fmt: skip
     processor = Sam3Processor(model, device="cpu")
     image = Image.open(image_path).convert("RGB")
-    result = {"missing_keys": np.array(sorted(missing), dtype=str), "unexpected_keys": np.array(sorted(unexpected), dtype=str)}
+    result = {"missing_keys": np.array(sorted(missing), dtype=str),
+              "unexpected_keys": np.array(sorted(unexpected), dtype=str)}  # fmt: skip
     with torch.inference_mode():
         from torchvision.transforms import v2
 
@@ -89,7 +91,11 @@ def run(checkpoint: str, image_path: str, prompts: list[str], out: str, bpe: str
         image_state = processor.set_image(image)
         for i, prompt in enumerate(prompts):
             start = time.perf_counter()
-            image_state["backbone_out"].update(model.backbone.forward_text([prompt], device="cpu"))
+            text = model.backbone.forward_text([prompt], device="cpu")
+            image_state["backbone_out"].update(text)
+            # Meta's CLIP BPE tokenization (cseg's stand-in tokenizer gives other ids), and what the text encoder made
+            result[f"input_ids_{i}"] = model.backbone.language_backbone.tokenizer([prompt], context_length=32).numpy()
+            result[f"text_features_{i}"] = text["language_features"].transpose(0, 1).float().numpy()
             raw = model.forward_grounding(
                 backbone_out=image_state["backbone_out"], find_input=processor.find_stage,
                 geometric_prompt=model._get_dummy_prompt(), find_target=None,
