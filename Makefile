@@ -7,7 +7,7 @@ OUT := demo-output
 # the native part's sources: a change rebuilds it on the next make
 NATIVE := CMakeLists.txt $(wildcard runtime/kernels/*)
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean meta-oracle
 
 install: $(STAMP)
 
@@ -29,5 +29,16 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# Meta's own sam3 package as a second oracle (tests/meta_oracle.py), in its own venv: it needs torch 2.14 and
+# torchvision, which the main venv must not carry; sam3 is never a dependency of cseg. ~5.5 GB.
+META_VENV := .venv-meta
+META_STAMP := $(META_VENV)/.installed
+meta-oracle: $(META_STAMP)
+$(META_STAMP):
+	test -x $(META_VENV)/bin/python || $(PYTHON) -m venv $(META_VENV)
+	$(META_VENV)/bin/python -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1" "sam3==0.1.4" \
+		open_clip_torch psutil pillow numpy
+	touch $(META_STAMP)
+
 clean:
-	rm -rf $(OUT) $(VENV) build
+	rm -rf $(OUT) $(VENV) $(META_VENV) build

@@ -37,7 +37,7 @@ def _make_checkpoint(args) -> int:
         raise InvalidInputError(f"unknown --size {args.size!r}; choose one of {', '.join(SIZES)}")
     output_folder(args.out, "--out")
     start = time.perf_counter()
-    model_dir, sam3_dir = make_checkpoint(args.size, args.seed, args.out)
+    model_dir, sam3_dir = make_checkpoint(args.size, args.seed, args.out, meta_sam3=args.meta_sam3)
     size_mb = sum(f.stat().st_size for f in Path(args.out).rglob("*") if f.is_file()) / 1e6
     print(f"wrote {args.size} checkpoints (seed {args.seed}) in {time.perf_counter() - start:.1f} s, {size_mb:.1f} MB:")
     print(f"  ConceptSeg-R1: {model_dir}\n  SAM 3:         {sam3_dir}")
@@ -385,6 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--size", default="tiny", help="tiny | tiny-alt | small | full (default tiny)")
     make.add_argument("--seed", type=int, default=0)
     make.add_argument("--out", required=True, help="folder to write conceptseg-r1/ and sam3/ into")
+    make.add_argument("--meta-sam3", action="store_true",
+                      help="also write sam3/sam3.pt: the same SAM 3 weights in Meta's (facebookresearch/sam3) layout")
     make.set_defaults(run=_make_checkpoint)
 
     build = sub.add_parser("build", help="build a GPU-target bundle's TensorRT engines, on the device itself")

@@ -37,6 +37,7 @@ from cseg.export.loading import load_conceptseg, load_sam3, resolve_checkpoint_d
 from cseg.export.onnx_export import export_graph
 from cseg.export.parity import check_parity
 from cseg.export.reference import INSTANCE_SCORE_THRESHOLD, RESEARCH_MAX_LENGTH, sam3_text_features
+from cseg.export.sam3_layouts import transformers_layout
 from cseg.images import SAM3_MEAN, SAM3_STD, VLM_SIDE
 from cseg.manifest import (BUNDLE_FORMAT, FORMAT_VERSION, GRAPH_KEYS, MANIFEST_NAME, RULE_ONLY, RULE_ONLY_GRAPH_KEYS,
                            file_sha256, hash_files, validate_manifest)  # fmt: skip
@@ -49,7 +50,17 @@ VLM_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_co
 SAM3_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
-def export_bundle(
+def export_bundle(model_dir, sam3_dir, out, **options) -> Path:
+    """Export both checkpoints into the bundle directory `out` (options: see _export_bundle); returns its path.
+
+    `sam3_dir` may be transformers' layout (facebook/sam3's safetensors) or Meta's (its sam3.pt, or a folder with
+    it), which is converted into a temporary folder first (cseg.export.sam3_layouts).
+    """
+    with transformers_layout(sam3_dir) as sam3_dir:
+        return _export_bundle(model_dir, sam3_dir, out, **options)
+
+
+def _export_bundle(
     model_dir,
     sam3_dir,
     out,

@@ -7,6 +7,7 @@ silently random weights: missing or misnamed tensors, wrong shapes, a config wit
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -17,8 +18,16 @@ from transformers import AutoTokenizer, GenerationConfig, PreTrainedTokenizerBas
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from cseg.errors import CheckpointError
-from cseg.export.modeling import CONCEPT_HEAD_PREFIXES, ConceptSegR1ForConditionalGeneration, num_queries
+from cseg.engines.footprint import safetensors_shapes
+from cseg.export.modeling import (
+    CONCEPT_HEAD_PREFIXES,
+    LEARNABLE_QUERY_WEIGHT,
+    ConceptSegR1ForConditionalGeneration,
+    num_queries,
+)
+from cseg.export.sam3_layouts import meta_file, transformers_layout
 
+logger = logging.getLogger(__name__)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 
@@ -95,9 +104,12 @@ def load_conceptseg(model_dir: str | os.PathLike, dtype: torch.dtype = torch.flo
     path = resolve_checkpoint_dir(model_dir, "ConceptSeg-R1")
     _require_files(path, "ConceptSeg-R1")
     try:
+        config = ConceptSegR1ForConditionalGeneration.config_class.from_pretrained(path)
+        _infer_num_queries(config, path)
         model, info = ConceptSegR1ForConditionalGeneration.from_pretrained(
             # mismatches are reported (then refused) by _check_loading_info, with names and shapes
-            path, dtype=dtype, output_loading_info=True, attn_implementation="sdpa", ignore_mismatched_sizes=True
+            path, config=config, dtype=dtype, output_loading_info=True, attn_implementation="sdpa",
+            ignore_mismatched_sizes=True,
         )
     except (ValueError, RuntimeError) as exc:  # config problems, e.g. num_of_query missing (raised by num_queries)
         raise CheckpointError(f"ConceptSeg-R1 checkpoint {path} could not be loaded: {exc}") from None
@@ -115,11 +127,32 @@ def load_conceptseg(model_dir: str | os.PathLike, dtype: torch.dtype = torch.flo
     )
 
 
+def _infer_num_queries(config, path: Path) -> None:
+    """A config.json without num_of_query: Q from the learned queries' shape, as the research code's newest
+    `config.num_of_query or 8` fallback would silently assume 8 (which fails to load other checkpoints)."""
+    if getattr(config, "num_of_query", None) is not None:
+        return  # stated (a wrong value is refused by num_queries or by the weights' shapes)
+    shape = safetensors_shapes(path).get(LEARNABLE_QUERY_WEIGHT)
+    if shape is None:
+        return  # num_queries names the problem
+    config.num_of_query = int(shape[0])
+    logger.warning("ConceptSeg-R1 checkpoint %s: config.json has no num_of_query; using Q=%d, the first dimension "
+                   "of %s %s", path, config.num_of_query, LEARNABLE_QUERY_WEIGHT, list(shape))  # fmt: skip
+
+
 def load_sam3(sam3_dir: str | os.PathLike, dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa"):
     """Load SAM 3 (transformers' Sam3Model reads the published facebook/sam3 weights) and its CLIP tokenizer.
 
+    `sam3_dir` may also be Meta's layout: its sam3.pt, or a folder holding it (cseg.export.sam3_layouts).
+
     attn_implementation="eager" is what the ONNX exporter needs for the detector side (see DESIGN).
     """
+    meta = meta_file(sam3_dir)
+    if meta is not None:  # Meta's sam3.pt: read through a converted temporary folder
+        with transformers_layout(meta) as converted:
+            checkpoint = load_sam3(converted, dtype, attn_implementation)
+        checkpoint.path = meta.parent  # where its config and tokenizer files lie
+        return checkpoint
     path = resolve_checkpoint_dir(sam3_dir, "SAM 3")
     _require_files(path, "SAM 3")
     try:

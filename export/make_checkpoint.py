@@ -3,7 +3,8 @@
 `DIR/conceptseg-r1/` looks like the published ConceptSeg-R1-7B repository (saved with transformers 4.5x: flat
 Qwen2.5-VL config.json with `num_of_query`, bf16 safetensors with `model.*`, `visual.*`, `lm_head.*` and the concept
 head's `learnable_query.*`, `connector.*`, `proj_to_sam.*` keys, tokenizer, chat template, processor config).
-`DIR/sam3/` is what transformers' `Sam3Model.from_pretrained` reads (fp32), plus SAM 3's CLIP tokenizer files.
+`DIR/sam3/` is what transformers' `Sam3Model.from_pretrained` reads (fp32), plus SAM 3's CLIP tokenizer files; with
+`meta_sam3`, also `DIR/sam3/sam3.pt`: the same weights in Meta's layout (what facebookresearch/sam3 loads).
 
 Weights are generated tensor by tensor from shapes taken on the meta device and written shard by shard, so even the
 full-size models are written in bounded memory. Each tensor's values depend only on (seed, name): deterministic.
@@ -17,12 +18,13 @@ from pathlib import Path
 
 import torch
 from huggingface_hub import split_torch_state_dict_into_shards
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 from transformers import Qwen2_5_VLConfig, Sam3Config, Sam3Model
 
 from cseg.export.checkpoint_sizes import SIZES
 from cseg.export.modeling import ConceptSegR1ForConditionalGeneration
+from cseg.export.sam3_layouts import META_FILE, write_meta
 from cseg.export.stand_in_tokenizers import CLIP_SPECIAL_TOKENS, QWEN_SPECIAL_TOKENS, clip_tokenizer, qwen_tokenizer
 from cseg.prompting import template
 
@@ -36,10 +38,13 @@ QWEN_IMAGE_MEAN = [0.48145466, 0.4578275, 0.40821073]
 QWEN_IMAGE_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
-def make_checkpoint(size: str, seed: int, out: str | Path, sam3_size: str | None = None) -> tuple[Path, Path]:
+def make_checkpoint(
+    size: str, seed: int, out: str | Path, sam3_size: str | None = None, meta_sam3: bool = False
+) -> tuple[Path, Path]:
     """Write `out/conceptseg-r1` and `out/sam3` for `size` ("tiny", "tiny-alt", "small", "full").
 
-    `sam3_size` gives SAM 3 other dimensions than the VLM (e.g. a tiny VLM with a full-size SAM 3).
+    `sam3_size` gives SAM 3 other dimensions than the VLM (e.g. a tiny VLM with a full-size SAM 3); `meta_sam3` adds
+    `out/sam3/sam3.pt`, the same SAM 3 weights in Meta's layout.
     """
     for name in (size, sam3_size or size):
         if name not in SIZES:
@@ -48,6 +53,8 @@ def make_checkpoint(size: str, seed: int, out: str | Path, sam3_size: str | None
     model_dir, sam3_dir = out / "conceptseg-r1", out / "sam3"
     _write_conceptseg(SIZES[size]["qwen"], seed, model_dir)
     _write_sam3(SIZES[sam3_size or size]["sam3"], seed, sam3_dir)
+    if meta_sam3:
+        write_meta(_read_safetensors(sam3_dir), sam3_dir / META_FILE)
     return model_dir, sam3_dir
 
 
@@ -299,6 +306,13 @@ def _random_tensor(name: str, shape: torch.Size, seed: int, is_norm: bool) -> to
         return torch.zeros(shape)
     generator = torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(name.encode())) % 2**63)
     return torch.randn(shape, generator=generator) * INIT_STD
+
+
+def _read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
+    state = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        state.update(load_file(path))
+    return state
 
 
 def _round_up(value: int, multiple: int) -> int:

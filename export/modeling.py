@@ -12,13 +12,19 @@ from cseg.export.concept_head import ConceptHead
 CONCEPT_HEAD_PREFIXES = ("learnable_query.", "connector.", "proj_to_sam.")
 
 
+# The concept head's learned queries: an Embedding [Q, H], so its first dimension is Q.
+LEARNABLE_QUERY_WEIGHT = "learnable_query.param.weight"
+
+
 def num_queries(config: Qwen2_5_VLConfig) -> int:
-    """Q, the number of concept tokens. Read from the checkpoint: the research default changed from 16 to 8."""
+    """Q, the number of concept tokens. Read from the checkpoint: the research default changed from 16 to 8.
+
+    (load_conceptseg fills a missing num_of_query in from the weights' shape before the model is built.)"""
     value = getattr(config, "num_of_query", None)
     if not isinstance(value, int) or value <= 0:
         raise ValueError(
             f"config.json has num_of_query={value!r}; a ConceptSeg-R1 checkpoint must state its number of "
-            "concept queries (a positive integer)"
+            f"concept queries (a positive integer) or hold {LEARNABLE_QUERY_WEIGHT}"
         )
     return value
 

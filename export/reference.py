@@ -4,7 +4,7 @@ This is the oracle every exported graph and the runtime are compared with. It fo
 src/eval/inference_single_example.py step by step: 600x600 VLM image (a demonstration image with red boxes first),
 the research prompt through the checkpoint's chat template, greedy generate() under the checkpoint's generation
 config with max_length 2816, the <answer> phrase, a second full forward for the last-layer hidden states of the
-completion, the concept head, SAM 3 with text ⊕ concept tokens, the semantic logits upsampled bilinearly and
+completion, the concept head, SAM 3 with text ⊕ geometry ⊕ concept tokens, the semantic logits upsampled bilinearly and
 thresholded at 0. The seed Shortcut Router (word count vs presence) decides whether SAM 3 alone suffices.
 """
 
@@ -140,7 +140,7 @@ class ReferencePipeline:
         return sam3_text_features(self.sam3, text)
 
     def sam3_decode(self, vision, text_features, text_mask, concept_tokens=None) -> Sam3Result:
-        features, mask = sam3_prompt(text_features, text_mask, concept_tokens)
+        features, mask = sam3_prompt(self.sam3.model, vision, text_features, text_mask, concept_tokens)
         out = self.sam3.model(
             vision_embeds=vision, text_embeds=BaseModelOutputWithPooling(pooler_output=features), attention_mask=mask
         )

@@ -87,14 +87,19 @@ def test_misnamed_concept_head_tensor_is_refused(tiny_checkpoint, tmp_path):
     assert "proj_to_sam.2.weight" in str(info.value) and "proj_to_sam.3.weight" in str(info.value)
 
 
-def test_config_without_num_of_query_is_refused(tiny_checkpoint, tmp_path):
-    broken = tmp_path / "noq"
-    shutil.copytree(tiny_checkpoint[0], broken)
-    config = json.loads((broken / "config.json").read_text())
+def test_config_without_num_of_query_takes_q_from_the_learned_queries(tiny_checkpoint, tmp_path, caplog):
+    noq = tmp_path / "noq"
+    shutil.copytree(tiny_checkpoint[0], noq)
+    config = json.loads((noq / "config.json").read_text())
     del config["num_of_query"]
-    (broken / "config.json").write_text(json.dumps(config))
-    with pytest.raises(CheckpointError, match="num_of_query"):
-        load_conceptseg(broken)
+    (noq / "config.json").write_text(json.dumps(config))
+    with caplog.at_level("WARNING", logger="cseg.export.loading"):
+        assert load_conceptseg(noq).num_queries == 8  # tiny's Q, not a default
+    assert "no num_of_query; using Q=8" in caplog.text and "learnable_query.param.weight" in caplog.text
+    # and without the learned queries either, nothing says what Q is: refused, naming both
+    _broken_copy(noq, tmp_path / "noq_nohead", lambda w: w.pop("learnable_query.param.weight"))
+    with pytest.raises(CheckpointError, match="num_of_query.*learnable_query"):
+        load_conceptseg(tmp_path / "noq_nohead")
 
 
 def test_num_of_query_disagreeing_with_the_weights_is_refused(tiny_checkpoint, tmp_path):

@@ -1,7 +1,8 @@
 """sam3_decoder: SAM 3's detector side (DETR encoder + decoder, scoring, mask head, presence) for one prompt.
 
 Inputs are the cached image features, the cached text features of the phrase and the concept tokens; the prompt is
-composed inside the graph by sam3_prompt(), the one place that decides how concept tokens enter SAM 3. The number
+composed inside the graph by sam3_prompt(), the one place that decides what SAM 3 is prompted with: text, the
+image-dependent geometry token Meta's SAM 3 always adds (computed here from fpn_2), and the concept tokens. The number
 of concept tokens is a dynamic axis: Q on the full path, 0 on the shortcut path (same graph, no wasted tokens).
 Outputs: semantic logits, the presence logit, and only the top-K instances (scores, boxes, mask logits), selected
 inside the graph so SAM 3's 200 full-resolution instance masks never leave it.
@@ -34,7 +35,7 @@ class Detector(nn.Module):
         vision = Sam3VisionEncoderOutput(
             fpn_hidden_states=levels + levels[-1:], fpn_position_encoding=positions + positions[-1:]
         )
-        features, mask = sam3_prompt(text_features, text_mask, concept_tokens)
+        features, mask = sam3_prompt(self.model, vision, text_features, text_mask, concept_tokens)
         out = self.model(
             vision_embeds=vision, text_embeds=BaseModelOutputWithPooling(pooler_output=features), attention_mask=mask
         )
