@@ -32,7 +32,7 @@ from cseg.export.destination import check_destination, remove_stale, replace, st
 from cseg.export.graphs import GRAPHS
 from cseg.export.graphs.sam3_text import TEXT_LENGTH
 from cseg.export.loading import load_conceptseg, load_sam3, resolve_checkpoint_dir
-from cseg.export.onnx_export import export_graph
+from cseg.export.onnx_export import count_flops, export_graph
 from cseg.export.parity import check_parity
 from cseg.export.reference import INSTANCE_SCORE_THRESHOLD, RESEARCH_MAX_LENGTH
 from cseg.images import SAM3_MEAN, SAM3_STD, VLM_SIDE
@@ -58,6 +58,7 @@ def export_bundle(
     allow_oversize: bool = False,
     allow_unsupported_ops: bool = False,
     memory_gb: float | None = None,
+    keep_slower: bool = False,
     report: Callable[[str], None] = tqdm.write,
     progress: bool = True,
 ) -> Path:
@@ -68,6 +69,7 @@ def export_bundle(
     hopper) first checks that the bundle fits the device (`memory_gb`: a smaller module of that target), converts
     every graph (fp16, or QDQ per its policy; gated like quantization), checks the converted graphs against the
     operators its TensorRT versions document (refused unless `allow_unsupported_ops`) and writes the build recipe.
+    On the cpu target an int8 graph slower than its fp32 graph here is not shipped unless `keep_slower`.
     """
     profile, precision = resolve_target(target, precision)
     profile, target = with_memory(profile, memory_gb), canonical(target)
@@ -93,7 +95,8 @@ def export_bundle(
         with _calibration_set(calib) if policy else contextlib.nullcontext() as calibration:
             manifest = _export_into(staging, model_dir, sam3_dir, target, profile, precision, top_k, report, progress)
             if policy:
-                manifest = quantize_bundle(staging, manifest, profile, precision, calibration, report, progress)
+                manifest = quantize_bundle(staging, manifest, profile, precision, calibration, report, progress,
+                                           keep_slower)  # fmt: skip
         if footprint is not None:
             manifest = _for_tensorrt(staging, manifest, target, profile, footprint, allow_unsupported_ops, report)
         if policy or footprint is not None:
@@ -134,6 +137,7 @@ def _export_into(staging, model_dir, sam3_dir, target, profile, precision, top_k
             "precision": "fp32",  # what was exported; quantization (below) changes it per graph
             "bytes": sum(f.stat().st_size for f in files),
             "export_seconds": round(exported, 2),
+            "flops": count_flops(spec),
             **spec.manifest_entry(),
         }
         worst = max(parity[key].values(), key=lambda e: e["max_abs"] / e["tolerance"])
