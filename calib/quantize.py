@@ -146,10 +146,10 @@ def _dynamic_int8(model: onnx.ModelProto, chosen: list[str]) -> onnx.ModelProto:
 
 def _gemm_as_matmul(model: onnx.ModelProto, chosen: set[str]) -> None:
     """Rewrite the chosen Gemm nodes (constant weight, alpha = beta = 1) as MatMul (+ Add of the bias) of the same
-    name, in place. A transposed weight is transposed once, in place where no other node reads it."""
+    name, in place. A transposed weight gets a transposed copy, which replaces it where no other node reads it."""
     weights = {t.name: t for t in model.graph.initializer}
     readers = Counter(name for node in model.graph.node for name in node.input)
-    nodes = []
+    nodes, unused = [], set()
     for node in model.graph.node:
         attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         if (node.op_type != "Gemm" or node.name not in chosen or node.input[1] not in weights or attributes.get("transA")
@@ -157,13 +157,13 @@ def _gemm_as_matmul(model: onnx.ModelProto, chosen: set[str]) -> None:
             nodes.append(node)
             continue
         weight = node.input[1]
-        if attributes.get("transB"):
-            transposed = numpy_helper.to_array(weights[weight]).T.copy()
-            if readers[weight] > 1:
-                weight = f"{weight}_transposed"
-                model.graph.initializer.append(numpy_helper.from_array(transposed, weight))
-            else:
-                weights[weight].CopyFrom(numpy_helper.from_array(transposed, weight))
+        if attributes.get("transB"):  # a new name: the exporter's value_info still gives the old one its old shape
+            transposed = f"{weight}_transposed"
+            model.graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(weights[weight]).T.copy(),
+                                                                   transposed))  # fmt: skip
+            if readers[weight] == 1:
+                unused.add(weight)
+            weight = transposed
         bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
         product = f"{node.output[0]}_matmul" if bias else node.output[0]
         nodes.append(onnx.helper.make_node("MatMul", [node.input[0], weight], [product], name=node.name))
@@ -171,7 +171,10 @@ def _gemm_as_matmul(model: onnx.ModelProto, chosen: set[str]) -> None:
             nodes.append(onnx.helper.make_node("Add", [product, bias], node.output[:1], name=f"{node.name}_bias"))
     del model.graph.node[:]
     model.graph.node.extend(nodes)
-    return sorted(chosen)
+    for field in (model.graph.initializer, model.graph.value_info):
+        kept = [entry for entry in field if entry.name not in unused]
+        del field[:]
+        field.extend(kept)
 
 
 def to_fp16(model: onnx.ModelProto, keep_fp32: list[str]) -> onnx.ModelProto:
