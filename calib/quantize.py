@@ -12,9 +12,9 @@ TensorRT the same blocks as DequantizeLinear of INT4 weights (opset 21, TensorRT
 INT8 on the cpu target is different: dynamic quantization (ORT's MatMulInteger with activations quantized to u8 at
 run time, per-channel s8 weights), which MLAS runs with its u8s8 kernels. Measured on a 2-core AVX2 EPYC (no VNNI)
 on `small`, interleaved: sam3_text 0.72x fp32 with the symmetric s8s8 QDQ the GPU targets use (MLAS has no fast s8
-activations path there), 1.52x as u8s8 QDQ, 1.88x dynamic. The dynamic quantizer knows MatMul, not Gemm, so the
-linear layers the exporter wrote as Gemm (2-D activations: the vision tower) become MatMul + Add first; the few
-convolutions (patch embeddings) stay fp32.
+activations path there), 1.52x as u8s8 QDQ, 1.88x dynamic. The linear layers the exporter wrote as Gemm (2-D
+activations: the vision tower) become MatMul + Add inside ORT's dynamic quantizer; the few convolutions (patch
+embeddings) stay fp32.
 
 TensorRT builds strongly typed networks: the ONNX types are the precisions. So for a GPU target every graph is
 converted to fp16 last (ORT's float16 converter), QDQ scales included (opset 19+ allows fp16 scales), except the
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-from collections import Counter
 import tempfile
 import time
 from pathlib import Path
@@ -40,7 +39,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import numpy_helper
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic
 from onnxruntime.quantization.calibrate import TensorData, TensorsData
 
@@ -133,48 +131,17 @@ def _quantized(source: Path, model: onnx.ModelProto, precision: str, calibration
 
 
 def _dynamic_int8(model: onnx.ModelProto, chosen: list[str]) -> onnx.ModelProto:
-    """The `chosen` linear layers as MatMulInteger with dynamically quantized activations (ORT's dynamic quantizer)."""
-    _gemm_as_matmul(model, set(chosen))
+    """The `chosen` linear layers as MatMulInteger with dynamically quantized activations (ORT's dynamic quantizer).
+    It rewrites every Gemm as MatMul + Add first, the MatMul named "<gemm>_MatMul": both names are passed."""
+    gemms = {n.name for n in model.graph.node if n.op_type == "Gemm"}
+    nodes = [*chosen, *(f"{name}_MatMul" for name in chosen if name in gemms)]
     with tempfile.TemporaryDirectory() as folder:
         source, target = Path(folder) / "fp32.onnx", Path(folder) / "int8.onnx"
         save(model, source)
-        quantize_dynamic(source, target, per_channel=True, weight_type=QuantType.QInt8, nodes_to_quantize=chosen,
+        quantize_dynamic(source, target, per_channel=True, weight_type=QuantType.QInt8, nodes_to_quantize=nodes,
                          op_types_to_quantize=["MatMul"], use_external_data_format=model.ByteSize() > 1_800_000_000,
                          extra_options={"MatMulConstBOnly": True})  # fmt: skip
         return onnx.load(str(target))
-
-
-def _gemm_as_matmul(model: onnx.ModelProto, chosen: set[str]) -> None:
-    """Rewrite the chosen Gemm nodes (constant weight, alpha = beta = 1) as MatMul (+ Add of the bias) of the same
-    name, in place. A transposed weight gets a transposed copy, which replaces it where no other node reads it."""
-    weights = {t.name: t for t in model.graph.initializer}
-    readers = Counter(name for node in model.graph.node for name in node.input)
-    nodes, unused = [], set()
-    for node in model.graph.node:
-        attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        if (node.op_type != "Gemm" or node.name not in chosen or node.input[1] not in weights or attributes.get("transA")
-                or attributes.get("alpha", 1.0) != 1.0 or attributes.get("beta", 1.0) != 1.0):  # fmt: skip
-            nodes.append(node)
-            continue
-        weight = node.input[1]
-        if attributes.get("transB"):  # a new name: the exporter's value_info still gives the old one its old shape
-            transposed = f"{weight}_transposed"
-            model.graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(weights[weight]).T.copy(),
-                                                                   transposed))  # fmt: skip
-            if readers[weight] == 1:
-                unused.add(weight)
-            weight = transposed
-        bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
-        product = f"{node.output[0]}_matmul" if bias else node.output[0]
-        nodes.append(onnx.helper.make_node("MatMul", [node.input[0], weight], [product], name=node.name))
-        if bias:
-            nodes.append(onnx.helper.make_node("Add", [product, bias], node.output[:1], name=f"{node.name}_bias"))
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    for field in (model.graph.initializer, model.graph.value_info):
-        kept = [entry for entry in field if entry.name not in unused]
-        del field[:]
-        field.extend(kept)
 
 
 def to_fp16(model: onnx.ModelProto, keep_fp32: list[str]) -> onnx.ModelProto:

@@ -58,7 +58,8 @@ def _check_dynamic_int8(path, original, keep_fp32):
         assert producers[node.input[0]].op_type == "DynamicQuantizeLinear", node.name
         weight = initializers[node.input[1]]
         assert weight.dtype == np.int8 and initializers[node.input[3]].size == weight.shape[1], node.name  # per channel
-    still_float = {n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm", "Conv")}
+    # ORT's dynamic quantizer splits the Gemms it leaves float into "<name>_MatMul" + Add
+    still_float = {n.name.removesuffix("_MatMul") for n in model.graph.node if n.op_type in ("MatMul", "Gemm", "Conv")}
     assert not targets & still_float and (excluded | convolutions) & set(weight_nodes(fp32)) <= still_float
     return model
 
