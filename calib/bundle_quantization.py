@@ -4,6 +4,10 @@ Called by the exporter on its staging directory after the fp32 graphs passed par
 into the manifest's `quantization` section: per graph the precision asked for and the one shipped, the gate report
 (cosine, max/mean abs error vs fp32 on held-out calibration inputs), and end to end against the fp32 pipeline on the
 held-out samples (mask IoU, presence delta, generated-token agreement).
+
+On the cpu target a quantized graph must also pay for itself: an int8 graph that ONNX Runtime runs no faster than
+the fp32 graph (timed here, interleaved, on the exporting machine) is not shipped, and the manifest says why. int4
+is weight-only and exists for memory (the LLM that does not fit), so its speed is recorded but does not decide.
 """
 
 from __future__ import annotations
@@ -18,10 +22,15 @@ import onnx
 
 from cseg.calib.calibration_set import CalibrationSet
 from cseg.calib.collect import MAX_NEW_TOKENS, collect, feeds, sam3_on_text
-from cseg.calib.quantize import MIN_COSINE, compare, passes, quantize
+from cseg.calib.quantize import MIN_COSINE, compare, passes, quantize, speed
 from cseg.manifest import file_sha256
 from cseg.metrics import iou
 from cseg.runtime import Runtime
+from cseg.runtime.graphs import session_options
+
+SPEED_GATED = ("int8",)  # cpu target: shipped only when faster than fp32
+TIMED = ("int8", "int4")  # cpu target: speed vs fp32 recorded (fp8 is simulated on the CPU: accuracy only)
+SPEED_FEEDS = 4  # held-out inputs per timed pass (spread over the recording: prefill and decode steps alike)
 
 RANDOM_WEIGHTS_NOTE = (
     "measured on the checkpoint this bundle was exported from; on random-init test checkpoints these numbers say "
@@ -30,10 +39,12 @@ RANDOM_WEIGHTS_NOTE = (
 
 
 def quantize_bundle(staging: Path, manifest: dict, profile: dict, precision: str, calib: CalibrationSet,
-                    report: Callable[[str], None], progress: bool = True, text=None) -> dict:  # fmt: skip
+                    report: Callable[[str], None], progress: bool = True, keep_slower: bool = False,
+                    text=None) -> dict:  # fmt: skip
     """Quantize `staging`'s graphs in place per the target profile's `precision` policy; returns the updated manifest
     (files not yet re-hashed). For a GPU target every graph is converted (fp16 at least) and gated.
 
+    keep_slower: ship a cpu-target int8 graph even where it is slower here (the bundle will serve on another CPU).
     text: for a rule-only bundle (no reasoner, no text encoder), phrase -> SAM 3 text features: calibration and the
     end-to-end check then prompt SAM 3 with each sample's text alone."""
     policy = {key: value for key, value in profile["policies"][precision].items() if key in manifest["graphs"]}
@@ -47,7 +58,8 @@ def quantize_bundle(staging: Path, manifest: dict, profile: dict, precision: str
         quantized = {**manifest, "graphs": {k: dict(v) for k, v in manifest["graphs"].items()}}
         table, replaced = {}, []
         for key, wanted in policy.items():
-            entry, row = _quantize_graph(staging, manifest["graphs"][key], key, wanted, work, profile, report)
+            entry, row = _quantize_graph(staging, manifest["graphs"][key], key, wanted, work, profile, report,
+                                         keep_slower)  # fmt: skip
             quantized["graphs"][key].update(entry)
             table[key] = row
             if entry["precision"] != "fp32":
@@ -74,7 +86,7 @@ def quantize_bundle(staging: Path, manifest: dict, profile: dict, precision: str
 
 
 def _quantize_graph(staging: Path, entry: dict, key: str, wanted: str, work: Path, profile: dict,
-                    report) -> tuple[dict, dict]:  # fmt: skip
+                    report, keep_slower: bool) -> tuple[dict, dict]:  # fmt: skip
     source = staging / entry["file"]
     calibration, held_out = feeds(work / "train" / key), feeds(work / "held" / key)
     precision, tried, fallback = wanted, [], profile["fallback"]
@@ -85,7 +97,18 @@ def _quantize_graph(staging: Path, entry: dict, key: str, wanted: str, work: Pat
         gate = compare(source, target, held_out)
         worst = min(gate.values(), key=lambda e: e["cosine"])
         tried.append({"precision": precision, "passed": passes(gate, precision), "worst_cosine": worst["cosine"]})
-        if tried[-1]["passed"]:
+        why = None if tried[-1]["passed"] else (f"misses its gate (min cosine {worst['cosine']:.5f} < "
+                                                f"{MIN_COSINE[precision]})")  # fmt: skip
+        if not why and profile["backend"] == "onnxruntime" and precision in TIMED:
+            timing = speed(source, target, held_out[:: max(1, len(held_out) // SPEED_FEEDS)][:SPEED_FEEDS],
+                           session_options(profile.get("session", {})))  # fmt: skip
+            tried[-1]["speed"] = timing
+            report(f"  {key:<13} {precision:<5} {timing['ms']:.1f} ms vs fp32 {timing['fp32_ms']:.1f} ms "
+                   f"({timing['speedup']:.2f}x, interleaved, on this machine)")  # fmt: skip
+            if precision in SPEED_GATED and timing["speedup"] <= 1.0 and not keep_slower:
+                why = f"is not faster than fp32 on the exporting machine ({timing['speedup']:.2f}x)"
+                tried[-1]["rejected"] = why
+        if not why:
             report(f"  {key:<13} {precision:<5} gate ok (min cosine {worst['cosine']:.5f} >= {MIN_COSINE[precision]})")
             files = [target] + ([Path(str(target) + ".data")] if Path(str(target) + ".data").exists() else [])
             return (
@@ -94,8 +117,7 @@ def _quantize_graph(staging: Path, entry: dict, key: str, wanted: str, work: Pat
                  "quantization": info, **_io_types(target, entry)},
                 {"requested": wanted, "shipped": precision, "gate": gate, "tried": tried, **info},
             )  # fmt: skip
-        report(f"  WARNING {key}: {precision} misses its gate (min cosine {worst['cosine']:.5f} < "
-               f"{MIN_COSINE[precision]}), falling back to {fallback[precision]}")  # fmt: skip
+        report(f"  WARNING {key}: {precision} {why}, falling back to {fallback[precision]}")
         target.unlink()
         Path(str(target) + ".data").unlink(missing_ok=True)
         precision = fallback[precision]

@@ -130,7 +130,7 @@ def _export(args) -> int:
     out = export_bundle(
         args.model, args.sam3, args.out, target=args.target, precision=args.precision, top_k=args.top_k,
         queries=args.queries, calib=args.calib, force=args.force, allow_oversize=args.allow_oversize,
-        allow_unsupported_ops=args.allow_unsupported_ops, memory_gb=args.memory_gb,
+        allow_unsupported_ops=args.allow_unsupported_ops, memory_gb=args.memory_gb, keep_slower=args.keep_slower,
     )  # fmt: skip
     check = (f"cseg watch --bundle {out} --device cpu --rule RULE.json FRAMES/" if args.rule_only else
              f"cseg segment --bundle {out} --device cpu ...")  # fmt: skip
@@ -184,23 +184,27 @@ def _bench(args) -> int:
     images = [load_image(samples.resolve(path)) for path in args.image]
     backends = {"runtime": Runtime.open(args.bundle, device=args.device)}
     if args.reference:
+        import torch
+
         from cseg.export.reference import ReferencePipeline
 
         root = Path(args.reference)
         if not (root / "conceptseg-r1").is_dir() or not (root / "sam3").is_dir():
             raise InvalidInputError(f"--reference {root} must hold conceptseg-r1/ and sam3/ (cseg make-checkpoint layout)")
-        backends["reference"] = ReferencePipeline.from_pretrained(root / "conceptseg-r1", root / "sam3")
-    steps = len(backends) * len(bench.PATHS) * (args.warmup + args.repeat) + len(backends)
-    results, fps = {}, {}
+        for dtype in args.reference_dtype or ["fp32", *(["bf16"] if bench.native_bf16() else [])]:
+            backends[f"reference-{dtype}"] = ReferencePipeline.from_pretrained(
+                root / "conceptseg-r1", root / "sam3", dtype={"fp32": torch.float32, "bf16": torch.bfloat16}[dtype])
+    steps = len(backends) * (len(bench.PATHS) * (args.warmup + args.repeat) + args.frames)
     with tqdm(total=steps, desc="bench", unit="run") as progress:
-        for name, backend in backends.items():
-            results[name] = bench.measure(backend, name, images[0], args.prompt, args.repeat, args.warmup,
-                                          args.max_new_tokens, progress.update)  # fmt: skip
-            fps[name] = bench.frame_loop(backend, (images * args.frames)[: args.frames], args.prompt)
-            progress.update()
+        results = bench.measure(backends, images[0], args.prompt, args.repeat, args.warmup, args.max_new_tokens,
+                                progress.update)  # fmt: skip
+        fps = bench.frame_loop(backends, (images * args.frames)[: args.frames], args.prompt)
+        progress.update(len(backends) * args.frames)
     summary = bench.report(results, fps)
+    summary["roofline"] = bench.roofline(summary, backends["runtime"].manifest, bench.machine_peaks())
     summary["host_path"] = bench.host_path()
     print(bench.table(summary))
+    print(bench.roofline_table(summary["roofline"]))
     print(bench.host_path_table(summary["host_path"]))
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=1))
@@ -368,6 +372,9 @@ def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
                              "operator matrix does not list for the target's TensorRT (warns; recorded in the manifest)")
     parser.add_argument("--memory-gb", type=float, default=None,
                         help="GPU targets: the module's memory when the target comes in several (e.g. 32 for orin-agx)")
+    parser.add_argument("--keep-slower", action="store_true",
+                        help="cpu target: ship an int8 graph even where it runs slower than fp32 on this machine "
+                             "(export here, serve on another CPU)")
     parser.set_defaults(run=_export, command="export")
 
 
@@ -408,6 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench_parser.add_argument("--bundle", required=True)
     _add_device_argument(bench_parser)
     bench_parser.add_argument("--reference", help="checkpoint folder (conceptseg-r1/ + sam3/) to time side by side")
+    bench_parser.add_argument("--reference-dtype", action="append", choices=("fp32", "bf16"),
+                              help="reference configuration(s) to time (repeatable; default fp32, and bf16 where the CPU has "
+                                   "native bf16: AVX512-BF16 or AMX)")
     bench_parser.add_argument("--image", action="append", default=None, help="image(s); default sample:astronaut")
     bench_parser.add_argument("--prompt", default="helmet")
     bench_parser.add_argument("--repeat", type=int, default=5)

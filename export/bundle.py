@@ -34,7 +34,7 @@ from cseg.export.graphs import GRAPHS
 from cseg.export.checkpoint_sizes import QWEN_FULL
 from cseg.export.graphs.sam3_text import TEXT_LENGTH
 from cseg.export.loading import load_conceptseg, load_sam3, resolve_checkpoint_dir
-from cseg.export.onnx_export import export_graph
+from cseg.export.onnx_export import count_flops, export_graph
 from cseg.export.parity import check_parity
 from cseg.export.reference import INSTANCE_SCORE_THRESHOLD, RESEARCH_MAX_LENGTH, sam3_text_features
 from cseg.export.sam3_layouts import transformers_layout
@@ -74,6 +74,7 @@ def _export_bundle(
     allow_oversize: bool = False,
     allow_unsupported_ops: bool = False,
     memory_gb: float | None = None,
+    keep_slower: bool = False,
     report: Callable[[str], None] = tqdm.write,
     progress: bool = True,
 ) -> Path:
@@ -87,6 +88,7 @@ def _export_bundle(
     hopper) first checks that the bundle fits the device (`memory_gb`: a smaller module of that target), converts
     every graph (fp16, or QDQ per its policy; gated like quantization), checks the converted graphs against the
     operators its TensorRT versions document (refused unless `allow_unsupported_ops`) and writes the build recipe.
+    On the cpu target an int8 graph slower than its fp32 graph here is not shipped unless `keep_slower`.
     """
     profile, precision = resolve_target(target, precision)
     profile, target = with_memory(profile, memory_gb), canonical(target)
@@ -117,7 +119,7 @@ def _export_bundle(
                                           {"top_k": top_k, "queries": queries}, report, progress)  # fmt: skip
             if policy:
                 manifest = quantize_bundle(staging, manifest, profile, precision, calibration, report, progress,
-                                           text=text)  # fmt: skip
+                                           keep_slower=keep_slower, text=text)  # fmt: skip
         if footprint is not None:
             manifest = _for_tensorrt(staging, manifest, target, profile, footprint, allow_unsupported_ops, report)
         if policy or footprint is not None:
@@ -197,6 +199,7 @@ def _export_into(staging, model_dir, sam3_dir, target, profile, precision, setti
             "precision": "fp32",  # what was exported; quantization (below) changes it per graph
             "bytes": sum(f.stat().st_size for f in files),
             "export_seconds": round(exported, 2),
+            "flops": count_flops(spec),
             **spec.manifest_entry(),
         }
         worst = max(parity[key].values(), key=lambda e: e["max_abs"] / e["tolerance"])

@@ -31,6 +31,26 @@ def example_args(spec: GraphSpec, sizes: dict[str, int], seed: int) -> tuple[tor
     return tuple(inputs[t.name] for t in spec.inputs)
 
 
+def count_flops(spec: GraphSpec) -> dict:
+    """FLOPs of one call at the export sizes (matmuls, convolutions, attention), counted by PyTorch's FlopCounterMode
+    on the module the graph is exported from: `cseg bench` sets them against the measured time and machine peak."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    args = example_args(spec, spec.export_sizes, EXPORT_SEED)
+    # the counter's module tracker hooks autograd on outputs that require grad, and fails on a module that returns a
+    # parameter (the concept head's learnable queries): count with gradients off on the parameters
+    trainable = [p for p in spec.module.parameters() if p.requires_grad]
+    try:
+        for parameter in trainable:
+            parameter.requires_grad_(False)
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            spec.module(*args)
+    finally:
+        for parameter in trainable:
+            parameter.requires_grad_(True)
+    return {"count": int(counter.get_total_flops()), "sizes": dict(spec.export_sizes)}
+
+
 def _named_positional_count(module: torch.nn.Module) -> int:
     parameters = inspect.signature(module.forward).parameters.values()
     return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in parameters)

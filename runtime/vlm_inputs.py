@@ -42,8 +42,34 @@ def image_patches(image: Image.Image, prep: dict) -> tuple[np.ndarray, list[int]
     return np.ascontiguousarray(blocks.reshape(grid_h * grid_w, -1), dtype=np.float32), [1, grid_h, grid_w]
 
 
+def window_layout(window_lengths, size: int) -> dict[str, np.ndarray]:
+    """The window-ordered tokens laid out as windows of `size` slots (the largest window; edge windows are smaller):
+    per slot, the token it reads (the window's first on padding) and whether it is a real token; per token, its slot.
+    vlm_vision gathers with the first two, attends within each window under the mask, and gathers back with the last;
+    the padding keeps every shape static but the number of windows."""
+    lengths = np.asarray(window_lengths, dtype=np.int64)
+    if lengths.size and (lengths.max() > size or lengths.min() < 1):
+        raise ValueError(f"window lengths must lie in 1..{size}, got {lengths.min()}..{lengths.max()}")
+    starts = np.cumsum(lengths) - lengths
+    slots = np.arange(size)
+    valid = slots[None, :] < lengths[:, None]
+    window_of = np.repeat(np.arange(len(lengths)), lengths)
+    return {
+        "window_gather": (starts[:, None] + np.where(valid, slots[None, :], 0)).astype(np.int64),
+        "window_valid": valid,
+        "window_scatter": (window_of * size + np.arange(lengths.sum()) - starts[window_of]).astype(np.int64),
+    }
+
+
+def window_slots(vision: dict) -> int:
+    """Tokens in a full attention window of the vision tower: (window_size / patch_size)^2 patches."""
+    window = vision["window_size"] // vision["spatial_merge_size"] // vision["patch_size"]
+    return window * window * vision["spatial_merge_size"] ** 2
+
+
 def vision_inputs(grids: list[list[int]], vision: dict) -> dict[str, np.ndarray]:
-    """Rotary position ids, window order and its inverse, and per-token window and image ids for vlm_vision."""
+    """Rotary position ids, window order and its inverse, the padded window layout and per-token image ids for
+    vlm_vision."""
     merge, unit = vision["spatial_merge_size"], vision["spatial_merge_size"] ** 2
     window = vision["window_size"] // merge // vision["patch_size"]
     positions, order, window_lengths, image_lengths = [], [], [], []
@@ -69,7 +95,7 @@ def vision_inputs(grids: list[list[int]], vision: dict) -> dict[str, np.ndarray]
         "position_ids": np.concatenate(positions).astype(np.int64),
         "window_index": window_index,
         "reverse_window_index": np.argsort(window_index, kind="stable").astype(np.int64),
-        "window_ids": np.repeat(np.arange(len(window_lengths)), window_lengths).astype(np.int64),
+        **window_layout(window_lengths, window_slots(vision)),
         "image_ids": np.repeat(np.arange(len(image_lengths)), image_lengths).astype(np.int64),
     }
 

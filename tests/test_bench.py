@@ -6,16 +6,33 @@ from cseg import bench
 
 
 def test_bench_reports_stages_ratio_and_plot(runtime, reference, photo, tmp_path):
-    results = {name: bench.measure(backend, name, photo, "helmet", repeat=2, warmup=0, max_new_tokens=4)
-               for name, backend in (("runtime", runtime), ("reference", reference))}  # fmt: skip
-    summary = bench.report(results, {"runtime": bench.frame_loop(runtime, [photo, photo], "helmet")})
+    calls = []
+
+    class Recorded:  # records the order in which the backends run
+        def __init__(self, name, backend):
+            self.name, self.backend = name, backend
+
+        def segment(self, *args, **kwargs):
+            calls.append(self.name)
+            return self.backend.segment(*args, **kwargs)
+
+    backends = {"runtime": Recorded("runtime", runtime), "reference-fp32": Recorded("reference-fp32", reference)}
+    results = bench.measure(backends, photo, "helmet", repeat=2, warmup=1, max_new_tokens=4)
+    # interleaved run by run, the order rotated each round: a slow spell of the machine hits both backends
+    assert calls == ["runtime", "reference-fp32"] * 2 + ["reference-fp32", "runtime"] * 2 + ["runtime", "reference-fp32"] * 2
+    summary = bench.report(results, bench.frame_loop(backends, [photo, photo], "helmet"))
     full = summary["backends"]["runtime"]["full"]
     assert full["runs"] == 2 and full["decode_tokens_per_s"] > 0 and full["time_to_first_token_ms"] > 0
     assert {"sam3_vision", "vlm_prefill", "vlm_decode", "total"} <= set(full["stages_ms"])
     stats = full["stages_ms"]["total"]
-    assert stats["median"] <= stats["p90"] <= stats["p99"]
-    assert set(summary["reference_over_runtime"]) == {"shortcut", "full"} and summary["peak_rss_mb"] > 0
-    assert "reference / runtime" in bench.table(summary)
+    assert stats["min"] <= stats["median"] <= stats["p90"] <= stats["p99"] <= stats["max"]
+    assert set(summary["speedup"]) == {"shortcut", "full"} and summary["peak_rss_mb"] > 0
+    full_speed = summary["speedup"]["full"]
+    assert full_speed["fastest_reference"] == "reference-fp32"
+    ratio = full_speed["references"]["reference-fp32"]
+    assert ratio["paired_min"] <= ratio["paired_median"] <= ratio["paired_max"]
+    assert set(summary["frames_per_s"]) == {"runtime", "reference-fp32"}
+    assert "reference-fp32 / runtime" in bench.table(summary)
     bench.plot(summary, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 10_000
     json.dumps(summary)  # serialisable as written by --json
@@ -26,7 +43,15 @@ def test_cli_bench(tiny_bundle, tmp_path, capsys):
 
     out = tmp_path / "bench.json"
     assert main(["bench", "--bundle", str(tiny_bundle), "--repeat", "1", "--warmup", "0", "--frames", "1",
-                 "--max-new-tokens", "2", "--json", str(out)]) == 0  # fmt: skip
-    assert "runtime / full path" in capsys.readouterr().out
-    assert json.loads(out.read_text())["backends"]["runtime"]["shortcut"]["runs"] == 1
+                 "--max-new-tokens", "2", "--json", str(out), "--plot", str(tmp_path / "bench.png")]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "runtime / full path" in printed and "bandwidth bound" in printed
+    summary = json.loads(out.read_text())
+    assert summary["backends"]["runtime"]["shortcut"]["runs"] == 1
+    line = summary["roofline"]  # the exporter's FLOP counts against the measured machine
+    assert line["peaks"]["fp32_gflop_s"] > 0 and line["peaks"]["int8_gop_s"] > 0 and line["peaks"]["bandwidth_gb_s"] > 0
+    assert set(line["graphs"]) == set(bench.ROOFLINE_STAGES)
+    for graph in line["graphs"].values():
+        assert graph["gflop"] > 0 and 0 < graph["fraction_of_peak"] < 10  # above 1 only for noisy tiny timings
+    assert 0 < line["decode"]["fraction_of_bound"] and line["decode"]["weight_mb"] > 0
     assert main(["bench", "--bundle", str(tiny_bundle), "--repeat", "0"]) == 2

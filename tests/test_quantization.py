@@ -42,7 +42,29 @@ def _check_qdq(path, original, keep_fp32):
     return model
 
 
-def test_int8_bundle_is_qdq_where_the_policy_says(int8_bundle, tiny_bundle):
+def _check_dynamic_int8(path, original, keep_fp32):
+    """cpu-target int8: every linear layer but the fp32-keep ones is now a MatMulInteger fed by a dynamically
+    quantized (u8) activation and a per-channel s8 weight; the fp32-keep ones and the convolutions are still float."""
+    fp32 = onnx.load(str(original))
+    model = onnx.load(str(path))
+    producers = _producers(model)
+    initializers = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    excluded = set(excluded_nodes(fp32, keep_fp32))
+    convolutions = {n.name for n in fp32.graph.node if n.op_type == "Conv"}
+    targets = set(weight_nodes(fp32)) - excluded - convolutions
+    integer = [n for n in model.graph.node if n.op_type == "MatMulInteger"]
+    assert len(integer) == len(targets) > 0, path
+    for node in integer:
+        assert producers[node.input[0]].op_type == "DynamicQuantizeLinear", node.name
+        weight = initializers[node.input[1]]
+        assert weight.dtype == np.int8 and initializers[node.input[3]].size == weight.shape[1], node.name  # per channel
+    # ORT's dynamic quantizer splits the Gemms it leaves float into "<name>_MatMul" + Add
+    still_float = {n.name.removesuffix("_MatMul") for n in model.graph.node if n.op_type in ("MatMul", "Gemm", "Conv")}
+    assert not targets & still_float and (excluded | convolutions) & set(weight_nodes(fp32)) <= still_float
+    return model
+
+
+def test_cpu_int8_bundle_is_dynamic_int8_where_the_policy_says(int8_bundle, tiny_bundle):
     manifest = read_manifest(int8_bundle)
     fp32 = read_manifest(tiny_bundle)  # the same checkpoint exported in fp32: same node names
     table = manifest["quantization"]["graphs"]
@@ -51,7 +73,8 @@ def test_int8_bundle_is_qdq_where_the_policy_says(int8_bundle, tiny_bundle):
         graph = manifest["graphs"][key]
         assert row["shipped"] == graph["precision"] == "int8", key
         assert all(entry["cosine"] >= 0.99 for entry in row["gate"].values())
-        _check_qdq(int8_bundle / graph["file"], tiny_bundle / fp32["graphs"][key]["file"], graph["keep_fp32"])
+        assert row["scheme"].startswith("int8 dynamic"), key
+        _check_dynamic_int8(int8_bundle / graph["file"], tiny_bundle / fp32["graphs"][key]["file"], graph["keep_fp32"])
     for key in ("concept_head", "sam3_decoder"):  # not in the cpu int8 policy
         assert manifest["graphs"][key]["precision"] == "fp32"
     assert not (int8_bundle / "graphs" / "vlm_decoder.onnx").exists()  # the fp32 original left the bundle
@@ -88,19 +111,44 @@ def test_quantized_bundles_serve(fixture, request, photo):
     assert full.mask.shape == short.mask.shape == photo.shape[:2] and len(full.token_ids) == 4
 
 
-def test_a_graph_missing_its_gate_falls_back(tiny_checkpoint, calibration_folder, tmp_path, monkeypatch):
+def test_a_graph_missing_its_gate_or_slower_than_fp32_falls_back(tiny_checkpoint, calibration_folder, tmp_path,
+                                                                  monkeypatch):  # fmt: skip
     import cseg.calib.bundle_quantization as orchestration
     from cseg.export.bundle import export_bundle
 
     monkeypatch.setitem(orchestration.MIN_COSINE, "int4", 1.5)  # impossible: forces the fallback int4 -> int8
+    timed = []
+
+    def slower(reference, candidate, feeds, options):  # int8 timed slower than fp32: forces int8 -> fp32
+        timed.append(candidate.name)
+        return {"fp32_ms": 10.0, "ms": 12.0, "speedup": 0.833}
+
+    monkeypatch.setattr(orchestration, "speed", slower)
     lines = []
     bundle = export_bundle(*tiny_checkpoint, tmp_path / "b", precision="int4", calib=calibration_folder,
                            progress=False, report=lines.append)  # fmt: skip
-    row = read_manifest(bundle)["quantization"]["graphs"]["vlm_decoder"]
-    assert row["requested"] == "int4" and row["shipped"] == "int8"
+    manifest = read_manifest(bundle)
+    row = manifest["quantization"]["graphs"]["vlm_decoder"]
+    assert row["requested"] == "int4" and row["shipped"] == "fp32" and timed == ["vlm_decoder.int8.onnx"]
     assert [t["precision"] for t in row["tried"]] == ["int4", "int8"] and not row["tried"][0]["passed"]
+    assert row["tried"][1]["passed"] and "not faster than fp32" in row["tried"][1]["rejected"]
     assert any("WARNING vlm_decoder: int4 misses its gate" in line for line in lines)
-    assert read_manifest(bundle)["graphs"]["vlm_decoder"]["precision"] == "int8"
+    assert any("WARNING vlm_decoder: int8 is not faster than fp32" in line for line in lines)
+    assert manifest["graphs"]["vlm_decoder"]["precision"] == "fp32"
+    assert (bundle / manifest["graphs"]["vlm_decoder"]["file"]).exists()  # the fp32 graph stays in the bundle
+    assert Runtime.open(bundle).segment(np.zeros((32, 32, 3), np.uint8), "bolt", route="full", max_new_tokens=2)
+
+
+def test_speed_times_fp32_and_int8_interleaved(tiny_bundle, int8_bundle):
+    from cseg.calib.quantize import speed
+    from cseg.runtime.graphs import session_options
+
+    graph = read_manifest(int8_bundle)["graphs"]["sam3_text"]
+    fp32 = tiny_bundle / read_manifest(tiny_bundle)["graphs"]["sam3_text"]["file"]
+    feed = {"input_ids": np.ones((1, 32), np.int64), "attention_mask": np.ones((1, 32), np.int64)}
+    timing = speed(fp32, int8_bundle / graph["file"], [feed], session_options({}), rounds=2)
+    assert timing["fp32_ms"] > 0 and timing["ms"] > 0
+    assert timing["speedup"] == pytest.approx(timing["fp32_ms"] / timing["ms"], rel=0.01)
 
 
 def test_fp8_graphs_are_qdq_and_run_on_the_cpu(tiny_bundle, tmp_path, calibration_folder):

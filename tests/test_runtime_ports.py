@@ -78,3 +78,16 @@ def test_bilinear_resize_matches_torch(source, target):
 def test_render_chat_without_images_is_text_only():
     assert "<|image_pad|>" not in prompting.render_chat("Q", 0)
     assert isinstance(Image.new("RGB", (2, 2)), Image.Image)
+
+
+def test_window_layout_pads_gathers_and_scatters_back():
+    from cseg.runtime.vlm_inputs import window_layout
+
+    layout = window_layout([3, 1, 4], 4)
+    assert layout["window_gather"].tolist() == [[0, 1, 2, 0], [3, 3, 3, 3], [4, 5, 6, 7]]  # padding reads the first
+    assert layout["window_valid"].tolist() == [[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]]
+    assert layout["window_scatter"].tolist() == [0, 1, 2, 4, 8, 9, 10, 11]
+    tokens = np.arange(8) * 10  # gather into the padded windows and back: every token where it was
+    assert np.array_equal(tokens[layout["window_gather"]].ravel()[layout["window_scatter"]], tokens)
+    with pytest.raises(ValueError, match="window lengths"):
+        window_layout([5], 4)
