@@ -3,7 +3,7 @@ profiles (min/opt/max shape of every input) and the builder settings, plus the e
 for users who build by hand. Written by cseg-export into the bundle, read by `cseg build` on the device.
 
 Profiles come from the target's shape table and the manifest's dynamic axes:
-- vlm_vision: 1 image .. `images.max` images of the exported VLM grid;
+- vlm_vision: 1 image .. `images.max` images of the exported VLM grid (patches, merged tokens and attention windows);
 - vlm_decoder: two profiles. `prefill` (the prompt, an empty cache) and `decode` (one token against the whole KV
   cache of `total_tokens` positions, unfilled ones masked): the decode step's shapes never change, so its engine
   run is captured once as a CUDA graph and replayed per token;
@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import shlex
 from pathlib import Path
+
+from cseg.runtime.vlm_inputs import vision_inputs
 
 RECIPE_NAME = "recipe.json"
 BUILD_SCRIPT = "build_engines.sh"
@@ -38,10 +40,12 @@ def _axes(manifest: dict) -> dict[str, dict[str, dict[str, int]]]:
     t, h, w = manifest["preprocessing"]["vlm"]["grid_thw"]
     patches = t * h * w
     merged = patches // manifest["preprocessing"]["vlm"]["merge_size"] ** 2
+    windows = len(vision_inputs([[t, h, w]], manifest["model"]["vision"])["window_valid"])
     return {
         **sam3,
         "vlm_vision": {"default": {"patches": span(*(n * patches for n in images.values())),
-                                   "merged": span(*(n * merged for n in images.values()))}},
+                                   "merged": span(*(n * merged for n in images.values())),
+                                   "windows": span(*(n * windows for n in images.values()))}},
         "vlm_decoder": {
             "prefill": {"seq": prompt, "past": span(0, 0, 0), "total": prompt,
                         "image_tokens": span(1, merged * images["opt"], merged * images["max"])},

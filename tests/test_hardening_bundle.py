@@ -125,7 +125,7 @@ def test_int8_export_writes_the_manifest_last_and_removes_its_calibration_set(ti
     monkeypatch.setattr(tempfile, "tempdir", str(temp))
     seen = []
 
-    def quantize(staging, manifest, profile, precision, calibration, report, progress, text=None):
+    def quantize(staging, manifest, profile, precision, calibration, report, progress, keep_slower=False, text=None):
         seen.append(((staging / MANIFEST_NAME).exists(), calibration.root.is_dir(), len(calibration.items)))
         raise KeyboardInterrupt  # killed while quantizing
 
