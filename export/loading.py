@@ -140,11 +140,11 @@ def _infer_num_queries(config, path: Path) -> None:
                    "of %s %s", path, config.num_of_query, LEARNABLE_QUERY_WEIGHT, list(shape))  # fmt: skip
 
 
-# Meta's SAM 3 ViT normalises with LayerNorm(eps=1e-5) (sam3/model/vitdet.py, ViT.__init__: norm_layer "LayerNorm"
-# -> partial(nn.LayerNorm, eps=1e-5)); transformers' Sam3ViTConfig defaults to 1e-6 and its converter (hence the
-# published facebook/sam3 config.json) keeps that default. Meta's value is the model ConceptSeg-R1 runs, so every
-# SAM 3 loads with it; the difference grows as the ViT's activations shrink (random weights: 1.8e-3 x max|logit| in
-# the semantic logits, measured against Meta's own, see README).
+# Meta's SAM 3 ViT normalises with LayerNorm(eps=1e-5) (sam3/model/vitdet.py, ViT.__init__: norm_layer
+# "LayerNorm" -> partial(nn.LayerNorm, eps=1e-5)); transformers' Sam3ViTConfig defaults to 1e-6 and its converter
+# writes Sam3Config's defaults (so the published facebook/sam3 config.json should say 1e-6 too; not seen here).
+# Meta's value is the model ConceptSeg-R1 runs, so every SAM 3 loads with it; the difference grows as the ViT's
+# activations shrink (random weights: 1.8e-3 x max|logit| in the semantic logits against Meta's own, see README).
 META_VIT_LAYER_NORM_EPS = 1e-5
 
 
