@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase, Sam3Model
+from transformers import AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase, Sam3Config, Sam3Model
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from cseg.errors import CheckpointError
@@ -140,6 +140,14 @@ def _infer_num_queries(config, path: Path) -> None:
                    "of %s %s", path, config.num_of_query, LEARNABLE_QUERY_WEIGHT, list(shape))  # fmt: skip
 
 
+# Meta's SAM 3 ViT normalises with LayerNorm(eps=1e-5) (sam3/model/vitdet.py, ViT.__init__: norm_layer
+# "LayerNorm" -> partial(nn.LayerNorm, eps=1e-5)); transformers' Sam3ViTConfig defaults to 1e-6 and its converter
+# writes Sam3Config's defaults (so the published facebook/sam3 config.json should say 1e-6 too; not seen here).
+# Meta's value is the model ConceptSeg-R1 runs, so every SAM 3 loads with it; the difference grows as the ViT's
+# activations shrink (random weights: 1.8e-3 x max|logit| in the semantic logits against Meta's own, see README).
+META_VIT_LAYER_NORM_EPS = 1e-5
+
+
 def load_sam3(sam3_dir: str | os.PathLike, dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa"):
     """Load SAM 3 (transformers' Sam3Model reads the published facebook/sam3 weights) and its CLIP tokenizer.
 
@@ -156,11 +164,17 @@ def load_sam3(sam3_dir: str | os.PathLike, dtype: torch.dtype = torch.float32, a
     path = resolve_checkpoint_dir(sam3_dir, "SAM 3")
     _require_files(path, "SAM 3")
     try:
+        config = Sam3Config.from_pretrained(path)
+        vit = config.vision_config.backbone_config
+        if vit.layer_norm_eps != META_VIT_LAYER_NORM_EPS:
+            logger.info("SAM 3 checkpoint %s: ViT layer_norm_eps %g -> %g (Meta's SAM 3)", path, vit.layer_norm_eps,
+                        META_VIT_LAYER_NORM_EPS)  # fmt: skip
+            vit.layer_norm_eps = META_VIT_LAYER_NORM_EPS
         model, info = Sam3Model.from_pretrained(
-            path, dtype=dtype, output_loading_info=True, attn_implementation=attn_implementation,
+            path, config=config, dtype=dtype, output_loading_info=True, attn_implementation=attn_implementation,
             ignore_mismatched_sizes=True,
         )
-    except (ValueError, RuntimeError) as exc:
+    except (ValueError, RuntimeError, OSError) as exc:
         raise CheckpointError(f"SAM 3 checkpoint {path} could not be loaded: {exc}") from None
     _check_loading_info(info, path, "SAM 3")
     model.eval()

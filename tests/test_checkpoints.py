@@ -55,6 +55,11 @@ def test_loaded_weights_equal_the_files_bit_for_bit(tiny_checkpoint, tmp_path):
     sam3 = load_sam3(sam3_dir)
     sam_disk = load_file(sam3_dir / "model.safetensors")
     assert all(torch.equal(t, sam_disk[n]) for n, t in sam3.model.state_dict().items())
+    # the file says transformers' default ViT eps (1e-6); loading gives Meta's (1e-5) to every ViT LayerNorm
+    vit_config = json.loads((sam3_dir / "config.json").read_text())["vision_config"]["backbone_config"]
+    assert vit_config["layer_norm_eps"] == 1e-6
+    vit_norms = [m for m in sam3.model.vision_encoder.backbone.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert vit_norms and all(m.eps == 1e-5 for m in vit_norms)
     # and through a save/load cycle of transformers itself
     vlm.model.save_pretrained(tmp_path / "resaved")
     for name in ("tokenizer.json", "tokenizer_config.json", "preprocessor_config.json", "generation_config.json"):
