@@ -51,11 +51,15 @@ SAM3_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
 def export_bundle(model_dir, sam3_dir, out, **options) -> Path:
-    """Export both checkpoints into the bundle directory `out` (options: see _export_bundle); returns its path.
+    """Export both checkpoints into the bundle directory `out`; returns its path. force: replace the bundle at `out`
+    (never a folder that is not a cseg bundle, nor one holding a checkpoint); other options: see _export_bundle.
 
     `sam3_dir` may be transformers' layout (facebook/sam3's safetensors) or Meta's (its sam3.pt, or a folder with
     it), which is converted into a temporary folder first (cseg.export.sam3_layouts).
     """
+    # checked against the user's checkpoint, not the temporary copy a Meta layout is converted into (and before it)
+    sources = (sam3_dir,) if model_dir is None else (model_dir, sam3_dir)
+    check_destination(Path(out), options.pop("force", False), sources)
     with transformers_layout(sam3_dir) as sam3_dir:
         return _export_bundle(model_dir, sam3_dir, out, **options)
 
@@ -70,7 +74,6 @@ def _export_bundle(
     top_k: int = DEFAULT_TOP_K,
     queries: int | None = None,
     calib: str | Path | None = None,
-    force: bool = False,
     allow_oversize: bool = False,
     allow_unsupported_ops: bool = False,
     memory_gb: float | None = None,
@@ -95,7 +98,7 @@ def _export_bundle(
     keys = GRAPH_KEYS if model_dir is not None else RULE_ONLY_GRAPH_KEYS
     queries = _queries(model_dir, queries, profile, precision)
     out = Path(out)
-    destination = check_destination(out, force, (sam3_dir,) if model_dir is None else (model_dir, sam3_dir))
+    destination = out.resolve()  # export_bundle checked it
     footprint = None
     if profile["backend"] == "tensorrt":
         # from the safetensors headers, before loading anything: a bundle that cannot fit is refused in seconds

@@ -1,16 +1,19 @@
 """SAM 3 weights in Meta's layout and transformers', both ways (cseg.export.sam3_layouts)."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from cseg.errors import CheckpointError
+from cseg.errors import BundleError, CheckpointError
 from cseg.export import sam3_layouts
+from cseg.export.bundle import export_bundle
 from cseg.export.loading import load_sam3
 from cseg.export.make_checkpoint import make_checkpoint
+from cseg.manifest import BUNDLE_FORMAT
 
 # Written by Meta's own model: `.venv-meta/bin/python tests/meta_oracle.py --dump-layout --out ...` (sam3 0.1.4)
 META_LAYOUT = Path(__file__).parent / "data" / "meta_sam3_layout.json"
@@ -85,3 +88,13 @@ def test_export_reads_metas_file_through_a_temporary_transformers_folder(meta_ch
     assert not folder.exists()
     with sam3_layouts.transformers_layout(meta_checkpoint) as same:  # transformers' layout: used as it is
         assert same == meta_checkpoint
+
+
+def test_a_bundle_folder_holding_metas_file_is_not_exported_over(meta_checkpoint, tmp_path):
+    """The destination check sees the user's sam3.pt, not the temporary folder it is converted into."""
+    folder = tmp_path / "bundle"
+    shutil.copytree(meta_checkpoint, folder)
+    (folder / "manifest.json").write_text(json.dumps({"format": BUNDLE_FORMAT}))
+    with pytest.raises(BundleError, match="holds the checkpoint"):
+        export_bundle(None, folder / sam3_layouts.META_FILE, folder, force=True, progress=False)
+    assert (folder / sam3_layouts.META_FILE).is_file()
