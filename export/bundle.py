@@ -192,7 +192,8 @@ def _export_into(staging, model_dir, sam3_dir, target, profile, precision, setti
         spec = build(vlm, sam3, settings)
         files = export_graph(spec, staging / "graphs" / f"{key}.onnx")
         exported = time.perf_counter() - began
-        parity[key] = check_parity(spec, files[0])
+        counted = {}
+        parity[key] = check_parity(spec, files[0], counted)
         size = sum(f.stat().st_size for f in files) / 1e6
         graphs[key] = {
             "file": f"graphs/{key}.onnx",
@@ -202,7 +203,7 @@ def _export_into(staging, model_dir, sam3_dir, target, profile, precision, setti
             "precision": "fp32",  # what was exported; quantization (below) changes it per graph
             "bytes": sum(f.stat().st_size for f in files),
             "export_seconds": round(exported, 2),
-            "flops": count_flops(spec),
+            "flops": count_flops(spec, counted),
             **spec.manifest_entry(),
         }
         worst = max(parity[key].values(), key=lambda e: e["max_abs"] / e["tolerance"])

@@ -14,13 +14,14 @@ import torch
 
 from cseg.errors import OutputNameError, OutputShapeError, ParityError
 from cseg.export.graph_spec import GraphSpec
-from cseg.export.onnx_export import example_args
+from cseg.export.onnx_export import example_args, flop_counter, sizes_key
 
 VALIDATION_SEED = 1000
 
 
-def check_parity(spec: GraphSpec, onnx_path) -> dict[str, dict]:
-    """Per output: worst max_abs and mean_abs over the validation inputs, with the tolerance applied."""
+def check_parity(spec: GraphSpec, onnx_path, flops: dict[str, int] | None = None) -> dict[str, dict]:
+    """Per output: worst max_abs and mean_abs over the validation inputs, with the tolerance applied. `flops`, when
+    given, receives the FLOPs of each reference forward by its sizes (sizes_key): the manifest's count reuses them."""
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     expected_names = [t.name for t in spec.outputs]
     got_names = [o.name for o in session.get_outputs()]
@@ -30,8 +31,10 @@ def check_parity(spec: GraphSpec, onnx_path) -> dict[str, dict]:
     report = {name: {"max_abs": 0.0, "mean_abs": 0.0, "scale": 0.0} for name in expected_names}
     for case, sizes in enumerate(spec.validation_sizes):
         args = example_args(spec, sizes, VALIDATION_SEED + case)
-        with torch.no_grad():
+        with flop_counter(spec.module) if flops is not None else torch.no_grad() as counter:
             reference = spec.module(*args)
+        if flops is not None:
+            flops[sizes_key(sizes)] = counter.get_total_flops()
         reference = [reference] if isinstance(reference, torch.Tensor) else list(reference)
         feed = {t.name: a.numpy() for t, a in zip(spec.inputs, args) if t.name in accepted}
         outputs = session.run(expected_names, feed)

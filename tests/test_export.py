@@ -210,6 +210,23 @@ def test_parity_failures_are_typed_and_name_the_output(tmp_path):
         check_parity(_toy_spec(Padded()), path)
 
 
+def test_flops_come_from_the_parity_forward_at_the_export_sizes(tmp_path):
+    from dataclasses import replace
+
+    from cseg.export.onnx_export import count_flops, export_graph
+    from cseg.export.parity import check_parity
+
+    spec = _toy_spec(torch.nn.Linear(3, 3))
+    path = export_graph(spec, tmp_path / "toy.onnx")[0]
+    counted = {}
+    check_parity(replace(spec, validation_sizes=[{"n": 6}, {"n": 4}]), path, counted)
+    assert counted == {"n=6": 2 * 6 * 3 * 3, "n=4": 2 * 4 * 3 * 3}  # a [n, 3] x [3, 3] matmul: 2 n 3 3
+    reused = count_flops(spec, counted)
+    assert reused == {"count": 72, "sizes": {"n": 4}} == count_flops(spec, {})  # the same as a forward of its own
+    assert count_flops(spec, {"n=4": 5})["count"] == 5  # taken from the parity forward, not recounted
+    assert count_flops(spec, {"n=6": 5})["count"] == 72  # no forward at the export sizes: counted here
+
+
 def test_export_refuses_existing_bundles_and_unknown_targets(tiny_checkpoint, tiny_bundle):
     from cseg.export.bundle import export_bundle
 
