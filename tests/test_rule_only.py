@@ -202,16 +202,18 @@ def test_a_rule_from_an_fp32_cpu_bundle_on_an_orin_nano_rule_only_bundle(runtime
     nano = Runtime.open(bundle, device="cpu")
     ious = {name: iou(runtime.apply(rule, image).mask, nano.apply(rule, image).mask) for name, image in _photos().items()}
     print(precision, {name: round(value, 4) for name, value in ious.items()})
-    # fp16 is a conversion: the issue's bar of 0.98 holds. int8 (QDQ image encoder) is measured and printed; on the
-    # random-init tiny SAM 3 it is 0.94-0.99, the same as the full int8 bundle's (next test): the int8 policy's cost
-    assert min(ious.values()) >= (0.98 if precision == "fp16" else 0.9)
+    # the issue's bar. int8 met it once the neck's 1x level stayed fp16 (export/graphs/sam3_vision.py): 0.92-0.99
+    # before on this random-init tiny SAM 3
+    assert min(ious.values()) >= 0.98
 
 
 @pytest.mark.slow
 def test_an_int8_rule_only_bundle_applies_as_the_int8_full_bundle(int8_bundle, tiny_checkpoint, calibration_folder,
                                                                    tmp_path, photo):  # fmt: skip
     """Same weights, same precision, same calibration: the same quantized image encoder, so the same masks."""
-    bundle = _rule_only_export(tiny_checkpoint, tmp_path / "int8", calibration_folder, precision="int8")
+    # keep_slower, as int8_bundle: on the tiny graphs int8 need not be faster, and the speed gate would ship fp32
+    bundle = _rule_only_export(tiny_checkpoint, tmp_path / "int8", calibration_folder, precision="int8",
+                               keep_slower=True)  # fmt: skip
     vision = [read_manifest(b)["graphs"]["sam3_vision"] for b in (bundle, int8_bundle)]
     assert vision[0]["precision"] == "int8" and vision[0]["sha256"] == vision[1]["sha256"]
     full, rule_only = Runtime.open(int8_bundle), Runtime.open(bundle)
