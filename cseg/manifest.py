@@ -64,7 +64,8 @@ _GRAPH = _object({
 }, {"data_files": {"type": "array", "items": _PATH}, "bytes": _int(0, 1 << 50)})
 _PARITY_OUTPUT = _object({"max_abs": _number(0, 1e30), "mean_abs": _number(0, 1e30), "tolerance": _number(0, 1e30)})
 # weights: the SAM 3 weights id (export/bundle.py sam3_weights_id), what a portable rule is bound to
-_SOURCE = _object({"path": _TEXT, "sha256": _SHA256, "files": {"type": "object"}}, {"weights": _SHA256})
+_SOURCE = _object({"path": _TEXT, "sha256": _SHA256, "files": {"type": "object"}},
+                  {"weights": _SHA256, "layout": {"enum": ["meta"]}})  # layout: a Meta sam3.pt, converted at export
 _SAM3_MODEL = {"num_queries": _int(1, 4096), "top_k": _int(1, 10000)}
 _MODEL = _object({
     "num_queries": _int(1, 4096),

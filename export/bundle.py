@@ -37,7 +37,7 @@ from cseg.export.loading import load_conceptseg, load_sam3, resolve_checkpoint_d
 from cseg.export.onnx_export import count_flops, export_graph
 from cseg.export.parity import check_parity
 from cseg.export.reference import INSTANCE_SCORE_THRESHOLD, RESEARCH_MAX_LENGTH, sam3_text_features
-from cseg.export.sam3_layouts import transformers_layout
+from cseg.export.sam3_layouts import meta_file, transformers_layout
 from cseg.images import SAM3_MEAN, SAM3_STD, VLM_SIDE
 from cseg.manifest import (BUNDLE_FORMAT, FORMAT_VERSION, GRAPH_KEYS, MANIFEST_NAME, RULE_ONLY, RULE_ONLY_GRAPH_KEYS,
                            file_sha256, hash_files, validate_manifest)  # fmt: skip
@@ -60,8 +60,8 @@ def export_bundle(model_dir, sam3_dir, out, **options) -> Path:
     # checked against the user's checkpoint, not the temporary copy a Meta layout is converted into (and before it)
     sources = (sam3_dir,) if model_dir is None else (model_dir, sam3_dir)
     check_destination(Path(out), options.pop("force", False), sources)
-    with transformers_layout(sam3_dir) as sam3_dir:
-        return _export_bundle(model_dir, sam3_dir, out, **options)
+    with transformers_layout(sam3_dir) as loadable:
+        return _export_bundle(model_dir, loadable, out, sam3_given=sam3_dir, **options)
 
 
 def _export_bundle(
@@ -78,6 +78,7 @@ def _export_bundle(
     allow_unsupported_ops: bool = False,
     memory_gb: float | None = None,
     keep_slower: bool = False,
+    sam3_given=None,
     report: Callable[[str], None] = tqdm.write,
     progress: bool = True,
 ) -> Path:
@@ -92,6 +93,8 @@ def _export_bundle(
     every graph (fp16, or QDQ per its policy; gated like quantization), checks the converted graphs against the
     operators its TensorRT versions document (refused unless `allow_unsupported_ops`) and writes the build recipe.
     On the cpu target an int8 graph slower than its fp32 graph here is not shipped unless `keep_slower`.
+    `sam3_given`: the SAM 3 checkpoint as the user named it, when `sam3_dir` is a conversion of it (the manifest names
+    the user's files, not a temporary folder).
     """
     profile, precision = resolve_target(target, precision)
     profile, target = with_memory(profile, memory_gb), canonical(target)
@@ -118,7 +121,7 @@ def _export_bundle(
     start = time.perf_counter()
     try:
         with _calibration_set(calib) if policy else contextlib.nullcontext() as calibration:
-            manifest, text = _export_into(staging, model_dir, sam3_dir, target, profile, precision,
+            manifest, text = _export_into(staging, model_dir, sam3_dir, sam3_given, target, profile, precision,
                                           {"top_k": top_k, "queries": queries}, report, progress)  # fmt: skip
             if policy:
                 manifest = quantize_bundle(staging, manifest, profile, precision, calibration, report, progress,
@@ -169,7 +172,7 @@ def sam3_weights_id(model) -> str:
     return digest.hexdigest()
 
 
-def _export_into(staging, model_dir, sam3_dir, target, profile, precision, settings, report, progress):
+def _export_into(staging, model_dir, sam3_dir, sam3_given, target, profile, precision, settings, report, progress):
     """Export, check and write the graphs; returns the manifest and, for a rule-only bundle, a phrase -> SAM 3 text
     features function (its calibration prompts SAM 3 with text alone: it has no reasoner, nor a text encoder)."""
     report("loading checkpoints")
@@ -220,7 +223,7 @@ def _export_into(staging, model_dir, sam3_dir, target, profile, precision, setti
         "target": target,
         "precision": precision,
         "session": profile.get("session", {}),
-        "source": {"sam3": {**_source(sam3.path), "weights": weights}},
+        "source": {"sam3": {**_sam3_source(sam3.path, sam3_given), "weights": weights}},
         "model": {"num_queries": settings["queries"],
                   "top_k": min(settings["top_k"], sam3.model.config.detr_decoder_config.num_queries),
                   "sam3_queries": sam3.model.config.detr_decoder_config.num_queries},  # fmt: skip
@@ -310,9 +313,18 @@ def _copy_files(source: Path, names, destination: Path) -> dict:
     return copied
 
 
-def _source(path: Path) -> dict:
+def _sam3_source(loaded: Path, given) -> dict:
+    """The SAM 3 checkpoint the weights came from: Meta's sam3.pt (and the config.json beside it) where that is what
+    the user named, not the temporary folder it was converted into, which is gone when the export ends."""
+    checkpoint = meta_file(given) if given is not None else None
+    if checkpoint is None:
+        return _source(loaded)
+    return {**_source(checkpoint.parent, (checkpoint.name, "config.json")), "layout": "meta"}
+
+
+def _source(path: Path, patterns=SOURCE_FILES) -> dict:
     files = {}
-    for pattern in SOURCE_FILES:
+    for pattern in patterns:
         for f in sorted(path.glob(pattern)):
             files[f.name] = file_sha256(f)
     combined = hashlib.sha256("".join(f"{n}:{h}\n" for n, h in sorted(files.items())).encode()).hexdigest()

@@ -98,3 +98,16 @@ def test_a_bundle_folder_holding_metas_file_is_not_exported_over(meta_checkpoint
     with pytest.raises(BundleError, match="holds the checkpoint"):
         export_bundle(None, folder / sam3_layouts.META_FILE, folder, force=True, progress=False)
     assert (folder / sam3_layouts.META_FILE).is_file()
+
+
+def test_a_bundle_from_metas_file_names_that_file_as_its_source(meta_checkpoint, tmp_path):
+    """The manifest (and a refused rule's message) name the user's sam3.pt, not the temporary folder of the export."""
+    from cseg.export.bundle import sam3_weights_id
+    from cseg.manifest import file_sha256, read_manifest
+
+    bundle = export_bundle(None, meta_checkpoint / sam3_layouts.META_FILE, tmp_path / "bundle", progress=False,
+                           report=lambda line: None)  # fmt: skip
+    source = read_manifest(bundle)["source"]["sam3"]
+    assert source["path"] == str(meta_checkpoint.resolve()) and source["layout"] == "meta"
+    assert source["files"] == {name: file_sha256(meta_checkpoint / name) for name in ("config.json", "sam3.pt")}
+    assert source["weights"] == sam3_weights_id(load_sam3(meta_checkpoint).model)  # the same weights, either layout
