@@ -176,10 +176,11 @@ def test_research_reasonseg_end_to_end(runtime, tmp_path, monkeypatch):
         assert calls[1][6]["mask_interpolation"] == "bicubic" and calls[1][6]["max_length"] == 2048
 
 
-def test_research_reasonseg_gives_each_consumer_its_own_resize_of_the_original(runtime, tmp_path, monkeypatch):
+@pytest.mark.parametrize("route", ["auto", "full"])
+def test_research_reasonseg_gives_each_consumer_its_own_resize_of_the_original(runtime, tmp_path, monkeypatch, route):
     """evaluate_reasonseg.py: the VLM sees image.resize((600, 600)) and SAM 3 image.resize((1008, 1008)) of the
     original (PIL bicubic both), generate(max_length=2048), and the semantic logits are upsampled to the ground
-    truth's size with cv2's INTER_CUBIC before the threshold."""
+    truth's size with cv2's INTER_CUBIC before the threshold; a --route given by the user keeps these inputs."""
     from oracles import resize_bicubic
 
     from cseg import evaluate
@@ -206,10 +207,12 @@ def test_research_reasonseg_gives_each_consumer_its_own_resize_of_the_original(r
     monkeypatch.setattr(runtime.decoder, "prefill", spy("max_length", prefill, lambda a, _: a[4]))
     monkeypatch.setattr(runtime.sam3, "decode", spy("logits", decode, lambda _, raw: raw.semantic_logits))
     records = evaluate.evaluate(runtime, datasets.read("reasonseg", tmp_path, protocol="research"), tmp_path / "w",
-                                tmp_path / "m", max_new_tokens=4, metric_mode="research", progress=False)  # fmt: skip
+                                tmp_path / "m", route=route, max_new_tokens=4, metric_mode="research",
+                                progress=False)  # fmt: skip
     assert records["a#0"]["route"] == "full", records["a#0"]
     square = original.resize((1008, 1008), Image.Resampling.BICUBIC)
-    assert len(seen["sam3"]) == 2 and all(np.array_equal(f, np.asarray(square)) for f in seen["sam3"])
+    assert len(seen["sam3"]) == {"auto": 2, "full": 1}[route]  # the shortcut first, with route "auto"
+    assert all(np.array_equal(frame, np.asarray(square)) for frame in seen["sam3"])
     # one image for the VLM (ReasonSeg has no reference): the original's 600 square, not a resize of SAM 3's square
     assert len(seen["vlm"]) == 1 and np.array_equal(seen["vlm"][0], np.asarray(vlm_image(original)))
     assert not np.array_equal(seen["vlm"][0], np.asarray(vlm_image(square)))
