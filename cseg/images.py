@@ -147,6 +147,12 @@ def vlm_image(image: Image.Image) -> Image.Image:
     return image.resize((VLM_SIDE, VLM_SIDE), Image.Resampling.BICUBIC)
 
 
+def vlm_target(frame: Frame, demos) -> Image.Image:
+    """The target as the VLM sees it: the VLM square of the frame, or of a prepared Episode's own target."""
+    target = demos.target if isinstance(demos, Episode) and demos.target is not None else frame.pil()
+    return vlm_image(target)
+
+
 def sam3_pixels(frame: Frame, size: int) -> np.ndarray:
     """SAM 3 input [1, 3, size, size] float32, as Meta's processor makes it: an antialiased bilinear resize of the
     uint8 image (torchvision v2 Resize), rounded to grey levels, scaled to [0, 1], normalised with mean = std = 0.5.

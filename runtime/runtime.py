@@ -24,7 +24,7 @@ from PIL import Image
 from cseg import pipeline, prompting
 from cseg.bundle_files import verify_files
 from cseg.errors import BundleError, InvalidInputError
-from cseg.images import Episode, Frame, check_demos, load_frame, render_demonstrations, vlm_image
+from cseg.images import Episode, Frame, check_demos, load_frame, render_demonstrations, vlm_target
 from cseg.manifest import read_manifest, rule_only
 from cseg.pipeline import Reasoning, timed
 from cseg.runtime.generation import Decoder, Prefilled, kv_dtype
@@ -238,8 +238,7 @@ class Runtime:
                 grids.append(grid)
                 embeds.append(reference_embeds)
             if state.vlm_target is None:  # the target's vision tokens serve every prompt on this image
-                target = demos.target if isinstance(demos, Episode) and demos.target is not None else state.frame.pil()
-                state.vlm_target = self._vision(vlm_image(target))
+                state.vlm_target = self._vision(vlm_target(state.frame, demos))
             grids.append(state.vlm_target[0])
             embeds.append(state.vlm_target[1])
         with timed(timings, "vlm_preprocess"):
