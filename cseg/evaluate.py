@@ -16,6 +16,7 @@ import csv
 import hashlib
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,7 @@ MAX_NAME = 200  # characters of a mask file name before its extension
 MAX_LOG_BYTES = 1 << 30  # samples.jsonl: ~300 bytes per sample
 RUN_FILE = "run.json"
 REASONSEG_SAM3_SIDE = 1008  # evaluate_reasonseg.py: sam_image = image.resize((1008, 1008)), PIL's bicubic
+REASONSEG_MAX_LENGTH = 2048  # evaluate_reasonseg.py: generate(max_length=2048), prompt + completion tokens
 
 
 class StaleWorkError(CsegError):
@@ -170,17 +172,10 @@ def _score(runtime, sample: Sample, masks_dir: Path, route: str, max_new_tokens,
 def _segment(runtime, sample: Sample, route: str, max_new_tokens, size: tuple[int, int]):
     demos = sample.demos.build() if isinstance(sample.demos, ResearchEpisode) else sample.demos or None
     options = {"max_new_tokens": max_new_tokens, "mask_size": size}
+    if sample.protocol == "research" and sample.dataset == "reasonseg":
+        return _research_reasonseg(runtime, sample, demos, route, options)
     if sample.protocol != "research" or route != "auto":
         return runtime.segment(sample.image, sample.prompt, demos, route=route, **options)
-    if sample.dataset == "reasonseg":
-        # evaluate_reasonseg.py: SAM 3 on the bicubic 1008 square; its own mask replaces the reasoned one when its
-        # presence exceeds 0.1 * 2**(words - 1) (strict; the question as asked). The script reasons first and
-        # discards that result then; asking SAM 3 first gives the same masks.
-        image = load_image(sample.image).resize((REASONSEG_SAM3_SIDE,) * 2, Image.Resampling.BICUBIC)
-        shortcut = runtime.segment(image, sample.prompt, route="shortcut", **options)
-        if shortcut.presence > prompting.shortcut_limit(sample.prompt):
-            return shortcut
-        return runtime.segment(image, sample.prompt, demos, route="full", **options)
     # evaluate_conceptseg.py pre_process_by_sam3: parentheses removed from the question before counting words and
     # prompting SAM 3 alone on the 600x600 target; SAM 3's mask is kept unless its presence is below the limit (a
     # tie goes to SAM 3); 5 words or more always reason. The reasoning path's SAM 3 sees the original image.
@@ -190,6 +185,23 @@ def _segment(runtime, sample: Sample, route: str, max_new_tokens, size: tuple[in
         if not shortcut.presence < prompting.shortcut_limit(phrase):
             return shortcut
     return runtime.segment(sample.image, sample.prompt, demos, route="full", **options)
+
+
+def _research_reasonseg(runtime, sample: Sample, episode, route: str, options: dict):
+    """evaluate_reasonseg.py: SAM 3 on the bicubic 1008 square, the VLM on the original resized to 600x600 (the
+    episode's target), at most 2048 tokens in all; both branches' semantic logits upsampled to the ground truth's
+    size with cv2's INTER_CUBIC. With route "auto", SAM 3's own mask replaces the reasoned one when its presence
+    exceeds 0.1 * 2**(words - 1) (strict; the question as asked): the script reasons first and discards that result
+    then; asking SAM 3 first gives the same masks."""
+    original = load_image(sample.image)
+    image = original.resize((REASONSEG_SAM3_SIDE,) * 2, Image.Resampling.BICUBIC)
+    options = {**options, "mask_interpolation": "bicubic"}
+    if route != "full":
+        shortcut = runtime.segment(image, sample.prompt, route="shortcut", **options)
+        if route == "shortcut" or shortcut.presence > prompting.shortcut_limit(sample.prompt):
+            return shortcut
+    return runtime.segment(image, sample.prompt, replace(episode, target=original), route="full",
+                           max_length=REASONSEG_MAX_LENGTH, **options)  # fmt: skip
 
 
 def summarize(records: dict[str, dict]) -> dict:

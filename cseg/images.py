@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
@@ -147,6 +147,12 @@ def vlm_image(image: Image.Image) -> Image.Image:
     return image.resize((VLM_SIDE, VLM_SIDE), Image.Resampling.BICUBIC)
 
 
+def vlm_target(frame: Frame, demos) -> Image.Image:
+    """The target as the VLM sees it: the VLM square of the frame, or of a prepared Episode's own target."""
+    target = demos.target if isinstance(demos, Episode) and demos.target is not None else frame.pil()
+    return vlm_image(target)
+
+
 def sam3_pixels(frame: Frame, size: int) -> np.ndarray:
     """SAM 3 input [1, 3, size, size] float32, as Meta's processor makes it: an antialiased bilinear resize of the
     uint8 image (torchvision v2 Resize), rounded to grey levels, scaled to [0, 1], normalised with mean = std = 0.5.
@@ -161,10 +167,14 @@ def sam3_pixels(frame: Frame, size: int) -> np.ndarray:
 @dataclass(frozen=True)
 class Episode:
     """A reference image already made (the research evaluation's episodes, cseg.datasets) and its prompt layout;
-    `image` None: no reference image, only the layout's question template (ReasonSeg)."""
+    `image` None: no reference image, only the layout's question template (ReasonSeg). `target`: the image the VLM
+    reasons over (resized to its square as any target) in place of the one SAM 3 segments, when the two are made
+    from the original separately (the research ReasonSeg script: the VLM sees the original resized to 600x600, SAM 3
+    a 1008x1008 resize of it)."""
 
     image: Image.Image | None
     layout: Layout
+    target: Image.Image | None = None
 
 
 def check_demos(demos):
@@ -172,7 +182,9 @@ def check_demos(demos):
     if demos is None:
         return []
     if isinstance(demos, Episode):
-        return demos
+        if demos.target is None:
+            return demos
+        return replace(demos, target=load_image(demos.target, what="the episode's target"))
     if not isinstance(demos, (list, tuple)):
         raise InvalidInputError(f"demos must be a list of (image, boxes) pairs, got {type(demos).__name__}")
     if len(demos) > MAX_DEMOS:

@@ -3,7 +3,8 @@ loaded with cuda-python's driver API and launched on a caller's stream. No torch
 
 The kernels compute what cseg.runtime.native computes on the CPU, bit for bit (one definition: kernels/resample.h):
     preprocess          uint8 HxWx3 frame on the device -> SAM 3 input [1, 3, size, size] float32, in one pass
-    upsample_threshold  [K, h, w] mask logits -> [K, H, W] uint8 0/1, skipping masks at or below a score threshold
+    upsample_threshold  [K, h, w] mask logits -> [K, H, W] uint8 0/1 (bilinear or bicubic), skipping masks at or
+                        below a score threshold
 Launches are plain enqueues, so they can be captured into a CUDA graph with the engines around them.
 """
 
@@ -68,12 +69,15 @@ class HostPathKernels:
         self._launch(self._preprocess, (size, size, 1), stream, values, types)
 
     def upsample_threshold(self, stream: Stream, logits: int, count: int, height: int, width: int, out: int,
-                           out_height: int, out_width: int, scores: int = 0, threshold: float = 0.0) -> None:  # fmt: skip
+                           out_height: int, out_width: int, scores: int = 0, threshold: float = 0.0,
+                           bicubic: bool = False) -> None:  # fmt: skip
         """logits: device [count, height, width] float32; out: device [count, out_height, out_width] uint8.
-        With `scores` (device [count] float32), masks scoring at or below `threshold` are left unwritten."""
-        values = (int(logits), height, width, int(scores), float(threshold), int(out), out_height, out_width)
+        With `scores` (device [count] float32), masks scoring at or below `threshold` are left unwritten;
+        `bicubic`: cv2's INTER_CUBIC instead of torch's bilinear."""
+        values = (int(logits), height, width, int(scores), float(threshold), int(out), out_height, out_width,
+                  int(bicubic))  # fmt: skip
         types = (ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_float, ctypes.c_void_p,
-                 ctypes.c_int, ctypes.c_int)  # fmt: skip
+                 ctypes.c_int, ctypes.c_int, ctypes.c_int)  # fmt: skip
         self._launch(self._upsample, (out_width, out_height, count), stream, values, types)
 
     @staticmethod

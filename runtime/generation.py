@@ -110,17 +110,17 @@ class Decoder:
         return logits, hidden
 
     def prefill(self, prompt_ids: np.ndarray, image_embeds: np.ndarray, positions: np.ndarray,
-                max_new_tokens: int | None) -> Prefilled:  # fmt: skip
-        """Run the prompt through the decoder; decoding can continue from the result (the router looks first)."""
+                max_new_tokens: int | None, max_length: int | None = None) -> Prefilled:  # fmt: skip
+        """Run the prompt through the decoder; decoding can continue from the result (the router looks first).
+        `max_length` lowers the bundle's budget of prompt + completion tokens for this prompt."""
         prompt = prompt_ids.shape[1]
         if self.max_prompt is not None and prompt > self.max_prompt:  # refused before anything is enqueued
             raise InvalidInputError(f"the prompt is {prompt} tokens; the decoder's prefill takes at most "
                                     f"{self.max_prompt}: shorten the question or give fewer demonstrations")  # fmt: skip
-        room = self.max_length - prompt  # max_length counts prompt + completion, whatever max_new_tokens asks for
+        limit = self.max_length if max_length is None else min(max_length, self.max_length)
+        room = limit - prompt  # max_length counts prompt + completion, whatever max_new_tokens asks for
         if room < 1:  # refused before the prefill: a long prompt costs memory and time in proportion to its length
-            raise InvalidInputError(
-                f"the prompt is {prompt} tokens, leaving no room to generate within {self.max_length}"
-            )
+            raise InvalidInputError(f"the prompt is {prompt} tokens, leaving no room to generate within {limit}")
         budget = min(max_new_tokens, room) if max_new_tokens else room
         cache = self.new_cache(prompt + budget)
         mask = np.ones((1, prompt + budget), np.int64)

@@ -1,5 +1,6 @@
-"""SAM 3 outputs -> masks at the input image size, with the native kernel (cseg.runtime.native): torch's bilinear
-upsampling (align_corners=False) and the threshold at 0 in one pass, so no float image at full size is ever made."""
+"""SAM 3 outputs -> masks at the input image size, with the native kernel (cseg.runtime.native): the logits upsampled
+(torch's bilinear, align_corners=False, or with `bicubic` cv2's INTER_CUBIC as the research ReasonSeg evaluation
+does) and thresholded at 0 in one pass, so no float image at full size is ever made."""
 
 from __future__ import annotations
 
@@ -9,23 +10,25 @@ from cseg.runtime import native
 from cseg.segmentation import Instances
 
 
-def upsample_threshold(logits: np.ndarray, height: int, width: int, select: np.ndarray | None = None) -> np.ndarray:
+def upsample_threshold(logits: np.ndarray, height: int, width: int, select: np.ndarray | None = None,
+                       bicubic: bool = False) -> np.ndarray:  # fmt: skip
     """[K, h, w] logits -> bool [N, height, width], logit > 0 after upsampling; `select` picks N of the K masks."""
     logits = np.ascontiguousarray(logits, dtype=np.float32)
     select = np.arange(len(logits)) if select is None else select
     out = np.empty((len(select), height, width), dtype=bool)
-    native.upsample_threshold(logits, np.ascontiguousarray(select, dtype=np.int64), out.view(np.uint8))
+    native.upsample_threshold(logits, np.ascontiguousarray(select, dtype=np.int64), out.view(np.uint8), bicubic)
     return out
 
 
-def semantic_mask(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def semantic_mask(logits: np.ndarray, size: tuple[int, int], bicubic: bool = False) -> np.ndarray:
     """[1, 1, h, w] semantic logits -> bool [height, width]."""
-    return upsample_threshold(logits[0], *size)[0]
+    return upsample_threshold(logits[0], *size, bicubic=bicubic)[0]
 
 
-def instances(scores, boxes, masks, size: tuple[int, int], threshold: float) -> Instances:
+def instances(scores, boxes, masks, size: tuple[int, int], threshold: float, bicubic: bool = False) -> Instances:
     """Top-K instance outputs -> those scoring above the threshold, masks at the input size, boxes in pixels."""
-    return select_instances(scores, boxes, lambda keep: upsample_threshold(masks[0], *size, keep), size, threshold)
+    return select_instances(scores, boxes, lambda keep: upsample_threshold(masks[0], *size, keep, bicubic), size,
+                            threshold)  # fmt: skip
 
 
 def select_instances(scores, boxes, kept_masks, size: tuple[int, int], threshold: float) -> Instances:

@@ -24,7 +24,7 @@ from PIL import Image
 from cseg import pipeline, prompting
 from cseg.bundle_files import verify_files
 from cseg.errors import BundleError, InvalidInputError
-from cseg.images import Episode, Frame, check_demos, load_frame, render_demonstrations, vlm_image
+from cseg.images import Episode, Frame, check_demos, load_frame, render_demonstrations, vlm_target
 from cseg.manifest import read_manifest, rule_only
 from cseg.pipeline import Reasoning, timed
 from cseg.runtime.generation import Decoder, Prefilled, kv_dtype
@@ -137,24 +137,27 @@ class Runtime:
     # --- public calls ----------------------------------------------------------------------------------------------
 
     def segment(self, image, prompt: str, demos=None, *, route: str = "auto", max_new_tokens: int | None = None,
-                bgr: bool = False, mask_size: tuple[int, int] | None = None) -> Segmentation:  # fmt: skip
+                bgr: bool = False, mask_size: tuple[int, int] | None = None, mask_interpolation: str = "bilinear",
+                max_length: int | None = None) -> Segmentation:  # fmt: skip
         """Segment what `prompt` asks for in `image` (path, PIL image, or HxWx3 uint8 array; bgr=True for OpenCV).
 
         demos: up to 4 (image, boxes) demonstrations; route: "auto" (Shortcut Router), "shortcut" or "full";
-        mask_size: (height, width) to make the masks at instead of the image's size (see pipeline.segment_many).
+        mask_size: (height, width) to make the masks at instead of the image's size; mask_interpolation: "bilinear"
+        or "bicubic"; max_length: prompt + completion tokens at most (see pipeline.segment_many).
         """
-        self._needs_reasoner("segment from a prompt")
-        with self._requests:
-            return pipeline.segment(self, image, prompt, demos, route=route, max_new_tokens=max_new_tokens, bgr=bgr,
-                                    mask_size=mask_size)  # fmt: skip
+        return self.segment_many(image, [prompt], demos, route=route, max_new_tokens=max_new_tokens, bgr=bgr,
+                                 mask_size=mask_size, mask_interpolation=mask_interpolation,
+                                 max_length=max_length)[0]  # fmt: skip
 
     def segment_many(self, image, prompts, demos=None, *, route: str = "auto", max_new_tokens: int | None = None,
-                     bgr: bool = False) -> list[Segmentation]:  # fmt: skip
+                     bgr: bool = False, mask_size: tuple[int, int] | None = None, mask_interpolation: str = "bilinear",
+                     max_length: int | None = None) -> list[Segmentation]:  # fmt: skip
         """Several concepts on one image with one image-encoder pass (and one VLM vision pass)."""
         self._needs_reasoner("segment from a prompt")
         with self._requests:
             return pipeline.segment_many(self, image, prompts, demos, route=route, max_new_tokens=max_new_tokens,
-                                         bgr=bgr)  # fmt: skip
+                                         bgr=bgr, mask_size=mask_size, mask_interpolation=mask_interpolation,
+                                         max_length=max_length)  # fmt: skip
 
     # --- rule reuse (inspection loops) ------------------------------------------------------------------------------
 
@@ -222,8 +225,10 @@ class Runtime:
             features, mask = self._text_features(text)
         return self.sam3.decode(state, features, mask, concept_tokens, timings)
 
-    def prefill(self, state: ImageState, question: str, demos, max_new_tokens, timings: dict) -> Pending:
-        """Vision tower and decoder prefill: everything before the first token (what the learned router reads)."""
+    def prefill(self, state: ImageState, question: str, demos, max_new_tokens, timings: dict,
+                max_length: int | None = None) -> Pending:  # fmt: skip
+        """Vision tower and decoder prefill: everything before the first token (what the learned router reads).
+        The VLM sees the target image, or a prepared Episode's own target when it has one."""
         merge = self.model["vision"]["spatial_merge_size"]
         with timed(timings, "vlm_vision"):
             grids, embeds = [], []
@@ -233,7 +238,7 @@ class Runtime:
                 grids.append(grid)
                 embeds.append(reference_embeds)
             if state.vlm_target is None:  # the target's vision tokens serve every prompt on this image
-                state.vlm_target = self._vision(vlm_image(state.frame.pil()))
+                state.vlm_target = self._vision(vlm_target(state.frame, demos))
             grids.append(state.vlm_target[0])
             embeds.append(state.vlm_target[1])
         with timed(timings, "vlm_preprocess"):
@@ -241,13 +246,13 @@ class Runtime:
             per_image = [t * h * w // merge**2 for t, h, w in grids]
             ids, question_tokens = self.chat.encode_prompt(problem, per_image, question)
             positions = rope_positions(ids, self.model["image_token_id"], grids, merge)
-        prefilled = self.decoder.prefill(ids, np.concatenate(embeds), positions, max_new_tokens)
+        prefilled = self.decoder.prefill(ids, np.concatenate(embeds), positions, max_new_tokens, max_length)
         timings["vlm_prefill"] = prefilled.prefill_ms
         return Pending(prefilled, question_tokens)
 
     def reason(self, state: ImageState, question: str, demos, max_new_tokens, timings: dict,
-               pending: Pending | None = None) -> Reasoning:  # fmt: skip
-        pending = pending or self.prefill(state, question, demos, max_new_tokens, timings)
+               pending: Pending | None = None, max_length: int | None = None) -> Reasoning:  # fmt: skip
+        pending = pending or self.prefill(state, question, demos, max_new_tokens, timings, max_length)
         generated = self.decoder.decode(pending.prefilled)
         timings["vlm_decode"] = generated.decode_ms
         timings["decode_tokens_per_s"] = len(generated.tokens) / max(generated.decode_ms / 1000, 1e-9)
@@ -261,9 +266,9 @@ class Runtime:
         return self._router
 
     def learned_route(self, state: ImageState, question: str, demos, shortcut: Sam3Output, max_new_tokens,
-                      timings: dict) -> tuple[float, bool, Pending]:  # fmt: skip
+                      timings: dict, max_length: int | None = None) -> tuple[float, bool, Pending]:  # fmt: skip
         """The fitted router's p(shortcut suffices) from the prefill and the shortcut pass, and its decision."""
-        pending = self.prefill(state, question, demos, max_new_tokens, timings)
+        pending = self.prefill(state, question, demos, max_new_tokens, timings, max_length)
         with timed(timings, "router"):
             score = self._router.score(pending, shortcut, self.presence(shortcut), question)
         return score, score >= self._router.threshold, pending
@@ -272,8 +277,10 @@ class Runtime:
     def presence(raw: Sam3Output) -> float:
         return float(1.0 / (1.0 + np.exp(-np.float64(raw.presence_logit.reshape(())))))
 
-    def postprocess(self, raw: Sam3Output, size: tuple[int, int]) -> tuple[np.ndarray, Instances]:
-        return self.sam3.masks(raw, size, self.manifest["postprocess"]["instance_score_threshold"])
+    def postprocess(self, raw: Sam3Output, size: tuple[int, int],
+                    interpolation: str = "bilinear") -> tuple[np.ndarray, Instances]:  # fmt: skip
+        bicubic = pipeline.check_mask_interpolation(interpolation) == "bicubic"
+        return self.sam3.masks(raw, size, self.manifest["postprocess"]["instance_score_threshold"], bicubic)
 
     # --- helpers ----------------------------------------------------------------------------------------------------
 

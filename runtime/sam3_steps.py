@@ -59,9 +59,10 @@ class HostSam3:
             out = self.decoder.run({**feed, **concept_feed(features, mask, concept_tokens)})
         return Sam3Output(*(out[k] for k in SAM3_OUTPUTS))
 
-    def masks(self, raw: Sam3Output, size: tuple[int, int], threshold: float) -> tuple[np.ndarray, Instances]:
-        return (postprocess.semantic_mask(raw.semantic_logits, size),
-                postprocess.instances(raw.scores, raw.boxes, raw.masks, size, threshold))
+    def masks(self, raw: Sam3Output, size: tuple[int, int], threshold: float,
+              bicubic: bool = False) -> tuple[np.ndarray, Instances]:  # fmt: skip
+        return (postprocess.semantic_mask(raw.semantic_logits, size, bicubic),
+                postprocess.instances(raw.scores, raw.boxes, raw.masks, size, threshold, bicubic))
 
     def apply(self, frame: Frame, features, mask, concept_tokens, threshold: float, timings: dict):
         """A rule on one frame: (raw outputs, semantic mask, instances)."""

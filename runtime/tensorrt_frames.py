@@ -80,11 +80,11 @@ class DeviceSam3:
         self._decoded += 1
         return DeviceSam3Output(None, *(small[name] for name in SMALL_OUTPUTS), None, decoded=self._decoded)
 
-    def masks(self, raw: Sam3Output, size: tuple[int, int], threshold: float):
+    def masks(self, raw: Sam3Output, size: tuple[int, int], threshold: float, bicubic: bool = False):
         if getattr(raw, "decoded", None) != self._decoded:
             raise EngineError("the SAM 3 logits of this result were overwritten on the device by a later prompt")
         buffers = self._buffers(*size)
-        self._postprocess(buffers, threshold, self.stream)
+        self._postprocess(buffers, threshold, self.stream, bicubic)
         buffers.semantic.pull(self.stream)
         self.stream.synchronize()
         return self._results(buffers, raw, size, threshold)
@@ -145,15 +145,15 @@ class DeviceSam3:
         context, signature = self.vision.bind("default", {"pixel_values": (pixels.pointer, pixels.shape)})
         return context, "default", signature
 
-    def _postprocess(self, buffers: FrameBuffers, threshold: float, stream: Stream) -> None:
+    def _postprocess(self, buffers: FrameBuffers, threshold: float, stream: Stream, bicubic: bool = False) -> None:
         _, height, width = buffers.semantic.shape
         logits = self.decoder.buffers
         self.kernels.upsample_threshold(stream, logits["semantic_logits"].pointer, 1,
                                         *logits["semantic_logits"].shape[-2:], buffers.semantic.pointer, height,
-                                        width)  # fmt: skip
+                                        width, bicubic=bicubic)  # fmt: skip
         self.kernels.upsample_threshold(stream, logits["instance_masks"].pointer, self.top_k, self.mask_h,
                                         self.mask_w, buffers.masks.pointer, height, width,
-                                        logits["instance_scores"].pointer, threshold)  # fmt: skip
+                                        logits["instance_scores"].pointer, threshold, bicubic)  # fmt: skip
 
     def _results(self, buffers: FrameBuffers, raw: Sam3Output, size: tuple[int, int], threshold: float):
         mask = buffers.semantic.host[0].view(bool).copy()

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cseg import datasets, prompting
+from cseg import datasets, images, prompting
+from cseg.prompting import Layout
 
 RED = (255, 0, 0)
 
@@ -121,13 +122,15 @@ def test_reasonseg_polygons_follow_lisa(tmp_path):
 
 
 def _spy(runtime, monkeypatch):
+    """The runtime.segment calls: (image size, prompt, demos type, route, mask_size, presence, all options)."""
     calls = []
     original = runtime.segment
 
     def segment(image, prompt, demos=None, **options):
         result = original(image, prompt, demos, **options)
         size = image.size if isinstance(image, Image.Image) else Image.open(image).size
-        calls.append((size, prompt, type(demos).__name__, options["route"], options["mask_size"], result.presence))
+        calls.append((size, prompt, type(demos).__name__, options["route"], options["mask_size"], result.presence,
+                      options))  # fmt: skip
         return result
 
     monkeypatch.setattr(runtime, "segment", segment)
@@ -145,6 +148,7 @@ def test_research_protocol_end_to_end(runtime, bench, tmp_path, monkeypatch):
     assert "error" not in record, record
     # SAM 3 alone on the 600x600 target with the stripped phrase, the mask made at the evaluation size
     assert calls[0][:5] == ((600, 600), "cat", "NoneType", "shortcut", (600, 600))
+    assert all("mask_interpolation" not in c[6] and "max_length" not in c[6] for c in calls)  # bilinear, 2816 tokens
     if calls[0][5] < 0.1:  # below the 1-word limit: the episode is reasoned over, SAM 3 on the original image
         assert calls[1][:5] == ((300, 300), " cat", "Episode", "full", (600, 600)) and record["route"] == "full"
     else:
@@ -164,10 +168,57 @@ def test_research_reasonseg_end_to_end(runtime, tmp_path, monkeypatch):
                                 tmp_path / "m", max_new_tokens=4, metric_mode="research", progress=False)  # fmt: skip
     assert "error" not in records["a#0"], records["a#0"]
     assert calls[0][:5] == ((1008, 1008), "what is brown?", "NoneType", "shortcut", (30, 40))
+    assert calls[0][6]["mask_interpolation"] == "bicubic"
     if calls[0][5] > 0.4:  # 3 words: the limit is 0.4, strictly exceeded
         assert len(calls) == 1
     else:
         assert calls[1][:5] == ((1008, 1008), "what is brown?", "Episode", "full", (30, 40))
+        assert calls[1][6]["mask_interpolation"] == "bicubic" and calls[1][6]["max_length"] == 2048
+
+
+@pytest.mark.parametrize("route", ["auto", "full"])
+def test_research_reasonseg_gives_each_consumer_its_own_resize_of_the_original(runtime, tmp_path, monkeypatch, route):
+    """evaluate_reasonseg.py: the VLM sees image.resize((600, 600)) and SAM 3 image.resize((1008, 1008)) of the
+    original (PIL bicubic both), generate(max_length=2048), and the semantic logits are upsampled to the ground
+    truth's size with cv2's INTER_CUBIC before the threshold; a --route given by the user keeps these inputs."""
+    from oracles import resize_bicubic
+
+    from cseg import evaluate
+    from cseg.images import vlm_image
+
+    x, y = np.meshgrid(np.linspace(0, 255, 40), np.linspace(0, 255, 30))
+    original = Image.fromarray(np.stack([x, y, (x * y) % 256], -1).astype(np.uint8))
+    original.save(tmp_path / "a.png")
+    (tmp_path / "a.json").write_text(json.dumps({"text": ["what is there?"], "shapes": []}))
+    monkeypatch.setattr(prompting, "shortcut_limit", lambda question: 1.0)  # presence never exceeds it: reasoned
+    seen = {"sam3": [], "vlm": [], "max_length": [], "logits": []}
+    encode, vision, prefill, decode = runtime.sam3.encode, runtime._vision, runtime.decoder.prefill, runtime.sam3.decode
+
+    def spy(key, call, record):
+        def wrapper(*args):
+            out = call(*args)
+            seen[key].append(record(args, out))
+            return out
+
+        return wrapper
+
+    monkeypatch.setattr(runtime.sam3, "encode", spy("sam3", encode, lambda a, _: a[0].pixels.copy()))
+    monkeypatch.setattr(runtime, "_vision", spy("vlm", vision, lambda a, _: np.asarray(a[0])))
+    monkeypatch.setattr(runtime.decoder, "prefill", spy("max_length", prefill, lambda a, _: a[4]))
+    monkeypatch.setattr(runtime.sam3, "decode", spy("logits", decode, lambda _, raw: raw.semantic_logits))
+    records = evaluate.evaluate(runtime, datasets.read("reasonseg", tmp_path, protocol="research"), tmp_path / "w",
+                                tmp_path / "m", route=route, max_new_tokens=4, metric_mode="research",
+                                progress=False)  # fmt: skip
+    assert records["a#0"]["route"] == "full", records["a#0"]
+    square = original.resize((1008, 1008), Image.Resampling.BICUBIC)
+    assert len(seen["sam3"]) == {"auto": 2, "full": 1}[route]  # the shortcut first, with route "auto"
+    assert all(np.array_equal(frame, np.asarray(square)) for frame in seen["sam3"])
+    # one image for the VLM (ReasonSeg has no reference): the original's 600 square, not a resize of SAM 3's square
+    assert len(seen["vlm"]) == 1 and np.array_equal(seen["vlm"][0], np.asarray(vlm_image(original)))
+    assert not np.array_equal(seen["vlm"][0], np.asarray(vlm_image(square)))
+    assert seen["max_length"] == [2048]
+    with Image.open(records["a#0"]["mask"]) as saved:
+        assert np.array_equal(np.asarray(saved) > 127, resize_bicubic(seen["logits"][-1][0], 30, 40)[0] > 0)
 
 
 def test_masks_at_a_requested_size(runtime):
@@ -175,3 +226,46 @@ def test_masks_at_a_requested_size(runtime):
     assert runtime.segment(image, "x", route="shortcut", mask_size=(37, 53)).mask.shape == (37, 53)
     with pytest.raises(datasets.InvalidInputError, match="mask_size"):
         runtime.segment(image, "x", route="shortcut", mask_size=(0, 5))
+
+
+def test_bicubic_masks_on_request(runtime, photo, monkeypatch):
+    from oracles import resize_bicubic, resize_bilinear
+
+    raws = []
+    decode = runtime.sam3.decode
+    monkeypatch.setattr(runtime.sam3, "decode", lambda *a: raws.append(decode(*a)) or raws[-1])
+    results = {mode: runtime.segment(photo, "x", route="shortcut", mask_size=(301, 402), mask_interpolation=mode)
+               for mode in ("bilinear", "bicubic")}  # fmt: skip
+    for (mode, result), raw, oracle in zip(results.items(), raws, (resize_bilinear, resize_bicubic)):
+        assert np.array_equal(result.mask, oracle(raw.semantic_logits[0], 301, 402)[0] > 0), mode
+        keep = np.flatnonzero(raw.scores[0] > runtime.manifest["postprocess"]["instance_score_threshold"])
+        assert np.array_equal(result.instances.masks, oracle(raw.masks[0, keep], 301, 402) > 0), mode
+    for bad in ("cubic", None, 3):
+        with pytest.raises(datasets.InvalidInputError, match="mask_interpolation must be one of"):
+            runtime.segment(photo, "x", route="shortcut", mask_interpolation=bad)
+
+
+def test_max_length_bounds_prompt_and_completion(runtime, photo):
+    """generate(max_length=N): prompt + completion at most N tokens, within the bundle's own budget; refused before
+    the prefill when the prompt leaves no room."""
+    from cseg.images import load_frame
+
+    state = runtime.image_state(load_frame(photo), {})
+    prompt = runtime.prefill(state, "the cup", None, None, {}).prefilled.cache.length
+    assert runtime.prefill(state, "the cup", None, None, {}, max_length=prompt + 3).prefilled.budget == 3
+    assert runtime.prefill(state, "the cup", None, 2, {}, max_length=prompt + 3).prefilled.budget == 2
+    bundle = runtime.prefill(state, "the cup", None, None, {}, max_length=10**6).prefilled.budget
+    assert bundle == runtime.manifest["generation"]["max_length"] - prompt
+    result = runtime.segment(photo, "the cup", route="full", max_length=prompt + 3)
+    assert 1 <= len(result.token_ids) <= 3
+    with pytest.raises(datasets.InvalidInputError, match=f"leaving no room to generate within {prompt}"):
+        runtime.segment(photo, "the cup", route="full", max_length=prompt)
+    for bad in (0, 2.5, True):
+        with pytest.raises(datasets.InvalidInputError, match="max_length must be a positive integer"):
+            runtime.segment(photo, "the cup", route="full", max_length=bad)
+
+
+def test_an_episode_target_must_be_an_image(runtime, photo):
+    episode = images.Episode(None, Layout("reasonseg_cot"), target=42)
+    with pytest.raises(datasets.InvalidInputError, match="the episode's target must be a path"):
+        runtime.segment(photo, "x", episode, route="full", max_new_tokens=2)

@@ -3,6 +3,9 @@
 - SAM 3 preprocessing vs torch's antialiased bilinear interpolation (what torchvision v2 Resize runs in Meta's
   processor): within 1 grey level of torch's uint8 kernel and of its float path rounded.
 - Mask upsampling + threshold vs the numpy postprocess that served requests before (tests/oracles.py): equal.
+- Bicubic masks (the research ReasonSeg evaluation's cv2.resize INTER_CUBIC) vs their numpy oracle: equal; the oracle
+  vs cv2.resize itself (within 1e-5 of the IPP path cv2 runs by default, 5e-4 of OpenCV's own code) and torch's
+  bicubic (5e-4), upsampling, downsampling and at the borders.
 - The fatbin holds code for Orin, Ada and Hopper; on a GPU the CUDA kernels equal the CPU module bit for bit, and a
   captured per-frame graph (preprocess -> a stand-in for the engines -> postprocess) replays what direct launches do.
 """
@@ -16,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from oracles import resize_bilinear, torch_resize_float, torch_resize_uint8
+from oracles import resize_bicubic, resize_bilinear, torch_resize_float, torch_resize_uint8
 
 from cseg.images import SAM3_MEAN, SAM3_STD, load_frame, sam3_pixels
 from cseg.runtime import native, postprocess
@@ -82,6 +85,46 @@ def test_upsample_threshold_equals_the_numpy_oracle(source, target):
     assert np.array_equal(postprocess.upsample_threshold(logits, *target), want)
     keep = np.arange(source[0])[::-1][: max(1, source[0] // 2)]
     assert np.array_equal(postprocess.upsample_threshold(logits, *target, keep), want[keep])
+
+
+# upsampling (the borders read clamped taps), the research sizes, downsampling, 1 pixel, same size, a tiny source
+CUBIC = MASKS[:2] + [((1, 288, 288), (427, 640)), ((2, 288, 288), (1008, 1008)), ((1, 300, 200), (37, 29)),
+                     ((1, 17, 9), (1, 1)), ((1, 5, 4), (5, 4)), ((2, 2, 2), (9, 7)), ((1, 1, 5), (3, 11))]  # fmt: skip
+
+
+@pytest.mark.parametrize("source, target", CUBIC)
+def test_bicubic_masks_equal_their_oracle(source, target):
+    logits = np.random.default_rng(sum(target)).standard_normal(source).astype(np.float32)
+    want = resize_bicubic(logits, *target) > 0
+    assert np.array_equal(postprocess.upsample_threshold(logits, *target, bicubic=True), want)
+    keep = np.arange(source[0])[::-1][: max(1, source[0] // 2)]
+    assert np.array_equal(postprocess.upsample_threshold(logits, *target, keep, bicubic=True), want[keep])
+
+
+@pytest.mark.parametrize("source, target", CUBIC[2:])
+def test_the_bicubic_oracle_is_cv2_inter_cubic_and_torch_bicubic(source, target):
+    """cv2.resize runs IPP by default on x86 (the weights of the exact coordinate: our definition, to float rounding);
+    OpenCV's own code and torch round the source coordinate to float32 first: the same function, 1e-4 apart."""
+    import cv2
+    import torch
+    import torch.nn.functional as F
+
+    logits = np.random.default_rng(sum(source)).standard_normal(source[1:]).astype(np.float32)
+    ours = resize_bicubic(logits, *target)
+    ipp = cv2.ipp.useIPP()
+    default = cv2.resize(logits, target[::-1], interpolation=cv2.INTER_CUBIC).reshape(target)
+    try:
+        cv2.ipp.setUseIPP(False)
+        opencv = cv2.resize(logits, target[::-1], interpolation=cv2.INTER_CUBIC).reshape(target)
+    finally:
+        cv2.ipp.setUseIPP(ipp)
+    np.testing.assert_allclose(ours, default, atol=1e-5 if ipp else 5e-4, rtol=0)
+    np.testing.assert_allclose(ours, opencv, atol=5e-4, rtol=0)
+    bicubic = F.interpolate(torch.from_numpy(logits)[None, None], size=target, mode="bicubic", align_corners=False)
+    np.testing.assert_allclose(ours, bicubic[0, 0].numpy(), atol=5e-4, rtol=0)
+    # the masks differ from cv2's only where its value is within rounding of the threshold
+    differ = (ours > 0) != (default > 0)
+    assert (np.abs(default[differ]) < (1e-5 if ipp else 5e-4)).all()
 
 
 def test_instances_keep_scores_above_the_threshold_with_pixel_boxes():
@@ -196,7 +239,8 @@ def test_cuda_preprocess_equals_the_cpu_module_bit_for_bit(cuda, shape, size, bg
 
 @gpu
 @pytest.mark.parametrize("source, target", MASKS)
-def test_cuda_masks_equal_the_cpu_module_bit_for_bit(cuda, source, target):
+@pytest.mark.parametrize("bicubic", [False, True])
+def test_cuda_masks_equal_the_cpu_module_bit_for_bit(cuda, source, target, bicubic):
     from cseg.runtime.cuda_buffers import DeviceArray
 
     kernels, stream = cuda
@@ -207,10 +251,10 @@ def test_cuda_masks_equal_the_cpu_module_bit_for_bit(cuda, source, target):
     out = DeviceArray((source[0], *target), np.uint8)
     out.upload(np.zeros((source[0], *target), np.uint8), stream)
     kernels.upsample_threshold(stream, device_logits.pointer, source[0], *source[1:], out.pointer, *target,
-                               device_scores.pointer, 0.5)  # fmt: skip
+                               device_scores.pointer, 0.5, bicubic)  # fmt: skip
     got = out.download(stream).astype(bool)
     keep = np.flatnonzero(scores > 0.5)
-    assert np.array_equal(got[keep], postprocess.upsample_threshold(logits, *target, keep))
+    assert np.array_equal(got[keep], postprocess.upsample_threshold(logits, *target, keep, bicubic))
     assert not got[scores <= 0.5].any()  # skipped masks stay unwritten
     for array in (device_logits, device_scores, out):
         array.close()

@@ -1,4 +1,5 @@
-// cseg.runtime.native: the per-frame host path on the CPU (SAM 3 preprocessing, mask upsampling + threshold).
+// cseg.runtime.native: the per-frame host path on the CPU (SAM 3 preprocessing, mask upsampling + threshold,
+// bilinear or bicubic).
 // Arguments are checked by the Python callers (cseg.images, cseg.runtime.postprocess); this layer checks only what
 // would corrupt memory. The GIL is released while the kernels run.
 #include <nanobind/nanobind.h>
@@ -6,6 +7,7 @@
 #include <nanobind/stl/vector.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
@@ -195,6 +197,22 @@ CSEG_ROW_LOOP void threshold_row(const float* __restrict top, const float* __res
     for (int i = 0; i < n; ++i) out[i] = cseg::lerp_taps(top[i], bottom[i], w_top, w_bottom) > 0.0f;
 }
 
+// Bicubic, horizontally: index and weight are tap-major tables [4][n].
+CSEG_ROW_LOOP void cubic_row(const float* __restrict source, const int32_t* __restrict index,
+                             const float* __restrict weight, int n, float* __restrict out) {
+    const int32_t *i0 = index, *i1 = index + n, *i2 = index + 2 * n, *i3 = index + 3 * n;
+    const float *w0 = weight, *w1 = weight + n, *w2 = weight + 2 * n, *w3 = weight + 3 * n;
+    for (int i = 0; i < n; ++i)
+        out[i] = cseg::cubic_mix(source[i0[i]], source[i1[i]], source[i2[i]], source[i3[i]], w0[i], w1[i], w2[i],
+                                 w3[i]);
+}
+
+CSEG_ROW_LOOP void cubic_threshold_row(const float* __restrict r0, const float* __restrict r1,
+                                       const float* __restrict r2, const float* __restrict r3, const float* w, int n,
+                                       uint8_t* __restrict out) {
+    for (int i = 0; i < n; ++i) out[i] = cseg::cubic_mix(r0[i], r1[i], r2[i], r3[i], w[0], w[1], w[2], w[3]) > 0.0f;
+}
+
 using Frame = nb::ndarray<const uint8_t, nb::ndim<3>, nb::device::cpu>;
 using Pixels = nb::ndarray<float, nb::ndim<4>, nb::c_contig, nb::device::cpu>;
 using Logits = nb::ndarray<const float, nb::ndim<3>, nb::c_contig, nb::device::cpu>;
@@ -253,8 +271,42 @@ void preprocess(Frame frame, Pixels out, bool bgr, std::vector<float> mean, std:
     });
 }
 
-// logits: [K, h, w] float32; select: indices into K (the masks to produce); out: [len(select), H, W] as 0/1 bytes.
-void upsample_threshold(Logits logits, Select select, Masks out) {
+// The selected masks, one output row at a time over (mask, row) pairs. Each thread keeps the source rows it filtered
+// horizontally (filter(source row, line)) while the next output rows need them: output row y reads the cached rows
+// sources[y] (Taps consecutive indices, clamped: never two in one cache slot), and combine(rows, y, out) writes it.
+template <int Taps, class Filter, class Combine>
+void resample_masks(const Logits& logits, const Select& select, const Masks& out,
+                    const std::vector<std::array<int, Taps>>& sources, const Filter& filter, const Combine& combine) {
+    const int64_t count = static_cast<int64_t>(select.shape(0));
+    const int in_h = static_cast<int>(logits.shape(1)), in_w = static_cast<int>(logits.shape(2));
+    const int out_h = static_cast<int>(out.shape(1)), out_w = static_cast<int>(out.shape(2));
+    const float* src = logits.data();
+    uint8_t* dst = out.data();
+    const int64_t* chosen = select.data();
+
+    nb::gil_scoped_release release;
+    parallel_for(count * out_h, [&](int64_t begin, int64_t end) {
+        RowCache cache(Taps, out_w);
+        int64_t cached_mask = -1;
+        for (int64_t item = begin; item < end; ++item) {
+            const int64_t mask = item / out_h;
+            const int y = static_cast<int>(item % out_h);
+            if (mask != cached_mask) {
+                cache = RowCache(Taps, out_w);
+                cached_mask = mask;
+            }
+            const float* plane = src + chosen[mask] * in_h * in_w;
+            const auto filter_row = [&](int64_t row, float* line) { filter(plane + row * in_w, line); };
+            const float* rows[Taps];
+            for (int k = 0; k < Taps; ++k) rows[k] = cache.row(sources[y][k], filter_row);
+            combine(rows, y, dst + (mask * out_h + y) * out_w);
+        }
+    });
+}
+
+// logits: [K, h, w] float32; select: indices into K (the masks to produce); out: [len(select), H, W] as 0/1 bytes;
+// bicubic: OpenCV's INTER_CUBIC instead of torch's bilinear.
+void upsample_threshold(Logits logits, Select select, Masks out, bool bicubic) {
     const int64_t count = static_cast<int64_t>(select.shape(0));
     if (static_cast<int64_t>(out.shape(0)) != count)
         throw std::invalid_argument("upsample_threshold: out must hold one mask per selected index");
@@ -263,6 +315,27 @@ void upsample_threshold(Logits logits, Select select, Masks out) {
         if (select(i) < 0 || select(i) >= k) throw std::out_of_range("upsample_threshold: index out of range");
     const int in_h = static_cast<int>(logits.shape(1)), in_w = static_cast<int>(logits.shape(2));
     const int out_h = static_cast<int>(out.shape(1)), out_w = static_cast<int>(out.shape(2));
+    if (bicubic) {
+        std::vector<int32_t> index(4 * static_cast<size_t>(out_w));  // tap-major [4][out_w]
+        std::vector<float> weight(4 * static_cast<size_t>(out_w));
+        for (int x = 0; x < out_w; ++x) {
+            const cseg::CubicTap tap = cseg::cubic_tap(in_w, out_w, x);
+            for (int t = 0; t < 4; ++t) index[t * out_w + x] = tap.index[t], weight[t * out_w + x] = tap.weight[t];
+        }
+        std::vector<cseg::CubicTap> rows(out_h);
+        std::vector<std::array<int, 4>> sources(out_h);
+        for (int y = 0; y < out_h; ++y) {
+            rows[y] = cseg::cubic_tap(in_h, out_h, y);
+            std::copy(rows[y].index, rows[y].index + 4, sources[y].begin());
+        }
+        resample_masks<4>(
+            logits, select, out, sources,
+            [&](const float* source, float* line) { cubic_row(source, index.data(), weight.data(), out_w, line); },
+            [&](const float* const* r, int y, uint8_t* row) {
+                cubic_threshold_row(r[0], r[1], r[2], r[3], rows[y].weight, out_w, row);
+            });
+        return;
+    }
     std::vector<int32_t> first(out_w), second(out_w);
     std::vector<float> w_first(out_w), w_second(out_w);
     for (int x = 0; x < out_w; ++x) {
@@ -270,33 +343,19 @@ void upsample_threshold(Logits logits, Select select, Masks out) {
         first[x] = tap.first, second[x] = tap.second, w_first[x] = tap.w_first, w_second[x] = tap.w_second;
     }
     std::vector<cseg::LinearTap> rows(out_h);
-    for (int y = 0; y < out_h; ++y) rows[y] = cseg::linear_tap(in_h, out_h, y);
-    const float* src = logits.data();
-    uint8_t* dst = out.data();
-    const int64_t* chosen = select.data();
-
-    nb::gil_scoped_release release;
-    parallel_for(count * out_h, [&](int64_t begin, int64_t end) {  // (mask, output row) pairs
-        RowCache cache(2, out_w);
-        int64_t cached_mask = -1;
-        for (int64_t item = begin; item < end; ++item) {
-            const int64_t mask = item / out_h;
-            const int y = static_cast<int>(item % out_h);
-            if (mask != cached_mask) {
-                cache = RowCache(2, out_w);
-                cached_mask = mask;
-            }
-            const float* plane = src + chosen[mask] * in_h * in_w;
-            const auto filter_row = [&](int64_t row, float* line) {
-                linear_row_best(plane + row * in_w, in_w, first.data(), second.data(), w_first.data(),
-                                w_second.data(), out_w, line);
-            };
-            const cseg::LinearTap tap = rows[y];
-            const float* top = cache.row(tap.first, filter_row);
-            const float* bottom = cache.row(tap.second, filter_row);
-            threshold_row(top, bottom, tap.w_first, tap.w_second, out_w, dst + (mask * out_h + y) * out_w);
-        }
-    });
+    std::vector<std::array<int, 2>> sources(out_h);
+    for (int y = 0; y < out_h; ++y) {
+        rows[y] = cseg::linear_tap(in_h, out_h, y);
+        sources[y] = {rows[y].first, rows[y].second};
+    }
+    resample_masks<2>(
+        logits, select, out, sources,
+        [&](const float* source, float* line) {
+            linear_row_best(source, in_w, first.data(), second.data(), w_first.data(), w_second.data(), out_w, line);
+        },
+        [&](const float* const* r, int y, uint8_t* row) {
+            threshold_row(r[0], r[1], rows[y].w_first, rows[y].w_second, out_w, row);
+        });
 }
 
 }  // namespace
@@ -305,6 +364,7 @@ NB_MODULE(native, m) {
     m.doc() = "cseg's per-frame host path on the CPU (one definition per kernel, shared with the CUDA fatbin)";
     m.def("preprocess", &preprocess, nb::arg("frame"), nb::arg("out"), nb::arg("bgr"), nb::arg("mean"),
           nb::arg("std"));
-    m.def("upsample_threshold", &upsample_threshold, nb::arg("logits"), nb::arg("select"), nb::arg("out"));
+    m.def("upsample_threshold", &upsample_threshold, nb::arg("logits"), nb::arg("select"), nb::arg("out"),
+          nb::arg("bicubic") = false);
     m.def("thread_count", &thread_count);
 }

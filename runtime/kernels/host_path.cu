@@ -29,21 +29,36 @@ __global__ void cseg_preprocess(const unsigned char* frame, int in_h, int in_w, 
 }
 
 // logits: [K, h, w] float32; out: [K, H, W] 0/1 bytes. Masks whose score is at or below the threshold are skipped
-// (scores may be null: every mask is produced). One thread per output pixel; blockIdx.z is the mask.
+// (scores may be null: every mask is produced); bicubic != 0: OpenCV's INTER_CUBIC instead of torch's bilinear.
+// One thread per output pixel; blockIdx.z is the mask.
 __global__ void cseg_upsample_threshold(const float* logits, int in_h, int in_w, const float* scores,
-                                        float threshold, unsigned char* out, int out_h, int out_w) {
+                                        float threshold, unsigned char* out, int out_h, int out_w, int bicubic) {
     const int x = blockIdx.x * blockDim.x + threadIdx.x;
     const int y = blockIdx.y * blockDim.y + threadIdx.y;
     const int mask = blockIdx.z;
     if (x >= out_w || y >= out_h) return;
     if (scores != nullptr && !(scores[mask] > threshold)) return;
-    const cseg::LinearTap col = cseg::linear_tap(in_w, out_w, x), row = cseg::linear_tap(in_h, out_h, y);
     const float* plane = logits + (long long)mask * in_h * in_w;
-    const float* top = plane + (long long)row.first * in_w;
-    const float* bottom = plane + (long long)row.second * in_w;
-    const float upper = cseg::lerp_taps(top[col.first], top[col.second], col.w_first, col.w_second);
-    const float lower = cseg::lerp_taps(bottom[col.first], bottom[col.second], col.w_first, col.w_second);
-    out[((long long)mask * out_h + y) * out_w + x] = cseg::lerp_taps(upper, lower, row.w_first, row.w_second) > 0.0f;
+    float value;
+    if (bicubic) {
+        const cseg::CubicTap col = cseg::cubic_tap(in_w, out_w, x), row = cseg::cubic_tap(in_h, out_h, y);
+        float lines[4];
+        for (int k = 0; k < 4; ++k) {
+            const float* line = plane + (long long)row.index[k] * in_w;
+            lines[k] = cseg::cubic_mix(line[col.index[0]], line[col.index[1]], line[col.index[2]], line[col.index[3]],
+                                       col.weight[0], col.weight[1], col.weight[2], col.weight[3]);
+        }
+        value = cseg::cubic_mix(lines[0], lines[1], lines[2], lines[3], row.weight[0], row.weight[1], row.weight[2],
+                                row.weight[3]);
+    } else {
+        const cseg::LinearTap col = cseg::linear_tap(in_w, out_w, x), row = cseg::linear_tap(in_h, out_h, y);
+        const float* top = plane + (long long)row.first * in_w;
+        const float* bottom = plane + (long long)row.second * in_w;
+        const float upper = cseg::lerp_taps(top[col.first], top[col.second], col.w_first, col.w_second);
+        const float lower = cseg::lerp_taps(bottom[col.first], bottom[col.second], col.w_first, col.w_second);
+        value = cseg::lerp_taps(upper, lower, row.w_first, row.w_second);
+    }
+    out[((long long)mask * out_h + y) * out_w + x] = value > 0.0f;
 }
 
 }  // extern "C"

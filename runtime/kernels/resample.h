@@ -64,8 +64,8 @@ CSEG_HD float normalise_grey(float sum, float mean, float std) {
     return (grey / 255.0f - mean) / std;
 }
 
-// --- Mask postprocessing: torch's upsample_bilinear2d with align_corners=False (two taps per axis), written in the
-// order of cseg's numpy oracle (horizontal taps first, then vertical), then thresholded at 0.
+// --- Mask postprocessing, bilinear: torch's upsample_bilinear2d with align_corners=False (two taps per axis),
+// written in the order of cseg's numpy oracle (horizontal taps first, then vertical), then thresholded at 0.
 
 struct LinearTap {
     int first;
@@ -88,5 +88,46 @@ CSEG_HD LinearTap linear_tap(int in_size, int out_size, int i) {
 }
 
 CSEG_HD float lerp_taps(float a, float b, float w_a, float w_b) { return a * w_a + b * w_b; }
+
+// --- Mask postprocessing, bicubic: cv2.resize(..., interpolation=INTER_CUBIC) on float32, with which the research
+// ReasonSeg script (evaluate_reasonseg.py postprocess_masks) upsamples its logits before thresholding at 0. Keys'
+// cubic with a = -0.75, half-pixel centres; the source coordinate is not clamped, the four taps' indices are (border
+// replicate); the kernel is not widened when shrinking. torch's F.interpolate(mode="bicubic", align_corners=False)
+// is the same function. The weights are those of the exact source coordinate, computed in double and rounded to
+// float (as IPP, which cv2.resize runs by default on x86, gives them: within 1e-6 of it); OpenCV's own code and
+// torch round the coordinate to float first (up to ~1e-4 apart on logits of unit scale). Rows are filtered first,
+// then combined vertically, as OpenCV does.
+
+struct CubicTap {
+    int index[4];     // source indices, clamped into [0, in_size)
+    float weight[4];  // weights of those taps
+};
+
+CSEG_HD CubicTap cubic_tap(int in_size, int out_size, int i) {
+    // the source coordinate (i + 0.5) * in / out - 0.5 = numerator / denominator, split exactly into floor + fraction
+    const long long numerator = (2LL * i + 1) * in_size - out_size, denominator = 2LL * out_size;
+    long long floor_source = numerator / denominator;
+    if (numerator % denominator < 0) --floor_source;  // C++ division truncates towards 0
+    const double t = (double)(numerator - floor_source * denominator) / (double)denominator;
+    const double a = -0.75;
+    const double w0 = ((a * (t + 1.0) - 5.0 * a) * (t + 1.0) + 8.0 * a) * (t + 1.0) - 4.0 * a;
+    const double w1 = ((a + 2.0) * t - (a + 3.0)) * t * t + 1.0;
+    const double w2 = ((a + 2.0) * (1.0 - t) - (a + 3.0)) * (1.0 - t) * (1.0 - t) + 1.0;
+    CubicTap tap;
+    tap.weight[0] = (float)w0;
+    tap.weight[1] = (float)w1;
+    tap.weight[2] = (float)w2;
+    tap.weight[3] = (float)(1.0 - w0 - w1 - w2);
+    for (int k = 0; k < 4; ++k) {
+        const long long index = floor_source - 1 + k;
+        tap.index[k] = index < 0 ? 0 : (index > in_size - 1 ? in_size - 1 : (int)index);
+    }
+    return tap;
+}
+
+// Four taps in order: the same sum for a row's samples and for the column of filtered rows, on either side.
+CSEG_HD float cubic_mix(float a, float b, float c, float d, float w_a, float w_b, float w_c, float w_d) {
+    return ((a * w_a + b * w_b) + c * w_c) + d * w_d;
+}
 
 }  // namespace cseg
