@@ -32,6 +32,9 @@ from cseg.images import load_image, vlm_image
 MAX_NAME = 200  # characters of a mask file name before its extension
 MAX_LOG_BYTES = 1 << 30  # samples.jsonl: ~300 bytes per sample
 RUN_FILE = "run.json"
+# Raised whenever how a sample's result is computed changes, so a work folder of an older cseg is not resumed as if
+# current. 2: ReasonSeg's research inputs (bicubic masks, max_length 2048, the VLM on the original's 600 square).
+PROTOCOL_VERSION = 2
 REASONSEG_SAM3_SIDE = 1008  # evaluate_reasonseg.py: sam_image = image.resize((1008, 1008)), PIL's bicubic
 REASONSEG_MAX_LENGTH = 2048  # evaluate_reasonseg.py: generate(max_length=2048), prompt + completion tokens
 
@@ -83,8 +86,8 @@ def run_identity(runtime, masks_dir: Path, *, route: str, max_new_tokens, metric
                  options: dict | None = None) -> dict:  # fmt: skip
     """What an evaluation's results depend on besides the samples themselves (see `sample_key`)."""
     manifest = json.dumps(runtime.manifest, sort_keys=True, default=str).encode()
-    run = {"bundle_manifest_sha256": hashlib.sha256(manifest).hexdigest(), "route": route,
-           "max_new_tokens": max_new_tokens, "metrics": metric_mode, "masks": str(masks_dir.resolve()),
+    run = {"protocol_version": PROTOCOL_VERSION, "bundle_manifest_sha256": hashlib.sha256(manifest).hexdigest(),
+           "route": route, "max_new_tokens": max_new_tokens, "metrics": metric_mode, "masks": str(masks_dir.resolve()),
            **(options or {})}  # fmt: skip
     return json.loads(json.dumps(run))  # as read back from run.json (tuples become lists)
 
