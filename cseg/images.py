@@ -147,10 +147,9 @@ def vlm_image(image: Image.Image) -> Image.Image:
     return image.resize((VLM_SIDE, VLM_SIDE), Image.Resampling.BICUBIC)
 
 
-def vlm_target(frame: Frame, demos) -> Image.Image:
-    """The target as the VLM sees it: the VLM square of the frame, or of a prepared Episode's own target."""
-    target = demos.target if isinstance(demos, Episode) and demos.target is not None else frame.pil()
-    return vlm_image(target)
+def vlm_target(image: Image.Image, demos) -> Image.Image:
+    """The target as the VLM sees it: the VLM square of `image`, or of a prepared Episode's own target."""
+    return vlm_image(demos.target if isinstance(demos, Episode) and demos.target is not None else image)
 
 
 def sam3_pixels(frame: Frame, size: int) -> np.ndarray:

@@ -22,7 +22,7 @@ from cseg import pipeline, prompting
 from cseg.errors import CheckpointError, InvalidInputError
 from cseg.export.loading import ConceptSegCheckpoint, Sam3Checkpoint, load_conceptseg, load_sam3
 from cseg.export.sam3_prompt import sam3_prompt
-from cseg.images import Frame, render_demonstrations, sam3_pixels, vlm_image
+from cseg.images import Frame, render_demonstrations, sam3_pixels, vlm_target
 from cseg.pipeline import timed
 from cseg.segmentation import Instances, Segmentation
 
@@ -148,7 +148,7 @@ class ReferencePipeline:
 
     def vlm_inputs(self, image, question: str, demos=()) -> dict[str, torch.Tensor]:
         """Token ids, pixel patches and grids for the VLM, as the research script builds them with the processor."""
-        images = [vlm_image(image)]
+        images = [vlm_target(image, demos)]  # a prepared Episode may bring the VLM's own target (research ReasonSeg)
         reference, layout = render_demonstrations(demos) if demos else (None, prompting.Layout())
         if reference is not None:
             images.insert(0, reference)

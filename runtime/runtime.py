@@ -238,7 +238,7 @@ class Runtime:
                 grids.append(grid)
                 embeds.append(reference_embeds)
             if state.vlm_target is None:  # the target's vision tokens serve every prompt on this image
-                state.vlm_target = self._vision(vlm_target(state.frame, demos))
+                state.vlm_target = self._vision(vlm_target(state.frame.pil(), demos))
             grids.append(state.vlm_target[0])
             embeds.append(state.vlm_target[1])
         with timed(timings, "vlm_preprocess"):
