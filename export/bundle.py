@@ -30,6 +30,7 @@ from cseg.engines.tensorrt_support import check_bundle
 from cseg.calib.bundle_quantization import quantize_bundle
 from cseg.errors import BundleError, InvalidInputError
 from cseg.export.destination import check_destination, remove_stale, replace, staging_dir
+from cseg.export.fused_attention import FUSED_DOMAIN, FUSED_OP, fuse_attention
 from cseg.export.graphs import GRAPHS
 from cseg.export.checkpoint_sizes import QWEN_FULL
 from cseg.export.graphs.sam3_text import TEXT_LENGTH
@@ -194,6 +195,7 @@ def _export_into(staging, model_dir, sam3_dir, sam3_given, target, profile, prec
         began = time.perf_counter()
         spec = build(vlm, sam3, settings)
         files = export_graph(spec, staging / "graphs" / f"{key}.onnx")
+        fused = fuse_attention(files[0]) if key in profile.get("fused_attention", ()) else 0
         exported = time.perf_counter() - began
         counted = {}
         parity[key] = check_parity(spec, files[0], counted)
@@ -207,11 +209,13 @@ def _export_into(staging, model_dir, sam3_dir, sam3_given, target, profile, prec
             "bytes": sum(f.stat().st_size for f in files),
             "export_seconds": round(exported, 2),
             "flops": count_flops(spec, counted),
+            **({"fused_attention": {"op": f"{FUSED_DOMAIN}.{FUSED_OP}", "blocks": fused}} if fused else {}),
             **spec.manifest_entry(),
         }
         worst = max(parity[key].values(), key=lambda e: e["max_abs"] / e["tolerance"])
         report(
-            f"  {key:<13} exported in {exported:5.1f} s, {size:8.1f} MB, parity ok "
+            f"  {key:<13} exported in {exported:5.1f} s, {size:8.1f} MB, "
+            + (f"{fused} attention blocks fused, " if fused else "") + "parity ok "
             f"(worst max-abs {worst['max_abs']:.2e} <= {worst['tolerance']:.1e})"
         )
     manifest = {

@@ -243,7 +243,7 @@ def test_interrupted_export_leaves_nothing_behind(tiny_checkpoint, tmp_path, mon
 
     calls = []
 
-    def interrupt(spec, path):
+    def interrupt(spec, path, flops=None):
         calls.append(spec.key)
         if len(calls) == 2:
             raise KeyboardInterrupt
