@@ -6,8 +6,9 @@ One rewrite after export, whatever wrote the block: SAM 3's eager attention (Mat
 exporter's decomposition of scaled_dot_product_attention (MatMul(q * √s, kᵀ * √s) + mask, then the Where(IsNaN)
 that zeroes rows whose every key is masked). Matched on 4-D [batch, heads, tokens, head_dim] tensors with the head
 count and size known from the exported shapes; q, kᵀ and v are put into MultiHeadAttention's [batch, tokens,
-heads * head_dim] layout by Transpose + Reshape (their cost is in the measured times). The additive mask becomes the op's attention_bias, broadcast over the queries (the op wants them explicit).
-A row with every key masked at -inf comes out NaN instead of the decomposed form's 0 (checked): none of the cpu graphs makes one (SAM 3's text mask
+heads * head_dim] layout by Transpose + Reshape (their cost is in the measured times). The additive mask becomes
+the op's attention_bias, broadcast over the queries (the op wants them explicit). A row with every key masked at -inf
+comes out NaN instead of the decomposed form's 0 (checked): none of the cpu graphs makes one (SAM 3's text mask
 keeps its first token, vlm_vision's windows hold at least one patch and every patch attends to its own image).
 
 GPU targets keep standard ONNX for TensorRT; engines/targets.py names the graphs this is applied to (where it was
