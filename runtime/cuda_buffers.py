@@ -23,6 +23,10 @@ class DeviceArray:
         self._cudart = runtime_api()
         self.pointer = check(self._cudart.cudaMalloc(self.nbytes), "cudaMalloc")
         self.host_pointer = check(self._cudart.cudaMallocHost(self.nbytes), "cudaMallocHost")
+        # Both start zeroed: a static decode step reads the whole KV cache, masked rows included, and a NaN bit
+        # pattern left there by reused memory turns a masked-out position (weight 0 x NaN) into a NaN output.
+        check(self._cudart.cudaMemset(self.pointer, 0, self.nbytes), "cudaMemset")
+        ctypes.memset(int(self.host_pointer), 0, self.nbytes)
         raw = (ctypes.c_byte * self.nbytes).from_address(int(self.host_pointer))
         self.host = np.frombuffer(raw, dtype=np.uint8)[: math.prod(self.shape) * self.dtype.itemsize]
         self.host = self.host.view(self.dtype).reshape(self.shape)

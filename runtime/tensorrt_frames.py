@@ -67,6 +67,7 @@ class DeviceSam3:
         buffers = self._buffers(frame.height, frame.width)
         with timed(timings, "sam3_preprocess"):
             np.copyto(buffers.frame.host, frame.pixels)  # strided, grey or flipped frames become one packed copy
+            buffers.frame.push(self.stream)
             self._preprocess(buffers, frame.bgr, self.stream)
         with timed(timings, "sam3_vision"):
             self.vision.launch(*self._bind_vision())  # captured per shape, as the engines' own runs are

@@ -14,7 +14,7 @@ capture and replay); only the kernels are not TensorRT's. It is as strict as Ten
 - `execute_async_v3` returns False when an input shape or any I/O address is not set, when a user-managed context
   has no device memory, and while the stream is capturing if `FAIL_WHILE_CAPTURING` is set (TensorRT may do so);
 - `nptype` raises TypeError for a type numpy cannot hold (bfloat16 here).
-The enqueue is asynchronous: copies of the inputs to pinned host memory, a host function (cudaLaunchHostFunc) that
+The enqueue is asynchronous: copies of the inputs to pinned host memory, a host function (cuLaunchHostFunc) that
 runs ONNX Runtime, copies of the outputs back, all on the caller's stream, so it can be captured into a CUDA graph
 and replayed. A "plan" is a JSON file naming the ONNX file, the profiles, the version and the GPU (write_plan).
 """
@@ -22,6 +22,7 @@ and replayed. A "plan" is a JSON file naming the ONNX file, the profiles, the ve
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import math
 from enum import Enum
@@ -29,7 +30,7 @@ from enum import Enum
 import numpy as np
 import onnxruntime as ort
 
-from cseg.runtime.cuda_graphs import check, device_identity, runtime_api, why_unavailable
+from cseg.runtime.cuda_graphs import CudaError, check, device_identity, runtime_api, why_unavailable
 
 __version__ = "10.16.0-double"
 FAIL_WHILE_CAPTURING = False  # tests set it: execute_async_v3 then returns False while the stream is capturing
@@ -198,13 +199,13 @@ class _Context:
         inputs, outputs, function, _ = self._runs[key]
         for name, staged in inputs.items():
             staged.copy(cudart, staged.pointer, self.addresses[name], "DeviceToHost", stream)
-        check(cudart.cudaLaunchHostFunc(stream, function, 0), "cudaLaunchHostFunc")
+        _launch_host_func(stream, function)
         for name, staged in outputs.items():
             staged.copy(cudart, self.addresses[name], staged.pointer, "HostToDevice", stream)
         return True
 
     def _staging(self):
-        engine, cudart = self.engine, runtime_api()
+        engine = self.engine
         inputs = {n: _Pinned(self.shapes[n], nptype(engine.get_tensor_dtype(n))) for n in engine.inputs}
         outputs = {n: _Pinned(self.get_tensor_shape(n), nptype(engine.get_tensor_dtype(n))) for n in engine.outputs}
 
@@ -214,8 +215,23 @@ class _Context:
                 outputs[name].array[...] = value
 
         callback = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(run)
-        function = cudart.cudaHostFn_t(ctypes.cast(callback, ctypes.c_void_p).value)
-        return inputs, outputs, function, callback  # the ctypes trampoline must outlive every launch of it
+        return inputs, outputs, ctypes.cast(callback, ctypes.c_void_p), callback  # alive while graphs replay it
+
+
+@functools.cache
+def _driver():
+    return ctypes.CDLL("libcuda.so.1")
+
+
+def _launch_host_func(stream, function) -> None:
+    """The driver's cuLaunchHostFunc, called directly. cuda-bindings' cudaLaunchHostFunc (and cuLaunchHostFunc)
+    hand CUDA a record of their own that they free after its first call, so a host node captured into a graph is
+    used after free from its second replay on (NVIDIA/cuda-python#790): a crash or a silently skipped engine run."""
+    launch = _driver().cuLaunchHostFunc
+    launch.argtypes, launch.restype = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p), ctypes.c_int
+    error = launch(int(stream), function, None)
+    if error:
+        raise CudaError(f"cuLaunchHostFunc failed: CUresult {error}")
 
 
 class _Pinned:

@@ -91,6 +91,51 @@ def _coefficients(seed):
     return [(float(a), float(b)) for a, b in rng.uniform(0.9, 1.1, size=(CHAIN, 2))]
 
 
+class _HostMemoryRuntime:
+    """cudaMalloc/cudaMallocHost handing out host memory that holds NaN, as reused device memory may."""
+
+    def __init__(self):
+        from cuda.bindings import runtime
+
+        self.success, self.blocks = runtime.cudaError_t.cudaSuccess, []
+
+    def cudaMalloc(self, nbytes):
+        block = np.full(nbytes // 4 + 1, np.nan, np.float32)
+        self.blocks.append(block)
+        return self.success, block.ctypes.data
+
+    cudaMallocHost = cudaMalloc
+
+    def cudaMemset(self, pointer, value, nbytes):
+        ctypes.memset(pointer, value, nbytes)
+        return (self.success,)
+
+
+def test_device_arrays_start_zeroed(monkeypatch):
+    """The KV cache's unwritten rows are read (masked) by every static decode step: they must not hold NaN."""
+    from cseg.runtime import cuda_buffers
+
+    cudart = _HostMemoryRuntime()
+    monkeypatch.setattr(cuda_buffers, "runtime_api", lambda: cudart)
+    array = cuda_buffers.DeviceArray((3, 5), np.float16)
+    device = np.frombuffer((ctypes.c_byte * array.nbytes).from_address(int(array.pointer)), np.float16)
+    assert not array.host.any() and not device.any()
+
+
+@gpu
+def test_device_arrays_start_zeroed_where_freed_memory_held_nan():
+    from cseg.runtime.cuda_buffers import DeviceArray
+
+    stream = Stream()
+    for _ in range(2):
+        array = DeviceArray((N,), np.float32)
+        assert not array.download(stream).any()
+        array.upload(np.full(N, np.nan, np.float32), stream)
+        stream.synchronize()
+        array.close()
+    stream.close()
+
+
 @pytest.fixture()
 def device_array():
     from cseg.runtime.cuda_buffers import DeviceArray

@@ -371,8 +371,9 @@ def test_engines_of_another_gpu_or_tensorrt_version_are_refused(orin_bundle):
 
 
 def test_decode_step_against_the_whole_static_cache_equals_the_growing_one(runtime, photo):
-    """The TensorRT decode step runs with past = the whole cache (unfilled positions masked, holding garbage) so its
-    shapes never change; on the same exported decoder graph it must give what the growing cache gives."""
+    """The TensorRT decode step runs with past = the whole cache (unfilled positions masked, holding finite
+    garbage) so its shapes never change; on the same exported decoder graph it must give what the growing cache
+    gives."""
     from cseg.runtime.generation import KVCache, static_decode_mask
 
     decoder = runtime.decoder
@@ -400,6 +401,12 @@ def test_decode_step_against_the_whole_static_cache_equals_the_growing_one(runti
     np.testing.assert_allclose(static["logits"], logits, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(static["hidden_states"], hidden, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(static["new_key_0"], cache.buffers[0][:, start : start + 1], rtol=1e-5, atol=1e-5)
+    # masking does not protect against NaN garbage (0 x NaN): why the device KV cache is allocated zeroed
+    for buffer in full.buffers:
+        buffer[:, start:] = np.nan
+    poisoned = runtime.graphs["vlm_decoder"].run({**feed, "attention_mask": static_decode_mask(mask, start, capacity),
+                                                  **dict(zip(names, full.buffers))})  # fmt: skip
+    assert not np.isfinite(poisoned["logits"]).all()
 
 
 @pytest.mark.skipif(NO_TENSORRT is not None, reason=f"needs TensorRT and a GPU: {NO_TENSORRT}")
