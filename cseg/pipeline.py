@@ -13,9 +13,9 @@ Backend protocol:
     learned_router -> object | None                          a fitted router, when the backend has one; then
     learned_route(state, question, demos, raw, max_new_tokens, timings) -> (score, take_shortcut, pending)
     and reason(..., pending=pending) continues decoding from the prefill the router looked at
-Options a backend takes as keywords only when a caller sets them (a backend without them, such as the PyTorch
-reference, is never asked): reason/learned_route(..., max_length=N), prompt + completion at most N tokens within the
-backend's own budget; postprocess(raw, size, interpolation="bicubic"), the masks upsampled as cv2's INTER_CUBIC.
+Options a backend takes as keywords only when a caller sets them (a backend without them is never asked):
+reason/learned_route(..., max_length=N), prompt + completion at most N tokens within the backend's own budget;
+postprocess(raw, size, interpolation="bicubic"), the masks upsampled as cv2's INTER_CUBIC.
 """
 
 from __future__ import annotations

@@ -81,14 +81,13 @@ class ReferencePipeline:
     # --- the public calls (the flow itself is cseg.pipeline, shared with the runtime) ----------------------------
 
     @torch.no_grad()
-    def segment(self, image, prompt: str, demos=None, *, route: str = "auto", max_new_tokens: int | None = None,
-                bgr: bool = False) -> Segmentation:  # fmt: skip
-        return pipeline.segment(self, image, prompt, demos, route=route, max_new_tokens=max_new_tokens, bgr=bgr)
+    def segment(self, image, prompt: str, demos=None, **options) -> Segmentation:
+        """The runtime's options (route, max_new_tokens, bgr, mask_size, mask_interpolation, max_length)."""
+        return pipeline.segment(self, image, prompt, demos, **options)
 
     @torch.no_grad()
-    def segment_many(self, image, prompts, demos=None, *, route: str = "auto", max_new_tokens: int | None = None,
-                     bgr: bool = False) -> list[Segmentation]:  # fmt: skip
-        return pipeline.segment_many(self, image, prompts, demos, route=route, max_new_tokens=max_new_tokens, bgr=bgr)
+    def segment_many(self, image, prompts, demos=None, **options) -> list[Segmentation]:
+        return pipeline.segment_many(self, image, prompts, demos, **options)
 
     # --- the backend protocol of cseg.pipeline ------------------------------------------------------------------
 
@@ -104,25 +103,32 @@ class ReferencePipeline:
         with timed(timings, "sam3_decoder"):
             return self.sam3_decode(state.vision, features, mask, concept_tokens)
 
-    def reason(self, state: ImageState, question: str, demos, max_new_tokens, timings: dict) -> Reasoning:
+    def reason(self, state: ImageState, question: str, demos, max_new_tokens, timings: dict,
+               max_length: int | None = None) -> Reasoning:  # fmt: skip
         with timed(timings, "vlm_preprocess"):
-            inputs = self.vlm_inputs(state.frame.pil(), question, demos)
-        return self.generate(inputs, max_new_tokens, timings)
+            inputs = self.vlm_inputs(state.frame.pil(), question, demos, max_length)
+        return self.generate(inputs, max_new_tokens, timings, max_length)
+
+    def length_limit(self, max_length: int | None) -> int:
+        """Prompt + completion tokens at most: the research budget, lowered by a request's max_length."""
+        return self.max_length if max_length is None else min(max_length, self.max_length)
 
     @staticmethod
     def presence(raw: Sam3Result) -> float:
         return raw.presence
 
     @staticmethod
-    def postprocess(sam: Sam3Result, size: tuple[int, int]) -> tuple[np.ndarray, Instances]:
-        """The research post-processing: bilinear (align_corners=False) to the input size, logits > 0."""
+    def postprocess(sam: Sam3Result, size: tuple[int, int], interpolation: str = "bilinear"):
+        """The research post-processing: logits resized to `size` (bilinear, align_corners=False; or "bicubic" as
+        the ReasonSeg evaluation's cv2 INTER_CUBIC, here torch's, a = -0.75 too), then > 0. (mask, Instances)."""
         height, width = size
-        semantic = F.interpolate(sam.semantic_logits.float(), size=size, mode="bilinear", align_corners=False)
+        mode = pipeline.check_mask_interpolation(interpolation)
+        semantic = F.interpolate(sam.semantic_logits.float(), size=size, mode=mode, align_corners=False)
         scores = (torch.sigmoid(sam.pred_logits.float()) * torch.sigmoid(sam.presence_logit.float()))[0]
         keep = scores > INSTANCE_SCORE_THRESHOLD
         if not keep.any():
             return (semantic[0, 0] > 0).numpy(), Instances.empty(height, width)
-        masks = F.interpolate(sam.pred_masks[:, keep].float(), size=size, mode="bilinear", align_corners=False)
+        masks = F.interpolate(sam.pred_masks[:, keep].float(), size=size, mode=mode, align_corners=False)
         scale = torch.tensor([width, height, width, height], dtype=torch.float32)
         instances = Instances(
             masks=(masks[0] > 0).numpy(),
@@ -146,7 +152,7 @@ class ReferencePipeline:
         )
         return Sam3Result(out.semantic_seg, out.presence_logits, out.pred_logits, out.pred_boxes, out.pred_masks)
 
-    def vlm_inputs(self, image, question: str, demos=()) -> dict[str, torch.Tensor]:
+    def vlm_inputs(self, image, question: str, demos=(), max_length: int | None = None) -> dict[str, torch.Tensor]:
         """Token ids, pixel patches and grids for the VLM, as the research script builds them with the processor."""
         images = [vlm_target(image, demos)]  # a prepared Episode may bring the VLM's own target (research ReasonSeg)
         reference, layout = render_demonstrations(demos) if demos else (None, prompting.Layout())
@@ -177,10 +183,10 @@ class ReferencePipeline:
             *tokenizer(after, add_special_tokens=False).input_ids,
         ]
         input_ids = torch.tensor([ids], dtype=torch.long)
-        if input_ids.shape[1] >= self.max_length:
-            raise InvalidInputError(
-                f"the prompt is {input_ids.shape[1]} tokens, leaving no room to generate within {self.max_length}"
-            )
+        limit = self.length_limit(max_length)
+        if input_ids.shape[1] >= limit:
+            raise InvalidInputError(f"the prompt is {input_ids.shape[1]} tokens, leaving no room to generate within "
+                                    f"{limit}")
         return {
             "input_ids": input_ids,
             "attention_mask": torch.ones_like(input_ids),
@@ -189,15 +195,17 @@ class ReferencePipeline:
             "image_grid_thw": vision["image_grid_thw"],
         }
 
-    def generate(self, inputs: dict, max_new_tokens: int | None, timings: dict) -> Reasoning:
+    def generate(self, inputs: dict, max_new_tokens: int | None, timings: dict,
+                 max_length: int | None = None) -> Reasoning:  # fmt: skip
         model, tokenizer = self.vlm.model, self.vlm.tokenizer
         prompt_length = inputs["input_ids"].shape[1]
         # The research call: generate(max_length=2816, use_cache=True, do_sample=False) on top of the checkpoint's
         # generation_config.json, whose other settings (repetition_penalty, eos ids) stay in force.
         config = copy.deepcopy(self.vlm.generation_config)
         # max_length bounds prompt + completion; max_new_tokens can only lower it (vlm_inputs left room for one)
-        room = self.max_length - prompt_length
-        budget = {"max_new_tokens": min(max_new_tokens, room)} if max_new_tokens else {"max_length": self.max_length}
+        limit = self.length_limit(max_length)
+        room = limit - prompt_length
+        budget = {"max_new_tokens": min(max_new_tokens, room)} if max_new_tokens else {"max_length": limit}
         # sampling settings of the checkpoint do nothing under do_sample=False; cleared to keep generate() quiet
         config.update(do_sample=False, use_cache=True, temperature=None, top_p=None, top_k=None, **budget)
         with timed(timings, "generate"):

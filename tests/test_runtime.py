@@ -55,6 +55,19 @@ def test_runtime_matches_the_reference_end_to_end(runtime, reference, photo, pro
     _assert_same(runtime.segment(photo, prompt, **kwargs), reference.segment(photo, prompt, **kwargs))
 
 
+def test_the_research_reasonseg_options_match_the_reference(runtime, reference, photo):
+    """Masks made at another size with bicubic interpolation (the runtime's cv2 INTER_CUBIC kernel, the reference's
+    torch bicubic: same kernel, a = -0.75) and max_length bounding prompt + completion, on both backends."""
+    state = runtime.image_state(load_frame(photo), {})
+    prompt = runtime.prefill(state, "helmet", None, None, {}).prefilled.cache.length
+    options = {"route": "full", "mask_size": (301, 402), "mask_interpolation": "bicubic", "max_length": prompt + 5}
+    got, want = runtime.segment(photo, "helmet", **options), reference.segment(photo, "helmet", **options)
+    assert 1 <= len(want.token_ids) <= 5 and want.mask.shape == (301, 402)
+    _assert_same(got, want)
+    with pytest.raises(InvalidInputError, match=f"leaving no room to generate within {prompt}$"):
+        reference.segment(photo, "helmet", route="full", max_length=prompt)
+
+
 def test_demonstrations_and_bgr_frames_match_the_reference(runtime, reference, photo):
     from skimage import data
 
