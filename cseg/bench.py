@@ -150,9 +150,11 @@ def roofline(summary: dict, manifest: dict, peaks: dict) -> dict:
     machine's peak for the graph's precision; and decode tokens/s against the bound memory bandwidth sets (every
     weight byte of the decoder graph read once per token)."""
     stages = summary["backends"]["runtime"]["full"]["stages_ms"]
-    out = {"peaks": peaks, "graphs": {}}
+    out = {"peaks": peaks, "graphs": {}, "cached": []}
     for key in ROOFLINE_STAGES:
         graph = manifest["graphs"].get(key, {})
+        if key not in stages and f"{key}_cache" in stages:
+            out["cached"].append(key)  # the runtime's cache served it in every run: no graph run to time
         if "flops" not in graph or key not in stages:
             continue  # a bundle exported before FLOPs were counted
         achieved = graph["flops"]["count"] / stages[key]["median"] / 1e6
@@ -174,6 +176,8 @@ def roofline_table(line: dict) -> str:
     for key, graph in line["graphs"].items():
         lines.append(f"  {key:<13} {graph['precision']:<5} {graph['gflop']:8.1f} GFLOP  {graph['achieved_gflop_s']:7.1f} "
                      f"GFLOP/s = {100 * graph['fraction_of_peak']:5.1f}% of peak")  # fmt: skip
+    for key in line.get("cached", []):
+        lines.append(f"  {key:<13} served from the runtime's cache in these runs: no graph run timed")
     decode = line["decode"]
     lines.append(f"  decode {decode['tokens_per_s']:.1f} tokens/s of a {decode['bound_tokens_per_s']:.1f} tokens/s "
                  f"bandwidth bound ({decode['weight_mb']:.0f} MB of weights per token): "

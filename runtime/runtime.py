@@ -221,8 +221,7 @@ class Runtime:
         return self.sam3.encode(frame, timings)
 
     def sam3_segment(self, state: ImageState, text: str, concept_tokens, timings: dict) -> Sam3Output:
-        with timed(timings, "sam3_text"):
-            features, mask = self._text_features(text)
+        features, mask = self._text_features(text, timings)
         return self.sam3.decode(state, features, mask, concept_tokens, timings)
 
     def prefill(self, state: ImageState, question: str, demos, max_new_tokens, timings: dict,
@@ -284,13 +283,19 @@ class Runtime:
 
     # --- helpers ----------------------------------------------------------------------------------------------------
 
-    def _text_features(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+    def _text_features(self, text: str, timings: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """SAM 3's text encoder, cached per phrase. A cache hit is timed as its own stage, "sam3_text_cache", so that
+        "sam3_text" always times the graph (cseg bench's roofline divides its FLOPs by that time)."""
+        timings = {} if timings is None else timings
         with self._text_lock:
-            if text in self._text_cache:
+            cached = self._text_cache.get(text)
+            if cached is not None:
                 self._text_cache.move_to_end(text)
-                return self._text_cache[text]
-        ids, mask = self.sam3_tokenizer.encode(text)
-        features = self.graphs["sam3_text"].run({"input_ids": ids, "attention_mask": mask})["text_features"]
+                timings.setdefault("sam3_text_cache", 0.0)
+                return cached
+        with timed(timings, "sam3_text"):
+            ids, mask = self.sam3_tokenizer.encode(text)
+            features = self.graphs["sam3_text"].run({"input_ids": ids, "attention_mask": mask})["text_features"]
         with self._text_lock:
             self._text_cache[text] = (features, mask)
             if len(self._text_cache) > TEXT_CACHE_SIZE:

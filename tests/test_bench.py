@@ -50,8 +50,24 @@ def test_cli_bench(tiny_bundle, tmp_path, capsys):
     assert summary["backends"]["runtime"]["shortcut"]["runs"] == 1
     line = summary["roofline"]  # the exporter's FLOP counts against the measured machine
     assert line["peaks"]["fp32_gflop_s"] > 0 and line["peaks"]["int8_gop_s"] > 0 and line["peaks"]["bandwidth_gb_s"] > 0
-    assert set(line["graphs"]) == set(bench.ROOFLINE_STAGES)
+    assert set(line["graphs"]) | set(line["cached"]) == set(bench.ROOFLINE_STAGES)
     for graph in line["graphs"].values():
         assert graph["gflop"] > 0 and 0 < graph["fraction_of_peak"] < 10  # above 1 only for noisy tiny timings
     assert 0 < line["decode"]["fraction_of_bound"] and line["decode"]["weight_mb"] > 0
     assert main(["bench", "--bundle", str(tiny_bundle), "--repeat", "0"]) == 2
+
+
+def test_a_graph_the_runtimes_cache_served_is_no_roofline_point(runtime, photo):
+    """A repeated phrase is served by the runtime's text cache: timed as "sam3_text_cache", so "sam3_text" is always
+    a graph run, and the roofline names the graph instead of dividing its FLOPs by a lookup's microseconds."""
+    first = runtime.segment(photo, "a roofline probe", route="shortcut").timings
+    again = runtime.segment(photo, "a roofline probe", route="shortcut").timings
+    assert first["sam3_text"] > 0 and "sam3_text_cache" not in first
+    assert "sam3_text" not in again and again["sam3_text_cache"] == 0.0
+    graphs = {key: {"flops": {"count": 1e9}, "precision": "fp32"} for key in bench.ROOFLINE_STAGES}
+    manifest = {"graphs": {**graphs, "vlm_decoder": {"bytes": 1e6}}}
+    stages = {"sam3_vision": {"median": 10.0}, "sam3_text_cache": {"median": 0.0}}
+    summary = {"backends": {"runtime": {"full": {"stages_ms": stages, "decode_tokens_per_s": 5.0}}}}
+    line = bench.roofline(summary, manifest, {"fp32_gflop_s": 100.0, "int8_gop_s": 200.0, "bandwidth_gb_s": 10.0})
+    assert set(line["graphs"]) == {"sam3_vision"} and line["cached"] == ["sam3_text"]
+    assert "sam3_text     served from the runtime's cache" in bench.roofline_table(line)
