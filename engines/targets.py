@@ -97,9 +97,10 @@ TARGETS: dict[str, dict] = {
             "auto": {"vlm_vision": "int8", "vlm_decoder": "int4", "sam3_vision": "int8", "sam3_text": "int8"},
         },
         # graphs whose attention blocks run as ORT's fused CPU attention (export/fused_attention.py): those measured
-        # faster with it on `small` in every run (README, Measured here: sam3_vision and sam3_decoder were 0.82-1.13x,
-        # slower on the quieter runs, so they stay decomposed); GPU targets keep standard ONNX for TensorRT
-        "fused_attention": ("vlm_vision",),
+        # faster with it on `small` (README, Measured here: vlm_vision in every run; sam3_decoder 1.12-1.17x on an
+        # idle machine, one earlier run 0.82x; sam3_vision 0.96-1.08x stays decomposed); GPU targets keep standard
+        # ONNX for TensorRT
+        "fused_attention": ("vlm_vision", "sam3_decoder"),
         # ONNX Runtime session options for this target (the runtime may override them)
         "session": {"graph_optimization_level": "ORT_ENABLE_ALL", "intra_op_num_threads": 0, "enable_mem_pattern": True},
     },
