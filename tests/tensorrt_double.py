@@ -219,17 +219,17 @@ class _Context:
 
 
 @functools.cache
-def _driver():
-    return ctypes.CDLL("libcuda.so.1")
+def _cu_launch_host_func():
+    function = ctypes.CDLL("libcuda.so.1").cuLaunchHostFunc
+    function.argtypes, function.restype = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p), ctypes.c_int
+    return function
 
 
 def _launch_host_func(stream, function) -> None:
-    """The driver's cuLaunchHostFunc, called directly. cuda-bindings' cudaLaunchHostFunc (and cuLaunchHostFunc)
-    hand CUDA a record of their own that they free after its first call, so a host node captured into a graph is
-    used after free from its second replay on (NVIDIA/cuda-python#790): a crash or a silently skipped engine run."""
-    launch = _driver().cuLaunchHostFunc
-    launch.argtypes, launch.restype = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p), ctypes.c_int
-    error = launch(int(stream), function, None)
+    """The driver's cuLaunchHostFunc, called directly: cuda-bindings' cudaLaunchHostFunc hands CUDA a wrapper of
+    its own that does not survive its first call, so a host node captured into a graph broke from the graph's second
+    replay on (a segfault on the H100; NVIDIA/cuda-python#790 reports the same)."""
+    error = _cu_launch_host_func()(int(stream), function, None)
     if error:
         raise CudaError(f"cuLaunchHostFunc failed: CUresult {error}")
 
