@@ -54,14 +54,18 @@ TIERS = {
            "Shadow_detection"),
     "CR": ("MIG",),  # every MIG-Bench / MGrounding dataset
 }  # fmt: skip
-# The paper's Table 1 columns (named as on the project page ntu-ai4x.github.io/ConceptSeg-R1) and the benchmark
-# datasets under each, where the dataset name says it; MIG-Bench / MGrounding items form the CR column.
+# The paper's Table 1 columns, as the project page's table names them (ntu-ai4x.github.io/ConceptSeg-R1, its
+# source ConceptSeg-R1/index.html): CI: Diverse Classes, CD: Camouflage, CD: Saliency, CD: Med. Lesion,
+# CR: Consistency, CR: Difference. The page does not list the datasets under each column; the CI and CD ones follow
+# from the dataset names. Datasets with no column there (transparent1024, Shadow_detection, ESDIDefects) get none.
 GROUPS = {
     "CI: Diverse Classes": ("rare", "ultra_rare", "coco2014_Artifact", "coco2014_Living"),
-    "CD: Saliency": ("DUTS",), "CD: Camouflage": ("COD10K1024",), "CD: Transparency": ("transparent1024",),
-    "CD: Shadow": ("Shadow_detection",), "CD: Anomaly": ("ESDIDefects",),
-    "CD: Lesion": ("isic2018", "Breast_Tumor", "Polyp"),
+    "CD: Camouflage": ("COD10K1024",), "CD: Saliency": ("DUTS",),
+    "CD: Med. Lesion": ("isic2018", "Breast_Tumor", "Polyp"),
 }  # fmt: skip
+# The CR columns split the MIG-Bench / MGrounding items by the task their dataset name gives (MIG-Bench's
+# common-object and difference tasks); other CR items have no column.
+CR_GROUPS = {"CR: Consistency": ("common", "consisten"), "CR: Difference": ("diff",)}
 # Cityscapes' 19 evaluation classes: labelId -> name.
 CITYSCAPES_CLASSES = {
     7: "road", 8: "sidewalk", 11: "building", 12: "wall", 13: "fence", 17: "pole", 19: "traffic light",
@@ -93,7 +97,8 @@ def tier_of(dataset: str) -> str:
 
 def group_of(dataset: str) -> str:
     if tier_of(dataset) == "CR":
-        return "CR: Multi-image"
+        name = dataset.lower()
+        return next((group for group, words in CR_GROUPS.items() if any(w in name for w in words)), "")
     return next((group for group, names in GROUPS.items() if dataset in names), "")
 
 

@@ -32,9 +32,10 @@ from cseg.images import load_image, vlm_image
 MAX_NAME = 200  # characters of a mask file name before its extension
 MAX_LOG_BYTES = 1 << 30  # samples.jsonl: ~300 bytes per sample
 RUN_FILE = "run.json"
-# Raised whenever how a sample's result is computed changes, so a work folder of an older cseg is not resumed as if
-# current. 2: ReasonSeg's research inputs (bicubic masks, max_length 2048, the VLM on the original's 600 square).
-PROTOCOL_VERSION = 2
+# Raised whenever how a sample's result is computed or labelled changes, so a work folder of an older cseg is not
+# resumed as if current. 2: ReasonSeg's research inputs (bicubic masks, max_length 2048, the VLM on the original's
+# 600 square). 3: the Table 1 columns as the project page names them (records carry their column).
+PROTOCOL_VERSION = 3
 REASONSEG_SAM3_SIDE = 1008  # evaluate_reasonseg.py: sam_image = image.resize((1008, 1008)), PIL's bicubic
 REASONSEG_MAX_LENGTH = 2048  # evaluate_reasonseg.py: generate(max_length=2048), prompt + completion tokens
 

@@ -40,6 +40,17 @@ def bench(tmp_path):
     return root
 
 
+def test_table1_columns_are_the_project_pages():
+    """The six columns of Table 1 on ntu-ai4x.github.io/ConceptSeg-R1; datasets without a column there get none."""
+    columns = {"COD10K1024": "CD: Camouflage", "DUTS": "CD: Saliency", "coco2014_Living": "CI: Diverse Classes",
+               "isic2018": "CD: Med. Lesion", "Polyp": "CD: Med. Lesion", "MIG_common_object": "CR: Consistency",
+               "MIG_static_diff": "CR: Difference", "MIG_refer_grounding": "", "transparent1024": "",
+               "ESDIDefects": "", "unknown": ""}  # fmt: skip
+    assert {name: datasets.group_of(name) for name in columns} == columns
+    assert {g for g in datasets.GROUPS} | set(datasets.CR_GROUPS) == {
+        "CI: Diverse Classes", "CD: Camouflage", "CD: Saliency", "CD: Med. Lesion", "CR: Consistency", "CR: Difference"}
+
+
 def test_research_episodes_draw_four_references_with_replacement(bench):
     samples = {s.dataset + s.id: s for s in datasets.read("conceptseg", bench, protocol="research")}
     rare = samples["rarerare/rare_cat/0"]
