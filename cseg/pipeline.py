@@ -92,6 +92,16 @@ def check_mask_size(mask_size) -> tuple[int, int] | None:
     return int(mask_size[0]), int(mask_size[1])
 
 
+def generation_room(prompt: int, budget: int, max_length: int | None = None) -> int:
+    """Tokens a backend may generate after a `prompt`-token prompt: prompt + completion at most the backend's
+    `budget`, lowered by a request's `max_length` (whatever max_new_tokens asks for). A prompt that leaves no room is
+    refused before it runs: a long prompt costs memory and time in proportion to its length."""
+    limit = budget if max_length is None else min(max_length, budget)
+    if prompt >= limit:
+        raise InvalidInputError(f"the prompt is {prompt} tokens, leaving no room to generate within {limit}")
+    return limit - prompt
+
+
 def check_mask_interpolation(interpolation) -> str:
     if not isinstance(interpolation, str) or interpolation not in MASK_INTERPOLATIONS:
         raise InvalidInputError(f"mask_interpolation must be one of {MASK_INTERPOLATIONS}, got {interpolation!r}")

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from cseg import pipeline, prompting
-from cseg.errors import CheckpointError, InvalidInputError
+from cseg.errors import CheckpointError
 from cseg.export.loading import ConceptSegCheckpoint, Sam3Checkpoint, load_conceptseg, load_sam3
 from cseg.export.sam3_prompt import sam3_prompt
 from cseg.images import Frame, render_demonstrations, sam3_pixels, vlm_target
@@ -109,10 +109,6 @@ class ReferencePipeline:
             inputs = self.vlm_inputs(state.frame.pil(), question, demos, max_length)
         return self.generate(inputs, max_new_tokens, timings, max_length)
 
-    def length_limit(self, max_length: int | None) -> int:
-        """Prompt + completion tokens at most: the research budget, lowered by a request's max_length."""
-        return self.max_length if max_length is None else min(max_length, self.max_length)
-
     @staticmethod
     def presence(raw: Sam3Result) -> float:
         return raw.presence
@@ -183,10 +179,7 @@ class ReferencePipeline:
             *tokenizer(after, add_special_tokens=False).input_ids,
         ]
         input_ids = torch.tensor([ids], dtype=torch.long)
-        limit = self.length_limit(max_length)
-        if input_ids.shape[1] >= limit:
-            raise InvalidInputError(f"the prompt is {input_ids.shape[1]} tokens, leaving no room to generate within "
-                                    f"{limit}")
+        pipeline.generation_room(input_ids.shape[1], self.max_length, max_length)  # refused before generate() runs
         return {
             "input_ids": input_ids,
             "attention_mask": torch.ones_like(input_ids),
@@ -203,9 +196,9 @@ class ReferencePipeline:
         # generation_config.json, whose other settings (repetition_penalty, eos ids) stay in force.
         config = copy.deepcopy(self.vlm.generation_config)
         # max_length bounds prompt + completion; max_new_tokens can only lower it (vlm_inputs left room for one)
-        limit = self.length_limit(max_length)
-        room = limit - prompt_length
-        budget = {"max_new_tokens": min(max_new_tokens, room)} if max_new_tokens else {"max_length": limit}
+        room = pipeline.generation_room(prompt_length, self.max_length, max_length)
+        limit = {"max_length": prompt_length + room}
+        budget = {"max_new_tokens": min(max_new_tokens, room)} if max_new_tokens else limit
         # sampling settings of the checkpoint do nothing under do_sample=False; cleared to keep generate() quiet
         config.update(do_sample=False, use_cache=True, temperature=None, top_p=None, top_k=None, **budget)
         with timed(timings, "generate"):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cseg.errors import InvalidInputError
+from cseg.pipeline import generation_room
 from cseg.runtime.graphs import OrtGraph
 
 
@@ -117,10 +118,7 @@ class Decoder:
         if self.max_prompt is not None and prompt > self.max_prompt:  # refused before anything is enqueued
             raise InvalidInputError(f"the prompt is {prompt} tokens; the decoder's prefill takes at most "
                                     f"{self.max_prompt}: shorten the question or give fewer demonstrations")  # fmt: skip
-        limit = self.max_length if max_length is None else min(max_length, self.max_length)
-        room = limit - prompt  # max_length counts prompt + completion, whatever max_new_tokens asks for
-        if room < 1:  # refused before the prefill: a long prompt costs memory and time in proportion to its length
-            raise InvalidInputError(f"the prompt is {prompt} tokens, leaving no room to generate within {limit}")
+        room = generation_room(prompt, self.max_length, max_length)
         budget = min(max_new_tokens, room) if max_new_tokens else room
         cache = self.new_cache(prompt + budget)
         mask = np.ones((1, prompt + budget), np.int64)
