@@ -46,7 +46,8 @@ class _Recorder:
         def recording_step(cache, ids, image_embeds, positions, mask):
             if cache.length == 0 or self.decode_steps % DECODE_STRIDE == 0:
                 feed = {"input_ids": ids, "image_embeds": image_embeds, "position_ids": positions, "attention_mask": mask}
-                feed.update({name: buffer[:, : cache.length].copy() for name, buffer in zip(decoder.past_names, cache.buffers)})
+                views = decoder.cache_views(cache, ids.shape[1])
+                feed.update({name: past.copy() for name, (past, _) in zip(decoder.past_names, views)})
                 self.save("vlm_decoder", feed)
             self.decode_steps += cache.length > 0
             return step(cache, ids, image_embeds, positions, mask)

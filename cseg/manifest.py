@@ -61,7 +61,8 @@ _GRAPH = _object({
     "inputs": _TENSORS,
     "outputs": _TENSORS,
     "tolerances": {"type": "object", "additionalProperties": _number(0, 1e6)},
-}, {"data_files": {"type": "array", "items": _PATH}, "bytes": _int(0, 1 << 50)})
+}, {"data_files": {"type": "array", "items": _PATH}, "bytes": _int(0, 1 << 50),
+    "kv_cache": {"enum": ["sequence_major", "shared"]}})  # vlm_decoder's cache layout (export/graphs/vlm_decoder.py)
 _PARITY_OUTPUT = _object({"max_abs": _number(0, 1e30), "mean_abs": _number(0, 1e30), "tolerance": _number(0, 1e30)})
 # weights: the SAM 3 weights id (export/bundle.py sam3_weights_id), what a portable rule is bound to
 _SOURCE = _object({"path": _TEXT, "sha256": _SHA256, "files": {"type": "object"}},
@@ -258,14 +259,16 @@ def _check_sizes(manifest: dict) -> None:
     if rule_only(manifest):
         return
     layers = model["num_layers"]
-    kv = {f"{io}_{kind}_{i}" for io in ("past", "new") for kind in ("key", "value") for i in range(layers)}
-    declared = {n for n in tensors["vlm_decoder"] if n.startswith(("past_", "new_"))}
+    shared = graphs["vlm_decoder"].get("kv_cache") == "shared"
+    kv = {f"{io}_{kind}_{i}" for io in ("past", "present" if shared else "new") for kind in ("key", "value")
+          for i in range(layers)}  # fmt: skip
+    declared = {n for n in tensors["vlm_decoder"] if n.startswith(("past_", "new_", "present_"))}
     if declared != kv:
         raise BundleError(f"manifest.json: model.num_layers = {layers} disagrees with graph vlm_decoder's "
                           f"{len(declared) // 4} layers of KV cache")  # fmt: skip
     vlm, vision = manifest["preprocessing"]["vlm"], model["vision"]
     for field, value, key, name, axis in (
-        ("model.num_kv_heads", model["num_kv_heads"], "vlm_decoder", "past_key_0", 2),
+        ("model.num_kv_heads", model["num_kv_heads"], "vlm_decoder", "past_key_0", 1 if shared else 2),
         ("model.head_dim", model["head_dim"], "vlm_decoder", "past_key_0", 3),
         ("model.vocab_size", model["vocab_size"], "vlm_decoder", "logits", 2),
         ("model.hidden_size", model["hidden_size"], "vlm_decoder", "hidden_states", 2),

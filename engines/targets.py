@@ -101,6 +101,9 @@ TARGETS: dict[str, dict] = {
         # idle machine, one earlier run 0.82x; sam3_vision 0.96-1.08x stays decomposed); GPU targets keep standard
         # ONNX for TensorRT
         "fused_attention": ("vlm_vision", "sam3_decoder"),
+        # vlm_decoder's KV cache: heads-major and updated in place by ORT's GroupQueryAttention (no per-token
+        # transpose, concat or expand of the cache; export/group_query_attention.py); GPU targets: sequence-major
+        "kv_cache": "shared",
         # ONNX Runtime session options for this target (the runtime may override them)
         "session": {"graph_optimization_level": "ORT_ENABLE_ALL", "intra_op_num_threads": 0, "enable_mem_pattern": True},
     },

@@ -123,7 +123,9 @@ def _export_bundle(
     try:
         with _calibration_set(calib) if policy else contextlib.nullcontext() as calibration:
             manifest, text = _export_into(staging, model_dir, sam3_dir, sam3_given, target, profile, precision,
-                                          {"top_k": top_k, "queries": queries}, report, progress)  # fmt: skip
+                                          {"top_k": top_k, "queries": queries,
+                                           "kv_cache": profile.get("kv_cache", "sequence_major")},
+                                          report, progress)  # fmt: skip
             if policy:
                 manifest = quantize_bundle(staging, manifest, profile, precision, calibration, report, progress,
                                            keep_slower=keep_slower, text=text)  # fmt: skip

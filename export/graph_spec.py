@@ -42,6 +42,8 @@ class GraphSpec:
     keep_fp32: tuple[str, ...] = ()  # name patterns of layers that stay fp32 in fp16/int8 builds
     axis_bounds: dict[str, tuple[int, int]] = field(default_factory=dict)  # min/max per dynamic axis
     notes: str = ""
+    translations: dict = field(default_factory=dict)  # custom operator -> its ONNX form (the dynamo exporter's table)
+    manifest: dict = field(default_factory=dict)  # what the runtime must know beyond inputs and outputs
 
     def tolerance(self, output: str) -> float:
         return self.tolerances.get(output, self.tolerances[""])
@@ -56,4 +58,5 @@ class GraphSpec:
             "keep_fp32": list(self.keep_fp32),
             "axis_bounds": {k: list(v) for k, v in self.axis_bounds.items()},
             "notes": self.notes,
+            **self.manifest,
         }

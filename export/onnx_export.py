@@ -89,6 +89,7 @@ def export_graph(spec: GraphSpec, path: Path) -> list[Path]:
                 torch.onnx.export(
                     spec.module, args, str(path), dynamo=True, input_names=input_names, output_names=output_names,
                     dynamic_shapes=tuple(dynamic), opset_version=spec.opset, external_data=large, verbose=False,
+                    custom_translation_table=spec.translations or None,
                 )  # fmt: skip
             elif spec.exporter == "torchscript":
                 axes = {t.name: {i: d for i, d in enumerate(t.shape) if isinstance(d, str)}

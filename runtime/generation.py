@@ -20,15 +20,19 @@ from cseg.runtime.graphs import OrtGraph
 
 
 class KVCache:
-    """One sequence-major buffer per layer and kind, allocated once at the maximum length."""
+    """One buffer per layer and kind, allocated once at the maximum length: sequence-major [1, length, kv_heads, dim],
+    or heads-major [1, kv_heads, length, dim] for the "shared" layout (export/graphs/vlm_decoder.py)."""
 
-    def __init__(self, count: int, max_length: int, kv_heads: int, head_dim: int, dtype=np.float32):
-        self.buffers = [np.zeros((1, max_length, kv_heads, head_dim), dtype) for _ in range(count)]
+    def __init__(self, count: int, max_length: int, kv_heads: int, head_dim: int, dtype=np.float32,
+                 layout: str = "sequence_major"):  # fmt: skip
+        shape = (1, kv_heads, max_length, head_dim) if layout == "shared" else (1, max_length, kv_heads, head_dim)
+        self.buffers = [np.zeros(shape, dtype) for _ in range(count)]
+        self.axis = 2 if layout == "shared" else 1  # the sequence axis
         self.length = 0
 
     @property
     def capacity(self) -> int:
-        return self.buffers[0].shape[1]
+        return self.buffers[0].shape[self.axis]
 
 
 @dataclass
@@ -58,6 +62,11 @@ def kv_dtype(manifest: dict) -> str:
     return next(t["dtype"] for t in manifest["graphs"]["vlm_decoder"]["inputs"] if t["name"] == "past_key_0")
 
 
+def kv_layout(manifest: dict) -> str:
+    """"shared" (the cpu target since GroupQueryAttention) or "sequence_major" (GPU targets and older bundles)."""
+    return manifest["graphs"]["vlm_decoder"].get("kv_cache", "sequence_major")
+
+
 def static_decode_mask(mask: np.ndarray, start: int, capacity: int) -> np.ndarray:
     """The attention mask of a decode step run against the whole cache of `capacity` positions (static shapes, for
     CUDA-graph replay): the filled positions as in `mask`, the unfilled ones 0, and the new token last (the key it
@@ -69,13 +78,18 @@ def static_decode_mask(mask: np.ndarray, start: int, capacity: int) -> np.ndarra
 
 
 class Decoder:
-    """Runs vlm_decoder with IO binding: past = the cache's filled prefix, new keys/values written right after it."""
+    """Runs vlm_decoder with IO binding and no copies of the cache. sequence_major: past = the cache's filled prefix,
+    new keys/values written right after it; shared: past and present are the whole buffer, which the graph updates
+    in place (every decode step of a request then has the same shapes)."""
 
-    def __init__(self, graph: OrtGraph, model: dict, generation: dict, kv_dtype: str = "float32"):
+    def __init__(self, graph: OrtGraph, model: dict, generation: dict, kv_dtype: str = "float32",
+                 layout: str = "sequence_major"):  # fmt: skip
         self.graph = graph
         self.kv_dtype = np.dtype(kv_dtype)  # float16 in GPU-target bundles
+        self.layout = layout
+        out = "present" if layout == "shared" else "new"
         self.past_names = [f"past_{kind}_{i}" for i in range(model["num_layers"]) for kind in ("key", "value")]
-        self.new_names = [f"new_{kind}_{i}" for i in range(model["num_layers"]) for kind in ("key", "value")]
+        self.new_names = [f"{out}_{kind}_{i}" for i in range(model["num_layers"]) for kind in ("key", "value")]
         self.kv_heads, self.head_dim = model["num_kv_heads"], model["head_dim"]
         self.hidden_size = model["hidden_size"]
         self.vocab_size = model["vocab_size"]
@@ -87,7 +101,16 @@ class Decoder:
         self.max_prompt: int | None = None
 
     def new_cache(self, length: int) -> KVCache:
-        return KVCache(len(self.past_names), length, self.kv_heads, self.head_dim, self.kv_dtype)
+        return KVCache(len(self.past_names), length, self.kv_heads, self.head_dim, self.kv_dtype, self.layout)
+
+    def cache_views(self, cache: KVCache, seq: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per layer and kind, the arrays a step of `seq` new positions binds: its past input and the output the
+        graph writes into (views of the cache's buffers, no copies)."""
+        start = cache.length
+        if self.layout == "shared":
+            return [(buffer, buffer) for buffer in cache.buffers]
+        # contiguous slices: the cache is sequence-major, batch 1
+        return [(buffer[:, :start], buffer[:, start : start + seq]) for buffer in cache.buffers]
 
     def step(self, cache: KVCache, ids: np.ndarray, image_embeds: np.ndarray, positions: np.ndarray,
              mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
@@ -99,14 +122,14 @@ class Decoder:
                             ("attention_mask", mask)):  # fmt: skip
             if name in self.graph.input_names:
                 binding.bind_cpu_input(name, np.ascontiguousarray(value))
-        for past, new, buffer in zip(self.past_names, self.new_names, cache.buffers):
-            binding.bind_cpu_input(past, buffer[:, :start])
-            target = buffer[:, start : start + seq]  # contiguous: the cache is sequence-major, batch 1
+        for past, new, (source, target) in zip(self.past_names, self.new_names, self.cache_views(cache, seq)):
+            binding.bind_cpu_input(past, source)
             binding.bind_output(new, "cpu", 0, self.kv_dtype, list(target.shape), target.ctypes.data)
         binding.bind_output("logits")
         binding.bind_output("hidden_states")
         self.graph.session.run_with_iobinding(binding)
-        logits, hidden = binding.copy_outputs_to_cpu()[-2:]
+        # only these two: copying every output would copy the whole cache of the shared layout each token
+        logits, hidden = (value.numpy() for value in binding.get_outputs()[-2:])
         cache.length = start + seq
         return logits, hidden
 

@@ -370,13 +370,15 @@ def test_engines_of_another_gpu_or_tensorrt_version_are_refused(orin_bundle):
                                                              "compute_capability": [8, 7]}}, "10.3.0", agx)  # fmt: skip
 
 
-def test_decode_step_against_the_whole_static_cache_equals_the_growing_one(runtime, photo):
+def test_decode_step_against_the_whole_static_cache_equals_the_growing_one(orin_bundle, photo):
     """The TensorRT decode step runs with past = the whole cache (unfilled positions masked, holding finite
-    garbage) so its shapes never change; on the same exported decoder graph it must give what the growing cache
-    gives."""
+    garbage) so its shapes never change; on the same exported decoder graph (a GPU target's, sequence-major and
+    fp16, run here by ONNX Runtime on the CPU) it must give what the growing cache gives."""
     from cseg.runtime.generation import KVCache, static_decode_mask
 
+    runtime = Runtime.open(orin_bundle, device="cpu")
     decoder = runtime.decoder
+    assert decoder.layout == "sequence_major"
     state = runtime.image_state(load_frame(photo), {})
     pending = runtime.prefill(state, "astronaut", [], max_new_tokens=4, timings={})
     prefilled = pending.prefilled
@@ -388,7 +390,7 @@ def test_decode_step_against_the_whole_static_cache_equals_the_growing_one(runti
     mask[0, start] = 1
 
     capacity = cache.capacity + 5
-    full = KVCache(len(decoder.past_names), capacity, decoder.kv_heads, decoder.head_dim)
+    full = KVCache(len(decoder.past_names), capacity, decoder.kv_heads, decoder.head_dim, decoder.kv_dtype)
     rng = np.random.default_rng(0)
     for src, dst in zip(cache.buffers, full.buffers):
         dst[:] = rng.normal(size=dst.shape) * 100  # garbage where nothing was written yet

@@ -91,14 +91,11 @@ def test_vision_graph_equals_transformers_vision_tower(reference, sessions, phot
     _close(got, want)
 
 
-def _kv_feed(manifest, cache):
-    names = [t["name"] for t in manifest["graphs"]["vlm_decoder"]["inputs"] if t["name"].startswith("past_")]
-    return dict(zip(names, cache))
-
-
-def test_decode_step_hidden_states_equal_the_research_second_forward(reference, sessions, tiny_bundle, photo):
-    """Prefill + one decode step per generated token (the final <|im_end|> included, as one extra step)."""
+def test_decode_step_hidden_states_equal_the_research_second_forward(reference, sessions, runtime, tiny_bundle, photo):
+    """Prefill + one decode step per generated token (the final <|im_end|> included, as one extra step), through the
+    runtime's Decoder.step: the graph on the cache layout the cpu target ships (shared, updated in place)."""
     manifest = read_manifest(tiny_bundle)
+    assert runtime.decoder.layout == manifest["graphs"]["vlm_decoder"]["kv_cache"] == "shared"
     model = reference.vlm.model
     inputs = reference.vlm_inputs(load_image(photo), "helmet")
     completion = reference.generate(inputs, 6, {}).completion_ids
@@ -115,21 +112,15 @@ def test_decode_step_hidden_states_equal_the_research_second_forward(reference, 
     vision = {"pixel_values": inputs["pixel_values"].numpy(),
               **{k: v.numpy() for k, v in host_inputs(grid, model.config.vision_config).items()}}  # fmt: skip
     (image_embeds,) = sessions["vlm_vision"].run(None, vision)
-    layers, heads, dim = (manifest["model"][k] for k in ("num_layers", "num_kv_heads", "head_dim"))
-    cache = [np.zeros((1, 0, heads, dim), np.float32)] * (2 * layers)  # sequence-major KV
+    cache = runtime.decoder.new_cache(full.shape[1])
     length = prompt.shape[1]
-    logits, hidden, *new = sessions["vlm_decoder"].run(None, {
-        "input_ids": prompt.numpy(), "image_embeds": image_embeds, "position_ids": positions[:, :, :length].numpy(),
-        "attention_mask": attention[:, :length], **_kv_feed(manifest, cache)})  # fmt: skip
-    cache = [np.concatenate([c, n], axis=1) for c, n in zip(cache, new)]
+    runtime.decoder.step(cache, prompt.numpy(), image_embeds, positions[:, :, :length].numpy(), attention[:, :length])
     steps = []
     for i in range(generated.shape[1]):
         at = length + i
-        logits, hidden, *new = sessions["vlm_decoder"].run(None, {
-            "input_ids": generated[:, i : i + 1].numpy(), "image_embeds": np.zeros((1, image_embeds.shape[1]), np.float32),
-            "position_ids": positions[:, :, at : at + 1].numpy(), "attention_mask": attention[:, : at + 1],
-            **_kv_feed(manifest, cache)})  # fmt: skip
-        cache = [np.concatenate([c, n], axis=1) for c, n in zip(cache, new)]
+        logits, hidden = runtime.decoder.step(cache, generated[:, i : i + 1].numpy(),
+                                              np.zeros((1, image_embeds.shape[1]), np.float32),
+                                              positions[:, :, at : at + 1].numpy(), attention[:, : at + 1])  # fmt: skip
         steps.append(hidden[:, 0])
         with torch.no_grad():
             _close(logits[:, 0], model.lm_head(want[:, i]))
