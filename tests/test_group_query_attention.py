@@ -42,7 +42,6 @@ def _step(kernel, buffers, q, k, v, mask):
     cache = CacheInputs.from_mask(tuple(torch.from_numpy(b) for b in buffers), torch.from_numpy(mask), seq)
     want, *present = group_query_attention(*(torch.from_numpy(t) for t in (q, k, v)), *cache.past, cache.seqlens_k,
                                            cache.total_length, cache.attention_bias, HEADS, KV_HEADS, DIM**-0.5)  # fmt: skip
-    present = [p.clone() for p in present]
     binding = kernel.io_binding()
     feed = {"query": q, "key": k, "value": v, "seqlens_k": cache.seqlens_k.numpy(), "total": cache.total_length.numpy(),
             "attention_bias": cache.attention_bias.contiguous().numpy()}  # fmt: skip
