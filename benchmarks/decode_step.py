@@ -66,7 +66,8 @@ def main() -> None:
             medians[bundle] = float(np.median(step_times(each, args.cached, args.steps, rng)))
             time.sleep(PAUSE_S)
         first = medians[args.bundles[0]]
-        print(f"round {round_ + 1}: " + ", ".join(f"{b.name} {ms:.1f} ms ({first / ms:.2f}x)" for b, ms in medians.items()))
+        timings = ", ".join(f"{b.name} {ms:.1f} ms ({first / ms:.2f}x)" for b, ms in medians.items())
+        print(f"round {round_ + 1}: {timings}")
 
 
 if __name__ == "__main__":

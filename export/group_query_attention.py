@@ -17,7 +17,7 @@ exporter through `TRANSLATIONS`. transformers reaches it through its attention-f
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import onnxscript
 import torch
@@ -35,7 +35,8 @@ def group_query_attention(query: Tensor, key: Tensor, value: Tensor, past_key: T
                           seqlens_k: Tensor, total_length: Tensor, attention_bias: Tensor, num_heads: int,
                           kv_heads: int, scale: float) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     """query [1, S, N * D], key/value [1, S, KV * D], past [1, KV, C, D], seqlens_k [1] int32 = total - 1,
-    total_length [] int32, attention_bias [1, 1, S, total] -> output [1, S, N * D], present key and value [1, KV, C, D]."""
+    total_length [] int32, attention_bias [1, 1, S, total] -> output [1, S, N * D], present key and value
+    [1, KV, C, D]."""
     seq, total, head_dim = query.shape[1], int(total_length), past_key.shape[-1]
     start = total - seq
     present = []
@@ -64,8 +65,8 @@ def _schema() -> OpSchema:
     inputs = [param("query", "T")]
     inputs += [param(name, "T", "", param_option=optional) for name in ("key", "value", "past_key", "past_value")]
     inputs += [param("seqlens_k", "M"), param("total_sequence_length", "M")]
-    inputs += [param(name, kind, "", param_option=optional)
-               for name, kind in (("cos_cache", "T"), ("sin_cache", "T"), ("position_ids", "P"), ("attention_bias", "T"))]  # fmt: skip
+    rest = (("cos_cache", "T"), ("sin_cache", "T"), ("position_ids", "P"), ("attention_bias", "T"))
+    inputs += [param(name, kind, "", param_option=optional) for name, kind in rest]
     return OpSchema(
         OP, DOMAIN, 1,
         inputs=inputs,
@@ -100,7 +101,7 @@ class CacheInputs:
     seqlens_k: Tensor
     total_length: Tensor
     attention_bias: Tensor
-    present: list[Tensor] = field(default_factory=list)
+    present: list[Tensor | None]
 
     @classmethod
     def from_mask(cls, past: tuple[Tensor, ...], attention_mask: Tensor, seq: int) -> "CacheInputs":

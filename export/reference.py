@@ -197,8 +197,8 @@ class ReferencePipeline:
         config = copy.deepcopy(self.vlm.generation_config)
         # max_length bounds prompt + completion; max_new_tokens can only lower it (vlm_inputs left room for one)
         room = pipeline.generation_room(prompt_length, self.max_length, max_length)
-        limit = {"max_length": prompt_length + room}
-        budget = {"max_new_tokens": min(max_new_tokens, room)} if max_new_tokens else limit
+        budget = ({"max_new_tokens": min(max_new_tokens, room)} if max_new_tokens
+                  else {"max_length": prompt_length + room})  # fmt: skip
         # sampling settings of the checkpoint do nothing under do_sample=False; cleared to keep generate() quiet
         config.update(do_sample=False, use_cache=True, temperature=None, top_p=None, top_k=None, **budget)
         with timed(timings, "generate"):
