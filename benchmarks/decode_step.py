@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from cseg.manifest import read_manifest
-from cseg.runtime.generation import Decoder, kv_dtype, kv_layout
+from cseg.runtime.generation import Decoder
 from cseg.runtime.graphs import OrtGraph, session_options
 
 PAUSE_S = 0.2
@@ -28,7 +28,7 @@ def decoder(bundle: Path) -> Decoder:
     entry = manifest["graphs"]["vlm_decoder"]
     graph = OrtGraph("vlm_decoder", bundle / entry["file"], entry, session_options(manifest.get("session", {})),
                      ["CPUExecutionProvider"])  # fmt: skip
-    return Decoder(graph, manifest["model"], manifest["generation"], kv_dtype(manifest), kv_layout(manifest))
+    return Decoder.from_manifest(graph, manifest)
 
 
 def step_times(decoder: Decoder, cached: int, steps: int, rng) -> list[float]:

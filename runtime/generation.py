@@ -100,6 +100,11 @@ class Decoder:
         # the longest prompt the graph takes in one prefill (None: any; a TensorRT engine: its prefill profile's)
         self.max_prompt: int | None = None
 
+    @classmethod
+    def from_manifest(cls, graph: OrtGraph, manifest: dict) -> "Decoder":
+        """The decoder a bundle describes: model sizes, generation settings, KV cache dtype and layout."""
+        return cls(graph, manifest["model"], manifest["generation"], kv_dtype(manifest), kv_layout(manifest))
+
     def new_cache(self, length: int) -> KVCache:
         return KVCache(len(self.past_names), length, self.kv_heads, self.head_dim, self.kv_dtype, self.layout)
 

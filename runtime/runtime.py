@@ -27,7 +27,7 @@ from cseg.errors import BundleError, InvalidInputError
 from cseg.images import Episode, Frame, check_demos, load_frame, render_demonstrations, vlm_target
 from cseg.manifest import read_manifest, rule_only
 from cseg.pipeline import Reasoning, timed
-from cseg.runtime.generation import Decoder, Prefilled, kv_dtype, kv_layout
+from cseg.runtime.generation import Decoder, Prefilled
 from cseg.runtime.graphs import OrtGraph, check_session, session_options
 from cseg.runtime.router import Router
 from cseg.runtime.rules import Rule, bundle_id
@@ -75,8 +75,7 @@ class Runtime:
             clip = tokenizers["sam3"]
             config = bundle / clip["tokenizer_config.json"] if "tokenizer_config.json" in clip else None
             self.sam3_tokenizer = Sam3Tokenizer(bundle / clip["tokenizer.json"], config, self.model["sam3_text_length"])
-            self.decoder = decoder or Decoder(graphs["vlm_decoder"], self.model, manifest["generation"],
-                                              kv_dtype(manifest), kv_layout(manifest))  # fmt: skip
+            self.decoder = decoder or Decoder.from_manifest(graphs["vlm_decoder"], manifest)
         self.backend = "tensorrt" if request_lock is not None else "onnxruntime"
         # TensorRT: one set of device buffers and one KV cache, so requests take turns; ONNX Runtime runs them together
         self._requests = request_lock or contextlib.nullcontext()
