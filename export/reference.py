@@ -243,3 +243,19 @@ def sam3_text_features(sam3: Sam3Checkpoint, text: str) -> tuple[torch.Tensor, t
     )
     out = sam3.model.get_text_features(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
     return out.pooler_output, tokens.attention_mask
+
+
+REFERENCE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def reference_configurations(root, dtypes) -> dict[str, ReferencePipeline]:
+    """The PyTorch reference in each configuration `cseg bench` times it in ("fp32", "bf16"), from a checkpoint
+    folder in `cseg make-checkpoint`'s layout (conceptseg-r1/ + sam3/): {"reference-fp32": ..., ...}."""
+    from pathlib import Path
+
+    root = Path(root)
+    if not (root / "conceptseg-r1").is_dir() or not (root / "sam3").is_dir():
+        raise CheckpointError(f"{root} must hold conceptseg-r1/ and sam3/ (cseg make-checkpoint layout)")
+    return {f"reference-{name}": ReferencePipeline.from_pretrained(root / "conceptseg-r1", root / "sam3",
+                                                                   dtype=REFERENCE_DTYPES[name])
+            for name in dtypes}  # fmt: skip

@@ -138,12 +138,19 @@ def test_int8_export_writes_the_manifest_last_and_removes_its_calibration_set(ti
 
 def test_fit_router_removes_its_default_calibration_set(tiny_bundle, tmp_path, monkeypatch):
     from cseg import cli
+    from cseg.calib import router_fit
 
     temp = tmp_path / "tmp"
     temp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(temp))
     roots = []
-    monkeypatch.setattr(cli, "_fit_router_on", lambda args, calibration: roots.append(calibration.root) or 0)
+    numbers = {"accuracy": 1.0, "skip_rate": 0.5, "iou_loss": 0.0, "latency_saved_ms": 0.0}
+
+    def fit_and_install(runtime, calibration, bundle, **_):
+        roots.append(calibration.root)
+        return {"threshold": 0.5, "learned": numbers, "heuristic": numbers}
+
+    monkeypatch.setattr(router_fit, "fit_and_install", fit_and_install)
     assert cli.main(["calib", "fit-router", "--bundle", str(tiny_bundle), "--min-skip-rate", "0.5"]) == 0
     assert roots and not roots[0].exists() and list(temp.iterdir()) == []
     assert not (tiny_bundle.parent / ".cseg-calibration-set").exists()
