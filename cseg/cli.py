@@ -30,8 +30,8 @@ from cseg.outputs import output_file, output_folder
 
 
 def _make_checkpoint(args) -> int:
-    from cseg.export.checkpoint_sizes import SIZES
-    from cseg.export.make_checkpoint import make_checkpoint
+    from cseg.export.models.checkpoint_sizes import SIZES
+    from cseg.export.models.make_checkpoint import make_checkpoint
 
     if args.size not in SIZES:
         raise InvalidInputError(f"unknown --size {args.size!r}; choose one of {', '.join(SIZES)}")
@@ -146,8 +146,8 @@ def _export(args) -> int:
 
 
 def _build(args) -> int:
+    from cseg.bundle.schema import rule_only
     from cseg.engines.build import build_bundle
-    from cseg.manifest import rule_only
 
     try:
         manifest = build_bundle(args.bundle, cache=args.cache, force=args.force, register=args.register)
@@ -163,7 +163,7 @@ def _build(args) -> int:
 
 
 def _inspect(args) -> int:
-    from cseg.bundle_report import describe
+    from cseg.bundle.report import describe
 
     print(describe(args.bundle, verify=not args.no_verify))
     return 0
@@ -179,7 +179,7 @@ def _bench(args) -> int:
     args.image = args.image or ["sample:astronaut"]
     from cseg import bench, samples
     from cseg.images import load_image
-    from cseg.runtime import Runtime
+    from cseg.runtime import Runtime, host_path_bench
 
     images = [load_image(samples.resolve(path)) for path in args.image]
     backends = {"runtime": Runtime.open(args.bundle, device=args.device)}
@@ -202,10 +202,10 @@ def _bench(args) -> int:
         progress.update(len(backends) * args.frames)
     summary = bench.report(results, fps)
     summary["roofline"] = bench.roofline(summary, backends["runtime"].manifest, bench.machine_peaks())
-    summary["host_path"] = bench.host_path()
+    summary["host_path"] = host_path_bench.host_path()
     print(bench.table(summary))
     print(bench.roofline_table(summary["roofline"]))
-    print(bench.host_path_table(summary["host_path"]))
+    print(host_path_bench.host_path_table(summary["host_path"]))
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=1))
     if args.plot:
@@ -239,7 +239,7 @@ def _induce(args) -> int:
 
 def _watch(args) -> int:
     from cseg.runtime import Rule, Runtime
-    from cseg.watch import watch
+    from cseg.runtime.watch import watch
 
     if args.every < 1 or (args.max_frames is not None and args.max_frames < 1):
         raise InvalidInputError("--every and --max-frames must be at least 1")
@@ -253,7 +253,7 @@ def _watch(args) -> int:
 
 
 def _eval(args) -> int:
-    from cseg import datasets, evaluate
+    from cseg.eval import datasets, evaluate
     from cseg.runtime import Runtime
 
     if args.limit is not None and args.limit < 1:
