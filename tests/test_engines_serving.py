@@ -8,6 +8,7 @@ elsewhere). Export side (conversion, recipe, `cseg build`): tests/test_engines.p
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest

@@ -4,7 +4,6 @@ integrity at open. The manifest's types and ranges and the CLI's output paths: t
 import copy
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import tempfile
 
 import pytest
 
-from cseg.bundle.schema import BUNDLE_FORMAT, MANIFEST_NAME, file_sha256, read_manifest, validate_manifest
+from cseg.bundle.schema import BUNDLE_FORMAT, MANIFEST_NAME, file_sha256, read_manifest
 from cseg.bundle.verify import verify_files
 from cseg.errors import BundleError
 from cseg.runtime import Runtime

@@ -2,21 +2,14 @@
 ranges (checked at open, by `cseg inspect` too) and the CLI's output paths."""
 
 import copy
-import json
 import os
 import re
-import shutil
-import subprocess
-import sys
-import tempfile
 
 import pytest
 
-from cseg.bundle.schema import BUNDLE_FORMAT, MANIFEST_NAME, file_sha256, read_manifest, validate_manifest
-from cseg.bundle.verify import verify_files
+from cseg.bundle.schema import MANIFEST_NAME, read_manifest, validate_manifest
 from cseg.errors import BundleError
 from cseg.runtime import Runtime
-from cseg.runtime.rules import bundle_id
 
 from bundle_edit import copy_bundle, write_manifest
 

@@ -1,18 +1,10 @@
 """Regression tests of issue 19's input-hardening items, continued from test_hardening_inputs.py: rule files and
 the paths that apply a rule (Runtime.apply, Runtime.stream, cseg watch)."""
 
-import struct
-import zlib
-from collections import Counter
-
 import numpy as np
 import pytest
-import torch
-from PIL import Image
 
-from cseg import prompting
 from cseg.errors import InvalidInputError
-from cseg.images import load_frame, load_image
 
 # --- rule files -----------------------------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ A problem with one sample (missing or unreadable image, mask, label or reference
 the dataset folder) is raised when that sample's mask is read, so an evaluation records it and goes on; a problem
 with the dataset itself (no metadata, bad JSON) is raised at once. Every path a sample reads must resolve inside the
 dataset folder (no `..`, absolute paths or symlinks out) and be a regular file.
+"""
 
 from __future__ import annotations
 
