@@ -10,9 +10,9 @@ from safetensors.torch import load_file
 
 from cseg.bundle.schema import BUNDLE_FORMAT
 from cseg.errors import BundleError, CheckpointError
-from cseg.export import sam3_layouts
 from cseg.export.bundle import export_bundle
 from cseg.export.loading import load_sam3
+from cseg.export.models import sam3_layouts
 from cseg.export.models.make_checkpoint import make_checkpoint
 
 # Written by Meta's own model: `.venv-meta/bin/python tests/meta_oracle.py --dump-layout --out ...` (sam3 0.1.4)
