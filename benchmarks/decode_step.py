@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cseg.manifest import read_manifest
+from cseg.bundle.schema import read_manifest
 from cseg.runtime.generation import Decoder
 from cseg.runtime.graphs import OrtGraph, session_options
 

@@ -21,10 +21,10 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from cseg import prompting
+from cseg.bundle.schema import file_sha256, read_manifest
 from cseg.errors import InvalidInputError
+from cseg.eval.metrics import iou
 from cseg.images import load_frame, load_image
-from cseg.manifest import file_sha256, read_manifest
-from cseg.metrics import iou
 from cseg.runtime.router import FEATURES, features
 
 ROUTER_FILE = "graphs/router.onnx"

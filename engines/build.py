@@ -21,10 +21,10 @@ from typing import Callable
 
 from tqdm import tqdm
 
-from cseg.bundle_files import verify_files
+from cseg.bundle.schema import MANIFEST_NAME, file_sha256, hash_files, read_manifest, validate_manifest
+from cseg.bundle.verify import verify_files
 from cseg.engines.recipe import RECIPE_NAME
 from cseg.errors import BundleError, EngineError
-from cseg.manifest import MANIFEST_NAME, file_sha256, hash_files, read_manifest, validate_manifest
 from cseg.runtime.tensorrt_graphs import tensorrt_module
 
 

@@ -24,9 +24,9 @@ import math
 import struct
 from pathlib import Path
 
+from cseg.bundle.schema import RULE_ONLY_GRAPH_KEYS
 from cseg.engines.targets import AUTO_ORDER, GRAPH_ORDER
 from cseg.errors import CheckpointError, InvalidInputError
-from cseg.manifest import RULE_ONLY_GRAPH_KEYS
 
 RUNTIME_GB = 1.2
 HOST_GB = 0.5

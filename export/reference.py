@@ -22,8 +22,9 @@ from cseg import pipeline, prompting
 from cseg.errors import CheckpointError
 from cseg.export.loading import ConceptSegCheckpoint, Sam3Checkpoint, load_conceptseg, load_sam3
 from cseg.export.sam3_prompt import sam3_prompt
-from cseg.images import Frame, render_demonstrations, sam3_pixels, vlm_target
+from cseg.images import Frame, render_demonstrations, vlm_target
 from cseg.pipeline import timed
+from cseg.runtime.preprocess import sam3_pixels
 from cseg.segmentation import Instances, Segmentation
 
 RESEARCH_MAX_LENGTH = 2048 + 768  # generate(max_length=...) in the research script: prompt + completion tokens

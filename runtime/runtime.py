@@ -22,10 +22,10 @@ import numpy as np
 from PIL import Image
 
 from cseg import pipeline, prompting
-from cseg.bundle_files import verify_files
+from cseg.bundle.schema import read_manifest, rule_only
+from cseg.bundle.verify import verify_files
 from cseg.errors import BundleError, InvalidInputError
 from cseg.images import Episode, Frame, check_demos, load_frame, render_demonstrations, vlm_target
-from cseg.manifest import read_manifest, rule_only
 from cseg.pipeline import Reasoning, timed
 from cseg.runtime.generation import Decoder, Prefilled
 from cseg.runtime.graphs import OrtGraph, check_session, session_options

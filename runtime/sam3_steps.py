@@ -12,9 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from cseg.images import Frame, sam3_pixels
+from cseg.images import Frame
 from cseg.pipeline import timed
 from cseg.runtime import postprocess
+from cseg.runtime.preprocess import sam3_pixels
 from cseg.segmentation import Instances
 
 SAM3_OUTPUTS = ("semantic_logits", "presence_logit", "instance_scores", "instance_boxes", "instance_masks")

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from cseg.bundle.schema import read_bundle_json
 from cseg.engines.footprint import shared_context_memory
 from cseg.errors import BundleError, EngineError
-from cseg.manifest import read_bundle_json
 from cseg.runtime.cuda_buffers import DeviceArray
 from cseg.runtime.cuda_graphs import CapturedWork, Stream, check, device_identity, runtime_api
 from cseg.runtime.generation import Decoder, kv_dtype, static_decode_mask

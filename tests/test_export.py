@@ -8,11 +8,12 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
+from cseg.bundle.schema import GRAPH_KEYS, file_sha256, read_manifest, validate_manifest
+from cseg.bundle.verify import verify_files
 from cseg.errors import BundleError, InvalidInputError
 from cseg.export.graphs.vlm_vision import host_inputs
-from cseg.bundle_files import verify_files
-from cseg.images import load_frame, load_image, sam3_pixels
-from cseg.manifest import GRAPH_KEYS, file_sha256, read_manifest, validate_manifest
+from cseg.images import load_frame, load_image
+from cseg.runtime.preprocess import sam3_pixels
 
 
 def _close(got, want, tolerance=1e-4):

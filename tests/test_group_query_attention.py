@@ -10,9 +10,9 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
+from cseg.bundle.schema import read_manifest
 from cseg.export.graphs.vlm_decoder import spec as decoder_spec
 from cseg.export.group_query_attention import DOMAIN, OP, CacheInputs, group_query_attention
-from cseg.manifest import read_manifest
 
 HEADS, KV_HEADS, DIM, CAPACITY = 4, 2, 8, 12
 

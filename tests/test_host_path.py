@@ -21,9 +21,10 @@ import numpy as np
 import pytest
 from oracles import resize_bicubic, resize_bilinear, torch_resize_float, torch_resize_uint8
 
-from cseg.images import SAM3_MEAN, SAM3_STD, load_frame, sam3_pixels
+from cseg.images import SAM3_MEAN, SAM3_STD, load_frame
 from cseg.runtime import native, postprocess
 from cseg.runtime.cuda_graphs import why_unavailable
+from cseg.runtime.preprocess import sam3_pixels
 
 NO_GPU = why_unavailable()
 gpu = pytest.mark.skipif(NO_GPU is not None, reason=f"needs a CUDA GPU: {NO_GPU}")

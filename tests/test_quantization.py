@@ -11,9 +11,9 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from cseg.bundle.schema import read_manifest
 from cseg.calib.quantize import INT4_CPU_ACCURACY_LEVEL, excluded_nodes, weight_nodes
 from cseg.errors import InvalidInputError
-from cseg.manifest import read_manifest
 from cseg.runtime import Runtime
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from cseg.errors import BundleError, InvalidInputError
+from cseg.eval.metrics import iou
 from cseg.images import load_frame, load_image
-from cseg.metrics import iou
 from cseg.runtime import Runtime
 
 # Agreement required between the runtime (ONNX Runtime fp32) and the reference (PyTorch fp32) on the same input:

@@ -56,7 +56,7 @@ def test_orin_is_the_agx_and_orin_has_no_fp8():
 @pytest.fixture(scope="module")
 def full_size():
     """Inventory and KV sizes of the published dimensions (meta-device models: shapes only)."""
-    from cseg.export.make_checkpoint import published_shapes
+    from cseg.export.models.make_checkpoint import published_shapes
 
     config, conceptseg, sam3 = published_shapes("full")
     return footprint.inventory(conceptseg, sam3), footprint.kv_dims(config), (config, conceptseg, sam3)
@@ -125,7 +125,7 @@ def test_cseg_export_refuses_a_7b_fp16_bundle_for_the_orin_nano_before_loading_i
 
 
 def test_checkpoint_headers_give_the_same_inventory_as_the_models(tiny_checkpoint):
-    from cseg.export.make_checkpoint import published_shapes
+    from cseg.export.models.make_checkpoint import published_shapes
 
     _, conceptseg, sam3 = published_shapes("tiny")
     counts, kv = footprint.checkpoint_inventory(*tiny_checkpoint)

@@ -34,6 +34,7 @@ def run_bench(args) -> int:
 
     from cseg import bench, samples
     from cseg.images import load_image
+    from cseg.runtime import host_path_bench
 
     if min(args.repeat, args.frames, args.max_new_tokens) < 1 or args.warmup < 0:
         raise InvalidInputError("--repeat, --frames and --max-new-tokens must be >= 1, --warmup >= 0")
@@ -53,10 +54,10 @@ def run_bench(args) -> int:
         progress.update(len(backends) * args.frames)
     summary = bench.report(results, fps)
     summary["roofline"] = bench.roofline(summary, backends["runtime"].manifest, bench.machine_peaks())
-    summary["host_path"] = bench.host_path()
+    summary["host_path"] = host_path_bench.host_path()
     print(bench.table(summary))
     print(bench.roofline_table(summary["roofline"]))
-    print(bench.host_path_table(summary["host_path"]))
+    print(host_path_bench.host_path_table(summary["host_path"]))
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=1))
     if args.plot:

@@ -39,7 +39,7 @@ def register(sub) -> None:
 
 
 def run_eval(args) -> int:
-    from cseg import datasets, evaluate
+    from cseg.eval import datasets, evaluate
 
     at_least(args, 1, "--limit")
     if args.worst < 0:

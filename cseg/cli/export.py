@@ -41,8 +41,8 @@ def register(sub) -> None:
 
 
 def make_checkpoint(args) -> int:
-    from cseg.export.checkpoint_sizes import SIZES
-    from cseg.export.make_checkpoint import make_checkpoint as write
+    from cseg.export.models.checkpoint_sizes import SIZES
+    from cseg.export.models.make_checkpoint import make_checkpoint as write
 
     if args.size not in SIZES:
         raise InvalidInputError(f"unknown --size {args.size!r}; choose one of {', '.join(SIZES)}")
@@ -120,8 +120,8 @@ def export(args) -> int:
 
 
 def build_engines(args) -> int:
+    from cseg.bundle.schema import rule_only
     from cseg.engines.build import build_bundle
-    from cseg.manifest import rule_only
 
     try:
         manifest = build_bundle(args.bundle, cache=args.cache, force=args.force, register=args.register)
@@ -137,7 +137,7 @@ def build_engines(args) -> int:
 
 
 def inspect_bundle(args) -> int:
-    from cseg.bundle_report import describe
+    from cseg.bundle.report import describe
 
     print(describe(args.bundle, verify=not args.no_verify))
     return 0

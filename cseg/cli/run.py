@@ -97,7 +97,7 @@ def induce_rule(args) -> int:
 
 def watch_source(args) -> int:
     from cseg.runtime import Rule
-    from cseg.watch import watch
+    from cseg.runtime.watch import watch
 
     at_least(args, 1, "--every", "--max-frames")
     WATCH_OUT.parse(args)

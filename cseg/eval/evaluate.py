@@ -23,9 +23,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from cseg import metrics, prompting
-from cseg.datasets import ResearchEpisode, Sample
+from cseg import prompting
 from cseg.errors import CsegError, InvalidInputError
+from cseg.eval import metrics
+from cseg.eval.datasets import ResearchEpisode, Sample
 from cseg.files import parse_json, read_bytes
 from cseg.images import load_image, vlm_image
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cseg.bundle_files import verify_files
-from cseg.manifest import read_manifest, rule_only
+from cseg.bundle.schema import read_manifest, rule_only
+from cseg.bundle.verify import verify_files
 
 
 def _shape(tensor: dict) -> str:

@@ -6,7 +6,7 @@ import torch
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 
-from cseg.export.concept_head import ConceptHead
+from cseg.export.models.concept_head_module import ConceptHead
 
 # Names under which the research code saves the concept head; loading checks that every one of them was read.
 CONCEPT_HEAD_PREFIXES = ("learnable_query.", "connector.", "proj_to_sam.")

@@ -1,4 +1,7 @@
-"""`cseg watch`: apply a rule to a folder of images, a video file or a camera, with a live progress line."""
+"""`cseg watch`: apply a rule to a folder of images, a video file or a camera, with a live progress line.
+
+The frame sources (OpenCV captures, image folders) and the loop over Runtime.stream serve frames, so they live with
+the runtime; the base package cseg/ keeps nothing that only serving uses."""
 
 from __future__ import annotations
 

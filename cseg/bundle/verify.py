@@ -11,8 +11,8 @@ from __future__ import annotations
 import stat
 from pathlib import Path, PurePosixPath
 
+from cseg.bundle.schema import file_sha256
 from cseg.errors import BundleError
-from cseg.manifest import file_sha256
 
 
 def loaded_files(manifest: dict) -> dict[str, str]:

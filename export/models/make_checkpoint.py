@@ -22,10 +22,10 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 from transformers import Qwen2_5_VLConfig, Sam3Config, Sam3Model
 
-from cseg.export.checkpoint_sizes import SIZES
-from cseg.export.modeling import ConceptSegR1ForConditionalGeneration
-from cseg.export.sam3_layouts import META_FILE, write_meta
-from cseg.export.stand_in_tokenizers import CLIP_SPECIAL_TOKENS, QWEN_SPECIAL_TOKENS, clip_tokenizer, qwen_tokenizer
+from cseg.export.models.checkpoint_sizes import SIZES
+from cseg.export.models.modeling import ConceptSegR1ForConditionalGeneration
+from cseg.export.models.sam3_layouts import META_FILE, write_meta
+from cseg.export.models.stand_in_tokenizers import CLIP_SPECIAL_TOKENS, QWEN_SPECIAL_TOKENS, clip_tokenizer, qwen_tokenizer
 from cseg.prompting import template
 
 INIT_STD = 0.02

@@ -1,7 +1,7 @@
 """Decomposed attention against ONNX Runtime's fused CPU attention (not part of the tests; README, Measured here).
 
-    .venv/bin/python benchmarks/fused_attention.py blocks [--rounds 5]
-    .venv/bin/python benchmarks/fused_attention.py graph BUNDLE KEY [--rounds 5]
+    .venv/bin/python benchmarks/fused_attention_speed.py blocks [--rounds 5]
+    .venv/bin/python benchmarks/fused_attention_speed.py graph BUNDLE KEY [--rounds 5]
 
 blocks: one attention block at the shapes of the `small` graphs, as the exporter writes it (MatMul, scale, mask Add,
 Softmax, MatMul), as com.microsoft.MultiHeadAttention after export/fused_attention.py's rewrite, and as the opset-23
