@@ -215,15 +215,15 @@ def host_path(repeat: int = 20, size: int = 1008) -> dict:
 def _cuda_host_path(frame, semantic, instances, size: int, repeat: int) -> dict:
     """Device time (launch to synchronise) of the kernels on data already on the GPU, and the host time of one
     replay of the captured frame graph (copy in, preprocess, masks)."""
-    from cseg.runtime.cuda_graphs import why_unavailable
+    from cseg.runtime.cuda.graphs import why_unavailable
 
     reason = why_unavailable()
     if reason:
         return {"skipped": reason}
     from cseg.images import SAM3_MEAN, SAM3_STD
-    from cseg.runtime.cuda_buffers import DeviceArray
-    from cseg.runtime.cuda_graphs import CapturedWork, Stream
-    from cseg.runtime.cuda_kernels import kernels
+    from cseg.runtime.cuda.buffers import DeviceArray
+    from cseg.runtime.cuda.graphs import CapturedWork, Stream
+    from cseg.runtime.cuda.kernels import kernels
 
     loaded, stream = kernels(), Stream()
     height, width = HOST_FRAME
