@@ -26,7 +26,7 @@ from cseg.calib.collect import MAX_NEW_TOKENS, collect, feeds, sam3_on_text
 from cseg.calib.quantize import MIN_COSINE, compare, passes, quantize, speed
 from cseg.eval.metrics import iou
 from cseg.runtime import Runtime
-from cseg.runtime.graphs import session_options
+from cseg.runtime.onnxruntime.graph import session_options
 
 SPEED_GATED = ("int8",)  # cpu target: shipped only when faster than fp32
 TIMED = ("int8", "int4")  # cpu target: speed vs fp32 recorded (fp8 is simulated on the CPU: accuracy only)

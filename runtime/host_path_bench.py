@@ -10,7 +10,7 @@ import numpy as np
 from cseg.bench import median_ms
 from cseg.images import SAM3_MEAN, SAM3_STD, load_frame
 from cseg.runtime import native, postprocess
-from cseg.runtime.cuda_graphs import why_unavailable
+from cseg.runtime.cuda.graphs import why_unavailable
 from cseg.runtime.preprocess import sam3_pixels
 
 HOST_FRAME = (1080, 1920)  # one 1080p BGR camera frame ...
@@ -48,9 +48,9 @@ def _cuda_host_path(frame, semantic, instances, size: int, repeat: int) -> dict:
     if reason:
         return {"skipped": reason}
     # cuda-python and the fatbin are loaded only where a GPU is
-    from cseg.runtime.cuda_buffers import DeviceArray
-    from cseg.runtime.cuda_graphs import CapturedWork, Stream
-    from cseg.runtime.cuda_kernels import kernels
+    from cseg.runtime.cuda.buffers import DeviceArray
+    from cseg.runtime.cuda.graphs import CapturedWork, Stream
+    from cseg.runtime.cuda.kernels import kernels
 
     loaded, stream = kernels(), Stream()
     height, width = HOST_FRAME

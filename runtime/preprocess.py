@@ -1,5 +1,5 @@
 """A frame -> SAM 3's input, with the native kernel (cseg.runtime.native): the host-side twin of the TensorRT frame
-path's CUDA preprocess (cseg.runtime.cuda_kernels), computing the same values. The reference (cseg.export) calls it
+path's CUDA preprocess (cseg.runtime.cuda.kernels), computing the same values. The reference (cseg.export) calls it
 too, so both sides feed SAM 3 the very same pixels."""
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from cseg.bundle.schema import read_manifest
 from cseg.bundle.verify import verify_files
 from cseg.eval.metrics import iou
 from cseg.runtime import Runtime
-from cseg.runtime.cuda_graphs import why_unavailable
+from cseg.runtime.cuda.graphs import why_unavailable
 
 import trtexec_rules
 
@@ -188,6 +188,16 @@ def test_a_stale_timing_cache_is_replaced_and_a_refused_profile_is_named(tmp_pat
         builder.build(tmp_path / "d.onnx", graph, "d", progress=False)
 
 
+def test_the_tensorrt_contexts_share_one_block_of_context_memory():
+    """One block, the largest engine's need, for every context (they run one at a time on one stream): the
+    decoder's two profiles no longer hold its activations twice."""
+    from cseg.runtime.tensorrt.engine import shared_context_memory
+
+    sizes = {"vlm_decoder": 900 << 20, "sam3_vision": 600 << 20, "concept_head": 10 << 20}
+    assert shared_context_memory(sizes) == 900 << 20
+    assert shared_context_memory({}) == 0
+
+
 def test_no_dla_and_a_recipe_asking_for_it_is_refused(orin_bundle, tmp_path, monkeypatch):
     """DLA is not used (cseg builds strongly typed networks for the GPU); a hand-edited recipe naming a core is
     refused before anything is built, not silently built for the GPU."""
@@ -228,7 +238,7 @@ def test_cseg_build_without_tensorrt_exits_with_a_clear_message(orin_bundle, cap
 def test_engines_build_once_and_serve_what_the_onnx_graphs_serve(tiny_checkpoint, calibration_folder, photo, tmp_path):
     from cseg.engines.build import build_bundle
     from cseg.export.bundle import export_bundle
-    from cseg.runtime.cuda_graphs import device_identity
+    from cseg.runtime.cuda.graphs import device_identity
 
     target = {(8, 7): "orin-agx", (8, 9): "ada", (9, 0): "hopper"}.get(tuple(device_identity()["compute_capability"]))
     if target is None:

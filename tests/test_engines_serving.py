@@ -18,7 +18,7 @@ from cseg.errors import BundleError, InvalidInputError, ProfileError
 from cseg.eval.metrics import iou
 from cseg.images import load_frame
 from cseg.runtime import Runtime
-from cseg.runtime.cuda_graphs import why_unavailable
+from cseg.runtime.cuda.graphs import why_unavailable
 
 
 def _double_engine(bundle, key: str, tmp_path):
@@ -33,7 +33,7 @@ def _double_engine(bundle, key: str, tmp_path):
 
 
 def test_bindings_tensorrt_refuses_raise_naming_the_tensor_the_shape_and_the_profile_range(orin_bundle, tmp_path):
-    from cseg.runtime.tensorrt_io import profile_range, set_address, set_input_shape
+    from cseg.runtime.tensorrt.io import profile_range, set_address, set_input_shape
 
     engine = _double_engine(orin_bundle, "vlm_decoder", tmp_path)
     context = engine.create_execution_context()
@@ -55,7 +55,7 @@ def test_buffers_are_sized_from_the_engine_and_io_numpy_cannot_hold_is_refused(o
     """An engine built by hand (`cseg build --register`) may take more than the recipe says: buffers follow the
     engine. Outputs of data-dependent shape and I/O types numpy cannot hold are refused with the engine's name."""
     import tensorrt_double
-    from cseg.runtime.tensorrt_io import io_dtype, largest_shapes
+    from cseg.runtime.tensorrt.io import io_dtype, largest_shapes
 
     manifest = read_manifest(orin_bundle)
     recipe = json.loads((orin_bundle / manifest["recipe"]).read_text())["graphs"]["sam3_decoder"]
@@ -96,7 +96,7 @@ def test_tensorrt_older_than_10_is_refused_at_import(monkeypatch):
     import types
 
     from cseg.errors import EngineError
-    from cseg.runtime.tensorrt_graphs import tensorrt_module
+    from cseg.runtime.tensorrt.engine import tensorrt_module
 
     monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="8.6.2"))
     with pytest.raises(EngineError, match=r"TensorRT 8.6.2 is too old: cseg needs TensorRT 10 or later"):
@@ -109,7 +109,7 @@ def test_plans_are_loaded_from_a_memory_map_and_foreign_plans_are_refused(orin_b
     import mmap
 
     import tensorrt_double
-    from cseg.runtime.tensorrt_graphs import load_engine
+    from cseg.runtime.tensorrt.engine import load_engine
 
     manifest = read_manifest(orin_bundle)
     onnx_path = orin_bundle / manifest["graphs"]["concept_head"]["file"]
@@ -144,7 +144,7 @@ def test_a_gpu_bundle_without_engines_says_to_build_them_and_serves_on_the_cpu(o
 
 
 def test_engines_of_another_gpu_or_tensorrt_version_are_refused(orin_bundle):
-    from cseg.runtime.tensorrt_graphs import check_engines
+    from cseg.runtime.tensorrt.engine import check_engines
 
     manifest = read_manifest(orin_bundle)
     agx = {"gpu": "Orin (nvgpu)", "compute_capability": [8, 7], "sm_count": 16, "memory_gb": 62.8}
@@ -169,7 +169,7 @@ def test_decode_step_against_the_whole_static_cache_equals_the_growing_one(orin_
     """The TensorRT decode step runs with past = the whole cache (unfilled positions masked, holding finite
     garbage) so its shapes never change; on the same exported decoder graph (a GPU target's, sequence-major and
     fp16, run here by ONNX Runtime on the CPU) it must give what the growing cache gives."""
-    from cseg.runtime.generation import KVCache, static_decode_mask
+    from cseg.runtime.host.decoder import HostKVCache, static_decode_mask
 
     runtime = Runtime.open(orin_bundle, device="cpu")
     decoder = runtime.decoder
@@ -185,7 +185,7 @@ def test_decode_step_against_the_whole_static_cache_equals_the_growing_one(orin_
     mask[0, start] = 1
 
     capacity = cache.capacity + 5
-    full = KVCache(len(decoder.past_names), capacity, decoder.kv_heads, decoder.head_dim, decoder.kv_dtype)
+    full = HostKVCache(len(decoder.past_names), capacity, decoder.kv_heads, decoder.head_dim, decoder.kv_dtype)
     rng = np.random.default_rng(0)
     for src, dst in zip(cache.buffers, full.buffers):
         dst[:] = rng.normal(size=dst.shape) * 100  # garbage where nothing was written yet

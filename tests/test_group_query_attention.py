@@ -36,7 +36,7 @@ def kernel():
 
 
 def _step(kernel, buffers, q, k, v, mask):
-    """Run the kernel with past and present bound to the same buffers (what runtime/generation.py does); returns
+    """Run the kernel with past and present bound to the same buffers (what runtime/host/decoder.py does); returns
     its output and what the operator computes from the buffers as they were before."""
     seq = q.shape[1]
     cache = CacheInputs.from_mask(tuple(torch.from_numpy(b) for b in buffers), torch.from_numpy(mask), seq)

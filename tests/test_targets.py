@@ -153,14 +153,6 @@ def test_engine_cache_key_changes_with_everything_a_plan_depends_on():
     assert len({key, *changed}) == len(changed) + 1
 
 
-def test_the_tensorrt_contexts_share_one_block_of_context_memory():
-    """One block, the largest engine's need, for every context (they run one at a time on one stream): the
-    decoder's two profiles no longer hold its activations twice."""
-    sizes = {"vlm_decoder": 900 << 20, "sam3_vision": 600 << 20, "concept_head": 10 << 20}
-    assert footprint.shared_context_memory(sizes) == 900 << 20
-    assert footprint.shared_context_memory({}) == 0
-
-
 def test_a_rule_only_bundle_of_full_size_sam3_fits_the_orin_nano(full_size):
     """SAM 3's image encoder and decoder alone (no VLM, no text encoder, no KV cache): what an 8 GB Nano per camera
     holds, where the full bundle fits at no precision."""

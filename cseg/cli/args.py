@@ -10,7 +10,7 @@ import argparse
 
 from cseg.errors import InvalidInputError
 from cseg.outputs import output_file, output_folder
-from cseg.pipeline import ROUTE_CHOICES
+from cseg.options import ROUTE_CHOICES
 
 DEVICE_HELP = ("auto: ONNX Runtime for cpu bundles, TensorRT engines for GPU targets; cpu: any bundle's ONNX graphs on "
                "the CPU (checks a GPU target's converted graphs)")  # fmt: skip

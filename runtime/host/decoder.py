@@ -5,6 +5,9 @@ any end-of-sequence id or the length budget. The concept head needs the last-lay
 position, including the final token: each generated token is fed once (the final one in one extra step whose logits
 are not used), and its hidden state is kept. Positions holding the pad id get attention mask 0, as in the research
 code's second forward.
+
+`HostDecoder` runs the steps with ONNX Runtime and the cache in host arrays (`HostKVCache`); its device twin,
+`DeviceDecoder` (runtime/tensorrt/decoder.py), keeps this loop and runs the steps on a TensorRT engine.
 """
 
 from __future__ import annotations
@@ -16,10 +19,10 @@ import numpy as np
 
 from cseg.errors import InvalidInputError
 from cseg.pipeline import generation_room
-from cseg.runtime.graphs import OrtGraph
+from cseg.runtime.onnxruntime.graph import OrtGraph
 
 
-class KVCache:
+class HostKVCache:
     """One buffer per layer and kind, allocated once at the maximum length: sequence-major [1, length, kv_heads, dim],
     or heads-major [1, kv_heads, length, dim] for the "shared" layout (export/graphs/vlm_decoder.py)."""
 
@@ -39,7 +42,7 @@ class KVCache:
 class Prefilled:
     """A prompt that went through the decoder: its cache, mask, seen ids, last logits and hidden states."""
 
-    cache: KVCache
+    cache: HostKVCache
     mask: np.ndarray
     seen: np.ndarray
     logits: np.ndarray
@@ -77,7 +80,7 @@ def static_decode_mask(mask: np.ndarray, start: int, capacity: int) -> np.ndarra
     return static
 
 
-class Decoder:
+class HostDecoder:
     """Runs vlm_decoder with IO binding and no copies of the cache. sequence_major: past = the cache's filled prefix,
     new keys/values written right after it; shared: past and present are the whole buffer, which the graph updates
     in place (every decode step of a request then has the same shapes)."""
@@ -101,14 +104,14 @@ class Decoder:
         self.max_prompt: int | None = None
 
     @classmethod
-    def from_manifest(cls, graph: OrtGraph, manifest: dict) -> "Decoder":
+    def from_manifest(cls, graph: OrtGraph, manifest: dict) -> "HostDecoder":
         """The decoder a bundle describes: model sizes, generation settings, KV cache dtype and layout."""
         return cls(graph, manifest["model"], manifest["generation"], kv_dtype(manifest), kv_layout(manifest))
 
-    def new_cache(self, length: int) -> KVCache:
-        return KVCache(len(self.past_names), length, self.kv_heads, self.head_dim, self.kv_dtype, self.layout)
+    def new_cache(self, length: int) -> HostKVCache:
+        return HostKVCache(len(self.past_names), length, self.kv_heads, self.head_dim, self.kv_dtype, self.layout)
 
-    def cache_views(self, cache: KVCache, seq: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    def cache_views(self, cache: HostKVCache, seq: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per layer and kind, the arrays a step of `seq` new positions binds: its past input and the output the
         graph writes into (views of the cache's buffers, no copies)."""
         start = cache.length
@@ -117,7 +120,7 @@ class Decoder:
         # contiguous slices: the cache is sequence-major, batch 1
         return [(buffer[:, :start], buffer[:, start : start + seq]) for buffer in cache.buffers]
 
-    def step(self, cache: KVCache, ids: np.ndarray, image_embeds: np.ndarray, positions: np.ndarray,
+    def step(self, cache: HostKVCache, ids: np.ndarray, image_embeds: np.ndarray, positions: np.ndarray,
              mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
         seq, start = ids.shape[1], cache.length
         if start + seq > cache.capacity:

@@ -1,8 +1,9 @@
-"""Serving a GPU-target bundle from its TensorRT engines (TensorRT + cuda-python; no torch).
+"""Serving a GPU-target bundle from its TensorRT engines (TensorRT + cuda-python; no torch): the engines (`TrtGraph`,
+the twin of onnxruntime/graph.py's `OrtGraph`), the checks that they can run here, and `open_engines`.
 
 Every engine gets one execution context per optimization profile and device buffers allocated once, at the largest
 shapes its profiles allow, with fixed addresses bound to every context: work whose shapes repeat can then be captured
-as a CUDA graph the first time and replayed afterwards (cuda_graphs.CapturedWork). Replayed: the decoder's decode
+as a CUDA graph the first time and replayed afterwards (cuda/graphs.py's CapturedWork). Replayed: the decoder's decode
 step (static shapes: the whole KV cache of `total_tokens` positions, unfilled positions masked), and the SAM 3
 decoder and concept head per input shape. A capture that fails falls back to plain enqueueing, with a warning.
 
@@ -13,19 +14,19 @@ from __future__ import annotations
 
 import mmap
 import threading
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 
 from cseg.bundle.schema import read_bundle_json
-from cseg.engines.footprint import shared_context_memory
 from cseg.errors import BundleError, EngineError
-from cseg.runtime.cuda_buffers import DeviceArray
-from cseg.runtime.cuda_graphs import CapturedWork, Stream, check, device_identity, runtime_api
-from cseg.runtime.generation import Decoder, kv_dtype, static_decode_mask
-from cseg.runtime.tensorrt_frames import DeviceSam3
-from cseg.runtime.tensorrt_io import io_dtype, largest_shapes, profile_range, set_address, set_input_shape
+from cseg.lru import LRU
+from cseg.runtime.cuda.buffers import DeviceArray
+from cseg.runtime.cuda.graphs import CapturedWork, Stream, check, device_identity, runtime_api
+from cseg.runtime.host.decoder import kv_dtype
+from cseg.runtime.tensorrt.decoder import DeviceDecoder
+from cseg.runtime.tensorrt.io import io_dtype, largest_shapes, set_address, set_input_shape
+from cseg.runtime.tensorrt.sam3 import DeviceSam3
 
 INSTALL_HINT = (
     "On a Jetson, TensorRT comes with JetPack (its Python bindings: sudo apt install python3-libnvinfer); on a "
@@ -70,7 +71,7 @@ def check_engines(bundle: Path, manifest: dict, tensorrt_version: str, identity:
 
 
 def same_device(built: dict, here: dict) -> bool:
-    """Whether a plan built on `built` (cuda_graphs.device_identity) may run `here`. Memory is compared to within a
+    """Whether a plan built on `built` (cuda.graphs.device_identity) may run `here`. Memory is compared to within a
     GB: the Orin modules differ by many GB, while what the OS reports can move a little between JetPack updates.
     Engines recorded without SM count or memory (an older cseg) count as another device."""
     return (built["gpu"] == here["gpu"] and list(built["compute_capability"]) == list(here["compute_capability"])
@@ -130,7 +131,7 @@ class TrtGraph:
         for context in self.contexts.values():
             for name, buffer in self.buffers.items():
                 set_address(context, key, name, buffer.pointer)
-        self._captured: OrderedDict[tuple, CapturedWork] = OrderedDict()
+        self._captured: LRU[tuple, CapturedWork] = LRU(CAPTURED_SHAPES, lambda _, work: work.close())
 
     def use_context_memory(self, pointer: int, size: int) -> None:
         """Give every context of this engine the activation memory `pointer` (at least device_memory_size_v2 bytes),
@@ -179,73 +180,18 @@ class TrtGraph:
         if profile not in self.capture:
             self.enqueue(context, self.stream)
             return
-        work = self._captured.get(signature)
-        if work is None:
-            # runs once uncaptured first (TensorRT allocates lazily)
-            work = CapturedWork(self.stream, lambda stream: self.enqueue(context, stream))
-            self._captured[signature] = work
-            if len(self._captured) > CAPTURED_SHAPES:
-                self._captured.popitem(last=False)[1].close()
-        else:
-            self._captured.move_to_end(signature)
+        # a new signature runs once uncaptured first (TensorRT allocates lazily), then is captured
+        work = self._captured.get_or_create(
+            signature, lambda: CapturedWork(self.stream, lambda stream: self.enqueue(context, stream)))
         work.launch()
 
 
-class DeviceKVCache:
-    """The KV cache on the device: one [1, capacity, kv_heads, head_dim] buffer per layer and kind, allocated once."""
-
-    def __init__(self, count: int, capacity: int, kv_heads: int, head_dim: int, dtype):
-        self.arrays = [DeviceArray((1, capacity, kv_heads, head_dim), dtype) for _ in range(count)]
-        self.row_bytes = kv_heads * head_dim * np.dtype(dtype).itemsize
-        self.capacity, self.length = capacity, 0
-
-    def at(self, index: int, row: int) -> int:
-        return int(self.arrays[index].pointer) + row * self.row_bytes
-
-
-class TrtDecoder(Decoder):
-    """Decoder steps on the vlm_decoder engine: `prefill` profile for the prompt (new keys/values written straight
-    into the cache), `decode` profile for single tokens against the whole static cache (captured, replayed)."""
-
-    def __init__(self, graph: TrtGraph, model: dict, generation: dict, kv_dtype: str):
-        super().__init__(graph, model, generation, kv_dtype)
-        # the engine's own ranges, not the recipe's (engines registered by hand may differ): the longest prompt one
-        # prefill takes, and the decode step's static past length, which is the KV cache's capacity
-        self.max_prompt = profile_range(graph.engine, "input_ids", graph.profiles.index("prefill"))[2][1]
-        capacity = profile_range(graph.engine, self.past_names[0], graph.profiles.index("decode"))[2][1]
-        self.capacity = capacity
-        self.max_length = min(self.max_length, capacity)  # generation stops where the engine's static cache ends
-        self.cache = DeviceKVCache(len(self.past_names), capacity, self.kv_heads, self.head_dim, self.kv_dtype)
-
-    def new_cache(self, length: int) -> DeviceKVCache:
-        if length > self.capacity:
-            raise ValueError(f"{length} positions exceed the engine's KV cache of {self.capacity} (its total_tokens)")
-        self.cache.length = 0
-        return self.cache
-
-    def step(self, cache: DeviceKVCache, ids, image_embeds, positions, mask):
-        seq, start = ids.shape[1], cache.length
-        feed = {"input_ids": ids, "image_embeds": image_embeds, "position_ids": positions}
-        shape = (1, seq, self.kv_heads, self.head_dim)
-        if start == 0:
-            empty = (1, 0, self.kv_heads, self.head_dim)
-            device_inputs = {name: (cache.at(i, 0), empty) for i, name in enumerate(self.past_names)}
-            device_outputs = {name: (cache.at(i, 0), shape) for i, name in enumerate(self.new_names)}
-            out = self.graph.run({**feed, "attention_mask": mask}, "prefill", device_inputs=device_inputs,
-                                 device_outputs=device_outputs, fetch=["logits", "hidden_states"])  # fmt: skip
-        else:
-            full = (1, cache.capacity, self.kv_heads, self.head_dim)
-            device_inputs = {name: (cache.at(i, 0), full) for i, name in enumerate(self.past_names)}
-            static = static_decode_mask(mask, start, cache.capacity)
-            out = self.graph.run({**feed, "attention_mask": static}, "decode", device_inputs=device_inputs,
-                                 fetch=["logits", "hidden_states"])  # fmt: skip
-            cudart = runtime_api()
-            for i, name in enumerate(self.new_names):  # the step's keys/values into their row of the cache
-                check(cudart.cudaMemcpyAsync(cache.at(i, start), self.graph.buffers[name].pointer, cache.row_bytes,
-                                             cudart.cudaMemcpyKind.cudaMemcpyDeviceToDevice, self.graph.stream.handle),
-                      "cudaMemcpyAsync")  # fmt: skip
-        cache.length = start + seq
-        return out["logits"], out["hidden_states"]
+def shared_context_memory(sizes: dict[str, int]) -> int:
+    """Bytes of the one context-memory block open_engines allocates, from each engine's need (device_memory_size_v2,
+    every profile included): the largest. The contexts (one per engine and profile) run one at a time on one stream,
+    so they can share it; with TensorRT's default allocation each context holds its own, e.g. the decoder's
+    activations twice (prefill and decode), on a Jetson out of the memory everything else uses."""
+    return max(sizes.values(), default=0)
 
 
 def open_engines(bundle: Path, manifest: dict):
@@ -279,7 +225,7 @@ def open_engines(bundle: Path, manifest: dict):
     block = check(runtime_api().cudaMalloc(max(1, size)), "cudaMalloc (TensorRT context memory)")
     for graph in graphs.values():
         graph.use_context_memory(block, size)
-    decoder = (TrtDecoder(graphs["vlm_decoder"], model, manifest["generation"], kv_dtype(manifest))
+    decoder = (DeviceDecoder(graphs["vlm_decoder"], model, manifest["generation"], kv_dtype(manifest))
                if "vlm_decoder" in graphs else None)  # fmt: skip
     sam3 = DeviceSam3(graphs["sam3_vision"], graphs["sam3_decoder"], manifest["preprocessing"]["sam3"], stream)
     return graphs, decoder, threading.Lock(), sam3

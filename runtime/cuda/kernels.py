@@ -15,7 +15,7 @@ import functools
 from pathlib import Path
 
 from cseg.errors import EngineError
-from cseg.runtime.cuda_graphs import Stream, check, runtime_api
+from cseg.runtime.cuda.graphs import Stream, check, runtime_api
 
 FATBIN_NAME = "cseg_kernels.fatbin"
 BLOCK = (32, 8)  # threads per block along output x, y: rows are written coalesced

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from cseg.runtime.cuda_graphs import Stream, check, runtime_api
+from cseg.runtime.cuda.graphs import Stream, check, runtime_api
 
 
 class DeviceArray:

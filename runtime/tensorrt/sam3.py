@@ -1,4 +1,4 @@
-"""SAM 3's per-frame steps on the GPU for the TensorRT backend (the device half of runtime/sam3_steps.py).
+"""SAM 3's per-frame steps on the GPU for the TensorRT backend (the device half of runtime/host/sam3.py).
 
 Only the uint8 camera frame crosses to the device (once, from a pinned buffer) and only masks, boxes, scores and the
 presence logit come back. Between them: the preprocess kernel writes the vision engine's input, the vision engine's
@@ -10,19 +10,19 @@ captured as one CUDA graph per input size and replayed; only the kept instances'
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
 
 from cseg.errors import BundleError, EngineError
 from cseg.images import SAM3_MEAN, SAM3_STD, Frame
+from cseg.lru import LRU
 from cseg.pipeline import timed
-from cseg.runtime.cuda_buffers import DeviceArray
-from cseg.runtime.cuda_graphs import CapturedWork, Stream, check, runtime_api
-from cseg.runtime.cuda_kernels import kernels
+from cseg.runtime.cuda.buffers import DeviceArray
+from cseg.runtime.cuda.graphs import CapturedWork, Stream, check, runtime_api
+from cseg.runtime.cuda.kernels import kernels
 from cseg.runtime.postprocess import select_instances
-from cseg.runtime.sam3_steps import ImageState, Sam3Output, concept_feed
+from cseg.runtime.host.sam3 import ImageState, Sam3Output, concept_feed
 
 FRAME_SIZES = 4  # input sizes whose buffers (and rule-path graphs) are kept, least recently used dropped
 SMALL_OUTPUTS = ("presence_logit", "instance_scores", "instance_boxes")
@@ -57,11 +57,12 @@ class DeviceSam3:
                 raise BundleError(f"engines sam3_vision ({name}) and sam3_decoder (fpn_{i}) disagree on the FPN dtype")
         self.kernels = kernels()  # EngineError saying how to rebuild when the fatbin is missing or does not load
         _, self.top_k, self.mask_h, self.mask_w = decoder.buffers["instance_masks"].shape
-        self._sizes: OrderedDict[tuple[int, int], FrameBuffers] = OrderedDict()
-        self._rules: OrderedDict[tuple, CapturedWork] = OrderedDict()
+        # the rule-path graphs are keyed by (height, width, ...): a size's graphs go with its buffers (they write them)
+        self._rules: LRU[tuple, CapturedWork] = LRU(FRAME_SIZES * 2, lambda _, work: work.close())
+        self._sizes: LRU[tuple[int, int], FrameBuffers] = LRU(FRAME_SIZES, self._drop_size)
         self._decoded = 0  # which decode the decoder's logit buffers hold
 
-    # --- the steps of cseg.runtime.sam3_steps ---------------------------------------------------------------------
+    # --- the steps of cseg.runtime.host.sam3 ---------------------------------------------------------------------
 
     def encode(self, frame: Frame, timings: dict) -> ImageState:
         buffers = self._buffers(frame.height, frame.width)
@@ -100,14 +101,8 @@ class DeviceSam3:
                 self.decoder.buffers[name].stage(value)
             key = (frame.height, frame.width, frame.bgr, float(threshold),
                    *((name, value.shape) for name, value in feed.items()))  # fmt: skip
-            work = self._rules.get(key)
-            if work is None:
-                work = CapturedWork(self.stream, lambda s: self._frame_work(buffers, frame.bgr, feed, threshold, s))
-                self._rules[key] = work
-                if len(self._rules) > FRAME_SIZES * 2:
-                    self._rules.popitem(last=False)[1].close()
-            else:
-                self._rules.move_to_end(key)
+            work = self._rules.get_or_create(key, lambda: CapturedWork(
+                self.stream, lambda stream: self._frame_work(buffers, frame.bgr, feed, threshold, stream)))
             work.launch()
             self.stream.synchronize()
         self._decoded += 1
@@ -182,19 +177,14 @@ class DeviceSam3:
         return tuple(self.decoder.contexts["default"].get_tensor_shape(name))
 
     def _buffers(self, height: int, width: int) -> FrameBuffers:
-        key = (height, width)
-        if key in self._sizes:
-            self._sizes.move_to_end(key)
-            return self._sizes[key]
-        if len(self._sizes) >= FRAME_SIZES:
-            stale, evicted = self._sizes.popitem(last=False)
-            for rule_key in [k for k in self._rules if k[:2] == stale]:
-                self._rules.pop(rule_key).close()
-            evicted.close()
-        buffers = FrameBuffers(DeviceArray((height, width, 3), np.uint8), DeviceArray((1, height, width), np.uint8),
-                               DeviceArray((self.top_k, height, width), np.uint8))  # fmt: skip
-        self._sizes[key] = buffers
-        return buffers
+        return self._sizes.get_or_create((height, width), lambda: FrameBuffers(
+            DeviceArray((height, width, 3), np.uint8), DeviceArray((1, height, width), np.uint8),
+            DeviceArray((self.top_k, height, width), np.uint8)))  # fmt: skip
+
+    def _drop_size(self, size: tuple[int, int], buffers: FrameBuffers) -> None:
+        """An evicted input size: its rule-path graphs (captured on its buffers) are closed first, then the buffers."""
+        self._rules.evict_where(lambda key: key[:2] == size)
+        buffers.close()
 
 
 @dataclass

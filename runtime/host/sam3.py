@@ -2,7 +2,7 @@
 
 `HostSam3` runs them with host arrays: the native kernels (cseg.runtime.native) for pre/post-processing and graphs
 with a `run(feed) -> outputs` interface (ONNX Runtime). The TensorRT backend's `DeviceSam3`
-(runtime/tensorrt_frames.py) keeps everything between the uint8 frame and the masks on the GPU.
+(runtime/tensorrt/sam3.py) keeps everything between the uint8 frame and the masks on the GPU.
 """
 
 from __future__ import annotations
