@@ -5,7 +5,8 @@ composed inside the graph by sam3_prompt(), the one place that decides what SAM 
 image-dependent geometry token Meta's SAM 3 always adds (computed here from fpn_2), and the concept tokens. The number
 of concept tokens is a dynamic axis: Q on the full path, 0 on the shortcut path (same graph, no wasted tokens).
 Outputs: semantic logits, the presence logit, and only the top-K instances (scores, boxes, mask logits), selected
-inside the graph so SAM 3's 200 full-resolution instance masks never leave it.
+inside the graph so SAM 3's 200 full-resolution instance masks never leave it. The parity check compares them up to
+the order of instances whose scores tie (GraphSpec.ranking), against the same forward ranking all 200.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
-from cseg.export.graph_spec import GraphSpec, TensorSpec
+from cseg.export.graph_spec import GraphSpec, Ranking, TensorSpec
 from cseg.export.graphs.sam3_text import TEXT_LENGTH
 from cseg.export.graphs.sam3_vision import fpn_shapes
 from cseg.export.sam3_prompt import sam3_prompt
@@ -87,5 +88,8 @@ def spec(vlm, sam3, settings) -> GraphSpec:
         validation_sizes=[{"words": 7, "concepts": 0}, {"words": 1, "concepts": queries}],
         axis_bounds={"concepts": (0, queries)},
         keep_fp32=("dot_product_scoring", "presence", "box_head"),
+        # instances are ranked by score: tied scores may come out in either order (export/parity.py)
+        ranking=Ranking("instance_scores", ("instance_scores", "instance_boxes", "instance_masks"),
+                        Detector(sam3.model, num_queries).eval()),
         notes=f"concepts = {queries} on the full path, 0 on the shortcut path; top-{top_k} instances by score",
     )
