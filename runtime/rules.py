@@ -155,7 +155,7 @@ class Rule:
         queries, (low, high) = self.concept_tokens.shape[1], concept_bounds(manifest)
         if not max(low, 1) <= queries <= high:  # a rule has at least one concept token; 0 is the shortcut path
             raise InvalidInputError(
-                f"rule: {queries} concept tokens; this bundle's decoder takes {max(low, 1)} to {high}"
+                f"rule: {queries} concept tokens; this bundle's model takes {max(low, 1)} to {high}"
                 + (f" (export the rule-only bundle with --queries {queries})" if rule_only(manifest) else
                    " (the Q of its ConceptSeg-R1)")  # fmt: skip
             )

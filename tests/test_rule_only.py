@@ -98,7 +98,7 @@ def test_rules_of_any_q_up_to_32_apply_on_a_rule_only_bundle(rule, rule_only, ru
     """Issue 29: the Q of the model that induces a rule is not known when a rule-only bundle is exported."""
     for count in (1, 7, 16, 32):
         assert rule_only.apply(_with_queries(rule, count), photo).route == "rule", count
-    with pytest.raises(InvalidInputError, match=r"33 concept tokens; this bundle's decoder takes 1 to 32 \(export the "
+    with pytest.raises(InvalidInputError, match=r"33 concept tokens; this bundle's model takes 1 to 32 \(export the "
                                                 r"rule-only bundle with --queries 33\)"):  # fmt: skip
         rule_only.apply(_with_queries(rule, 33), photo)
     # a full bundle takes up to its own ConceptSeg-R1's Q (its TensorRT profile ends there)

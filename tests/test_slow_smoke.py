@@ -45,7 +45,8 @@ def _self_oracle(vlm, sam3, image, prompts) -> dict:
         sam = reference.sam3_decode(vision, features.pooler_output, mask)
         meta.update({f"input_ids_{i}": ids, f"text_features_{i}": features.pooler_output.numpy(),
                      f"semantic_logits_{i}": sam.semantic_logits.numpy(), f"pred_logits_{i}": sam.pred_logits.numpy(),
-                     f"presence_logit_{i}": sam.presence_logit.numpy(), f"pred_boxes_{i}": sam.pred_boxes.numpy()})  # fmt: skip
+                     f"presence_logit_{i}": sam.presence_logit.numpy(),
+                     f"pred_boxes_{i}": sam.pred_boxes.numpy()})  # fmt: skip
     return meta
 
 
@@ -146,4 +147,5 @@ def test_parity_sweep_runs_one_seed():
 
     sweep = test_parity._sweep()
     assert sweep.seed_list("1000-1002,6161") == [1000, 1001, 1002, 6161]
-    assert sweep.MODES == ("full", "rule-only") and len(test_parity.SWEEP_TINY) >= 50 and len(test_parity.SWEEP_SMALL) == 3
+    assert sweep.MODES == ("full", "rule-only")
+    assert len(test_parity.SWEEP_TINY) >= 50 and len(test_parity.SWEEP_SMALL) == 3
