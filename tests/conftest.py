@@ -111,11 +111,9 @@ def orin_bundle(tiny_checkpoint, tmp_path_factory, calibration_folder):
 
 @pytest.fixture(scope="session")
 def rule_only_bundle(tiny_checkpoint, tmp_path_factory):
-    """A rule-only cpu bundle of the tiny SAM 3 (tiny_bundle's weights), taking that ConceptSeg-R1's Q tokens."""
-    import json
-
+    """A rule-only cpu bundle of the tiny SAM 3 (tiny_bundle's weights), exported as the README's walkthrough does:
+    without --queries (16 concept tokens, the published Q), while the tiny ConceptSeg-R1 induces rules of 8."""
     from cseg.export.bundle import export_bundle
 
-    queries = json.loads((tiny_checkpoint[0] / "config.json").read_text())["num_of_query"]
-    return export_bundle(None, tiny_checkpoint[1], tmp_path_factory.mktemp("bundles") / "rule-only", queries=queries,
-                         progress=False, report=lambda line: None)  # fmt: skip
+    return export_bundle(None, tiny_checkpoint[1], tmp_path_factory.mktemp("bundles") / "rule-only", progress=False,
+                         report=lambda line: None)  # fmt: skip
