@@ -34,7 +34,7 @@ from cseg.runtime import native
 
 settings.register_profile("cseg-native", max_examples=60, deadline=None, derandomize=True, database=None,
                           suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
-settings.register_profile("cseg-sanitize", max_examples=int(os.environ.get("CSEG_FUZZ_EXAMPLES", "1500")),
+settings.register_profile("cseg-sanitize", max_examples=int(os.environ.get("CSEG_FUZZ_EXAMPLES", "1000")),
                           deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
 FUZZ = settings.get_profile(os.environ.get("HYPOTHESIS_PROFILE", "cseg-native"))
 GUARD = 64  # bytes on either side of an output buffer
