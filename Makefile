@@ -29,7 +29,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# The native module under ASan + UBSan, fuzzed (scripts/sanitize.sh: its own build in build-asan/; ~10 min)
+# The native module under ASan + UBSan, fuzzed (scripts/sanitize.sh: its own build in build-asan/; ~7 min)
 sanitize: $(STAMP)
 	scripts/sanitize.sh
 
