@@ -7,7 +7,7 @@ OUT := demo-output
 # the native part's sources: a change rebuilds it on the next make
 NATIVE := CMakeLists.txt $(wildcard runtime/kernels/*)
 
-.PHONY: demo test install clean meta-oracle
+.PHONY: demo test install clean meta-oracle sanitize aarch64-check
 
 install: $(STAMP)
 
@@ -29,6 +29,14 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# The native module under ASan + UBSan, fuzzed (scripts/sanitize.sh: its own build in build-asan/; ~7 min)
+sanitize: $(STAMP)
+	scripts/sanitize.sh
+
+# The native kernels cross-built for aarch64 and run under qemu (needs g++-aarch64-linux-gnu, qemu-user-static)
+aarch64-check: $(STAMP)
+	scripts/aarch64_check.sh
+
 # Meta's own sam3 package as a second oracle (tests/meta_oracle.py), in its own venv: it needs torch 2.14 and
 # torchvision, which the main venv must not carry; sam3 is never a dependency of cseg. ~5.5 GB.
 META_VENV := .venv-meta
@@ -41,4 +49,4 @@ $(META_STAMP):
 	touch $(META_STAMP)
 
 clean:
-	rm -rf $(OUT) $(VENV) $(META_VENV) build
+	rm -rf $(OUT) $(VENV) $(META_VENV) build build-asan

@@ -2,7 +2,26 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import sys
+
 import pytest
+
+
+def _load_native_override() -> None:
+    """CSEG_NATIVE_MODULE=path/to/native*.so: that build of cseg.runtime.native (the sanitized one of
+    scripts/sanitize.sh) is imported in place of the installed one, before anything imports cseg.runtime."""
+    path = os.environ.get("CSEG_NATIVE_MODULE")
+    if not path:
+        return
+    spec = importlib.util.spec_from_file_location("cseg.runtime.native", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.modules["cseg.runtime.native"] = module
+
+
+_load_native_override()
 
 
 @pytest.fixture(scope="session")
