@@ -195,3 +195,55 @@ def to_segmentation(frame: SyntheticFrame) -> Segmentation:
         raise InvalidInputError("to_segmentation needs masks: make the conveyor with ConveyorSpec(masks=True)")
     instances = Instances(detections.masks, detections.boxes, detections.scores)
     return Segmentation(detections.masks.any(axis=0), instances, 1.0, "rule", "user", answer="part")
+
+
+@dataclass
+class Replay:
+    """A monitor run over a conveyor, with what scoring needs: events, each track's true part (its detections'
+    majority origin) and the confirmed tracks each frame (for MOT metrics)."""
+
+    events: list
+    origin: dict[int, int]  # track id -> ground-truth part id (-1: made of false positives)
+    outputs: list[tuple[list[int], np.ndarray]]  # per frame: confirmed track ids observed, their boxes
+    update_s: list[float]  # seconds per monitor.update
+
+    def counted(self) -> list[int]:
+        """True part id of every count event (repeats = double counts, -1 = a false positive counted)."""
+        return [self.origin.get(e.track_id, -1) for e in self.events if e.kind == "count"]
+
+    def count_errors(self, conveyor: Conveyor) -> tuple[int, int]:
+        """(missed, double): parts that crossed and were not counted; count events beyond one per true part."""
+        counted = self.counted()
+        truth = conveyor.crossing_ids()
+        missed = len(truth - set(counted))
+        return missed, len(counted) - len(set(counted) & truth)
+
+    def defect_errors(self, conveyor: Conveyor) -> tuple[int, int]:
+        """(defective parts without exactly one defect event, defect events that are not a defective part's first)."""
+        flagged = [self.origin.get(e.track_id, -1) for e in self.events if e.kind == "defect"]
+        truth = conveyor.defective_ids & {k for k in self.origin.values() if k >= 0}
+        wrong = sum(flagged.count(k) != 1 for k in truth)
+        return wrong, len(flagged) - len(set(flagged) & truth)
+
+
+def replay(conveyor: Conveyor, monitor) -> Replay:
+    import time
+    from collections import Counter, defaultdict
+
+    votes: dict[int, Counter] = defaultdict(Counter)
+    events, outputs, update_s = [], [], []
+    for frame in conveyor:
+        start = time.perf_counter()
+        events += monitor.update(frame.detections, frame.t)
+        update_s.append(time.perf_counter() - start)
+        ids, boxes = [], []
+        for track in monitor.tracker.tracks:
+            if track.misses == 0:
+                votes[track.id][track.last.origin] += 1
+                if track.confirmed:
+                    ids.append(track.id)
+                    boxes.append(track.box)
+        outputs.append((ids, np.array(boxes, np.float32).reshape(-1, 4)))
+    events += monitor.finish()
+    origin = {track_id: counter.most_common(1)[0][0] for track_id, counter in votes.items()}
+    return Replay(events, origin, outputs, update_s)
