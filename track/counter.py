@@ -13,8 +13,8 @@ crossing: with p0 its first observed anchor at time t0, v its velocity and t_b i
 p0 - v (t0 - t_b) lies before the line (signed distance < 0) with the crossing point on the segment. Why this cannot
 count a part twice: a track ends only after more than `max_misses` consecutive misses, so a part that lost its track
 and got a new one was last seen by the old track no later than t_b; if the old track had crossed, the part was past the
-line at t_b already and the new track proves nothing. A part on screen at the stream's first frame has no t_b: a
-crossing nobody saw is not counted.
+line at t_b already and the new track proves nothing (t_b is the stream's first frame when the stream is younger: no
+older track existed). A part on screen at the stream's first frame has no t_b: a crossing nobody saw is not counted.
 """
 
 from __future__ import annotations

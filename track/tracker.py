@@ -6,7 +6,8 @@ A tracker differs only in how it associates a frame's detections with its tracks
 - a track is *confirmed* after `min_hits` observations; an unconfirmed track is never counted nor reported;
 - a track missed for more than `max_misses` consecutive frames ends (it is listed once in `ended`);
 - each track keeps its observations (bounded) and `lookback_t`, the time of the frame `max_misses + 1` frames before
-  its first observation: the counter's proof that a part first seen past the line did cross it (see counter.py).
+  its first observation (or of the stream's first frame, if later; None for a track seen in the first frame): the
+  counter's proof that a part first seen past the line did cross it (see counter.py).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class Track:
     id: int
     first_frame: int
     first_t: float
-    lookback_t: float | None  # time of the frame max_misses + 1 frames before the first observation (None: none)
+    lookback_t: float | None  # time of the frame max_misses + 1 frames before the first one (see above)
     hits: int = 0
     age: int = 0  # frames since the first observation
     misses: int = 0  # consecutive frames without a detection
@@ -83,7 +84,7 @@ class Tracker:
         self.ended: list[Track] = []  # tracks that ended in the last update
         self.frame = -1
         self.size: tuple[int, int] | None = None
-        self._times: deque = deque(maxlen=max_misses + 2)  # recent frame times, for lookback_t
+        self._times: deque = deque(maxlen=max_misses + 1)  # the last frames' times, for lookback_t
         self._next_id = 1
 
     @property
@@ -115,7 +116,7 @@ class Tracker:
             if id(track) not in matched:
                 track.misses += 1
                 track.age += 1
-        lookback = self._times[0] if len(self._times) == self._times.maxlen else None
+        lookback = self._times[0] if self._times else None  # max_misses + 1 frames back, or the stream's first
         for j in new:
             track = self._start(detections, j, t, lookback)
             seen.append(track)

@@ -32,6 +32,8 @@ def parse_sink_url(url: str) -> SinkUrl:
     if scheme not in DEFAULT_PORTS:
         raise InvalidInputError(f"events sink {url!r}: scheme {scheme!r} is not one of mqtt://, mqtts://, opc.tcp:// "
                                 "(or give a file path)")  # fmt: skip
+    if scheme.startswith("mqtt") and ("#" in url or "+" in url.split("@")[-1]):
+        raise InvalidInputError(f"events sink {url!r}: the topic may not hold wildcards (+, #)")
     parts = urlsplit(url)
     try:
         port = parts.port or DEFAULT_PORTS[scheme]
@@ -45,8 +47,8 @@ def parse_sink_url(url: str) -> SinkUrl:
     if scheme.startswith("mqtt"):
         if not path:
             raise InvalidInputError(f"events sink {url!r} names no topic: mqtt://host:port/plant/line1")
-        if "+" in path or "#" in path or "//" in path:
-            raise InvalidInputError(f"events sink {url!r}: the topic may not hold wildcards (+, #) or empty levels")
+        if "//" in path:
+            raise InvalidInputError(f"events sink {url!r}: the topic may not hold empty levels (//)")
     username = unquote(parts.username) if parts.username is not None else None
     password = unquote(parts.password) if parts.password is not None else None
     return SinkUrl(scheme, parts.hostname, port, path, username, password)
