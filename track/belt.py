@@ -51,7 +51,7 @@ class BeltTracker(Tracker):
         """Along- and across-belt offsets of every detection from every track's last center, the elapsed times, and
         the gate sizes (pixels) of each pair."""
         across = np.array([-self.direction[1], self.direction[0]])
-        last = np.array([track.center for track in tracks])
+        last = np.array([track.last.center for track in tracks])
         delta = detections.centers[None, :, :] - last[:, None, :]
         elapsed = np.array([t - track.last.t for track in tracks])
         extent = lambda boxes, axis: np.abs(boxes[:, 2] - boxes[:, 0]) * abs(axis[0]) + np.abs(boxes[:, 3] - boxes[:, 1]) * abs(axis[1])  # noqa: E731

@@ -47,8 +47,14 @@ class _State:
         self.counted = self.reversed = False
 
 
-def new_observations(track: Track, last_frame: int):
-    return [o for o in track.history if o.frame > last_frame]
+def new_observations(track: Track, last_frame: int) -> list[Observation]:
+    """The track's observations after frame `last_frame`, oldest first (read from the end: usually one)."""
+    new = []
+    for observation in reversed(track.history):
+        if observation.frame <= last_frame:
+            break
+        new.append(observation)
+    return new[::-1]
 
 
 class LineCounter:
@@ -73,8 +79,9 @@ class LineCounter:
         first = track.history[0]
         if track.lookback_t is None or float(track.velocity @ self.line.normal) <= 0:
             return False
-        back = first.center - track.velocity * (first.t - track.lookback_t)
-        return float(self.line.signed_distance(back)) < 0 and self._crosses(back, first.center)
+        center = np.array(first.center)
+        back = center - track.velocity * (first.t - track.lookback_t)
+        return float(self.line.signed_distance(back)) < 0 and self._crosses(back, center)
 
     def update(self, tracks: list[Track]) -> list[Crossing]:
         crossings = []
@@ -87,11 +94,11 @@ class LineCounter:
             for observation in new_observations(track, state.last_frame):
                 state.last_frame = observation.frame
                 center = observation.center
-                distance = float(self.line.signed_distance(center))
+                distance = self.line.distance(center)
                 side = -1 if distance < -self.hysteresis else 1 if distance > self.hysteresis else state.side
                 if side == 1 and state.side != 1 and not state.counted:
                     proven = state.side == 0
-                    if (proven and self.proves_crossing(track)) or (not proven and self._crosses(state.before, center)):
+                    if proven and self.proves_crossing(track) or not proven and self._crosses(state.before, np.array(center)):
                         state.counted = True
                         self.count += 1
                         crossings.append(Crossing("count", track, observation, self.count, proven))
@@ -100,7 +107,7 @@ class LineCounter:
                     self.reversed += 1
                     crossings.append(Crossing("reverse", track, observation, self.reversed))
                 if side == -1:
-                    state.before = center
+                    state.before = np.array(center)
                 state.side = side
         return crossings
 

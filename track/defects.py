@@ -71,7 +71,7 @@ class DefectJudge:
         """-1 before the band, 0 in it, +1 past it (always 0 without a band)."""
         if self.rule.near is None:
             return 0
-        distance = float(self.line.signed_distance(observation.center))
+        distance = self.line.distance(observation.center)
         return -1 if distance < -self.rule.near else 1 if distance > self.rule.near else 0
 
     def _decide(self, track: Track, window: _Window, defective: bool) -> Verdict:
@@ -93,13 +93,15 @@ class DefectJudge:
             if not track.confirmed:
                 continue
             window = self._windows.setdefault(track.id, _Window())
+            if window.decided:
+                continue
             for observation in new_observations(track, window.last_frame):
                 window.last_frame = observation.frame
                 if window.decided:
                     break
                 place = self._near(observation)
                 if observation.defective is not None and self.line is not None:
-                    distance = abs(float(self.line.signed_distance(observation.center)))
+                    distance = abs(self.line.distance(observation.center))
                     if window.nearest is None or distance < window.nearest[0]:
                         window.nearest = (distance, observation)
                 if place > 0:  # left the band: judge on what was seen

@@ -80,6 +80,8 @@ class Line:
         object.__setattr__(self, "_start", start)
         object.__setattr__(self, "_along", along)
         object.__setattr__(self, "_normal", normal)
+        object.__setattr__(self, "_nx", float(normal[0]))
+        object.__setattr__(self, "_ny", float(normal[1]))
         object.__setattr__(self, "length", length)
 
     @classmethod
@@ -100,6 +102,10 @@ class Line:
     def signed_distance(self, points) -> np.ndarray:
         """Distance of each (x, y) to the line's infinite extension, > 0 past it in the counted direction."""
         return (np.asarray(points, dtype=np.float64) - self._start) @ self._normal
+
+    def distance(self, point) -> float:
+        """signed_distance of one (x, y), in plain floats (the per-observation hot path of counter and judge)."""
+        return (point[0] - self._start[0]) * self._nx + (point[1] - self._start[1]) * self._ny
 
     def along(self, points) -> np.ndarray:
         """Position of each point's projection along the segment: 0 at (x1, y1), `length` at (x2, y2)."""

@@ -67,8 +67,8 @@ class SyntheticFrame:
     index: int
     t: float
     detections: Detections
-    truth_ids: np.ndarray  # ids of the parts visible (not under the bar, half or more in the image)
-    truth_boxes: np.ndarray  # (M, 4) their true boxes
+    truth_ids: np.ndarray  # ids of the parts in view (half or more in the image; under the bar too, as MOT ground
+    truth_boxes: np.ndarray  # (M, 4) their true boxes                          truth keeps occluded objects)
 
 
 def _polygon(rng, half_length: float, half_width: float) -> np.ndarray:
@@ -156,9 +156,9 @@ class Conveyor:
         boxes = np.stack([x - length / 2, y - spec.part_width / 2, x + length / 2, y + spec.part_width / 2], 1)
         clipped = np.clip(boxes, 0, [width, height, width, height])
         in_view = (clipped[:, 2] - clipped[:, 0]) >= length / 2
-        visible = in_view & ~self._occluded(x)
-        truth = np.flatnonzero(visible)
-        detected = truth[rng.random(truth.size) >= spec.miss]
+        visible = np.flatnonzero(in_view & ~self._occluded(x))
+        detected = visible[rng.random(visible.size) >= spec.miss]
+        truth = np.flatnonzero(in_view)
         sizes = np.array([length, spec.part_width] * 2)
         det_boxes = clipped[detected] + rng.normal(0, spec.box_jitter, (detected.size, 4)) * sizes
         scores = np.clip(0.9 + rng.normal(0, spec.score_noise, detected.size), 0.05, 1.0)
@@ -200,11 +200,13 @@ def to_segmentation(frame: SyntheticFrame) -> Segmentation:
 @dataclass
 class Replay:
     """A monitor run over a conveyor, with what scoring needs: events, each track's true part (its detections'
-    majority origin) and the confirmed tracks each frame (for MOT metrics)."""
+    majority origin) and, per frame, the tracks a MOT metric scores: every track that was ever confirmed, at its
+    detection, or at its predicted box while it coasts through misses and its predicted center is in the frame (its id
+    exists from its first detection; confirmation only gates counting)."""
 
     events: list
     origin: dict[int, int]  # track id -> ground-truth part id (-1: made of false positives)
-    outputs: list[tuple[list[int], np.ndarray]]  # per frame: confirmed track ids observed, their boxes
+    outputs: list[tuple[list[int], np.ndarray]]  # per frame: track ids, their boxes
     update_s: list[float]  # seconds per monitor.update
 
     def counted(self) -> list[int]:
@@ -231,19 +233,28 @@ def replay(conveyor: Conveyor, monitor) -> Replay:
     from collections import Counter, defaultdict
 
     votes: dict[int, Counter] = defaultdict(Counter)
-    events, outputs, update_s = [], [], []
+    events, seen, update_s, confirmed = [], [], [], set()
     for frame in conveyor:
         start = time.perf_counter()
         events += monitor.update(frame.detections, frame.t)
         update_s.append(time.perf_counter() - start)
-        ids, boxes = [], []
+        rows = []
         for track in monitor.tracker.tracks:
+            if track.confirmed:
+                confirmed.add(track.id)
             if track.misses == 0:
                 votes[track.id][track.last.origin] += 1
-                if track.confirmed:
-                    ids.append(track.id)
-                    boxes.append(track.box)
-        outputs.append((ids, np.array(boxes, np.float32).reshape(-1, 4)))
+                rows.append((track.id, track.box))
+            else:
+                box = track.predicted_box(frame.t)
+                x, y = (box[:2] + box[2:]) / 2
+                if 0 <= x <= conveyor.spec.width and 0 <= y <= conveyor.spec.height:
+                    rows.append((track.id, box))
+        seen.append(rows)
     events += monitor.finish()
     origin = {track_id: counter.most_common(1)[0][0] for track_id, counter in votes.items()}
+    outputs = []
+    for rows in seen:
+        kept = [(i, box) for i, box in rows if i in confirmed]
+        outputs.append(([i for i, _ in kept], np.array([box for _, box in kept], np.float32).reshape(-1, 4)))
     return Replay(events, origin, outputs, update_s)

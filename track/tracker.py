@@ -4,7 +4,8 @@ A tracker differs only in how it associates a frame's detections with its tracks
 (`BeltTracker`) or Roboflow's `trackers` (`TrackersAdapter`). Everything a counter relies on is here, once:
 
 - a track is *confirmed* after `min_hits` observations; an unconfirmed track is never counted nor reported;
-- a track missed for more than `max_misses` consecutive frames ends (it is listed once in `ended`);
+- a track missed for more than `max_misses` consecutive frames ends (it is listed once in `ended`); not sooner, even
+  when predicted out of the frame: the counter's proof below relies on it;
 - each track keeps its observations (bounded) and `lookback_t`, the time of the frame `max_misses + 1` frames before
   its first observation (or of the stream's first frame, if later; None for a track seen in the first frame): the
   counter's proof that a part first seen past the line did cross it (see counter.py).
@@ -32,10 +33,7 @@ class Observation:
     score: float
     defective: bool | None
     origin: int = -1  # ground-truth id (synthetic data), -1 unknown
-
-    @property
-    def center(self) -> np.ndarray:
-        return (self.box[:2] + self.box[2:]).astype(np.float64) / 2
+    center: tuple[float, float] = (0.0, 0.0)  # the box center (the anchor counted against the line)
 
 
 @dataclass(eq=False)
@@ -56,11 +54,16 @@ class Track:
 
     @property
     def center(self) -> np.ndarray:
-        return (self.box[:2] + self.box[2:]).astype(np.float64) / 2
+        return np.array(self.history[-1].center)
 
     @property
     def last(self) -> Observation:
         return self.history[-1]
+
+    def predicted_box(self, t: float) -> np.ndarray:
+        """The last box moved by the track's velocity to time `t` (where a missed or hidden part should be)."""
+        shift = self.velocity * (t - self.last.t)
+        return (self.box + np.array([shift[0], shift[1], shift[0], shift[1]])).astype(np.float32)
 
 
 def check_time(t, last_t: float | None) -> float:
@@ -144,7 +147,8 @@ class Tracker:
         defective = None if detections.defective is None else bool(detections.defective[j])
         origin = -1 if detections.origin is None else int(detections.origin[j])
         box = detections.boxes[j].copy()
-        track.history.append(Observation(self.frame, t, box, float(detections.scores[j]), defective, origin))
+        center = (float(box[0] + box[2]) / 2, float(box[1] + box[3]) / 2)
+        track.history.append(Observation(self.frame, t, box, float(detections.scores[j]), defective, origin, center))
         track.box, track.score = box, float(detections.scores[j])
         track.mask = None if detections.masks is None else detections.masks[j]
         track.hits += 1
@@ -159,7 +163,7 @@ class Tracker:
         if len(recent) < 2:
             return np.zeros(2)
         times = np.array([o.t for o in recent])
-        centers = np.array([o.center for o in recent])
+        centers = np.array([o.center for o in recent], dtype=np.float64)
         times = times - times.mean()
         return (times @ (centers - centers.mean(axis=0))) / (times @ times)
 
