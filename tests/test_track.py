@@ -221,3 +221,17 @@ def test_malformed_sink_urls_are_named(url, words):
     with pytest.raises(InvalidInputError, match=words) as error:
         open_sink(url)
     assert repr(url) in str(error.value) or url == ""
+
+
+def test_draw_tracks_marks_the_line_and_the_confirmed_ids():
+    from PIL import Image
+
+    from cseg.track.draw import CONFIRMED_COLOR, LINE_COLOR, draw_tracks
+
+    monitor = LineMonitor(Line(320, 0, 320, 240, "right"), tracker=BeltTracker("right", speed=40.0))
+    for i in range(3):
+        monitor.update(boxes_at((200 + 40 * i, 120)), float(i))
+    picture = np.asarray(draw_tracks(Image.new("RGB", (640, 240)), monitor.tracker.tracks, monitor.counter.line,
+                                     monitor.counts))  # fmt: skip
+    assert tuple(picture[5, 320]) == LINE_COLOR
+    assert tuple(picture[100, 250]) == CONFIRMED_COLOR  # the top edge of the part's box at x 250..310, y 100

@@ -82,7 +82,7 @@ class OpcUaSink(QueuedSink):
             event_type = await server.create_custom_event_type(idx, "ResultReadyEventType", ua.ObjectIds.BaseEventType,
                                                                properties)  # fmt: skip
             self._generator = await server.get_event_generator(event_type, station)
-            self._ua = ua
+            self._ua, self._server = ua, server
             self._loop = asyncio.get_running_loop()
             self._stopped = asyncio.Event()
             async with server:
@@ -93,12 +93,12 @@ class OpcUaSink(QueuedSink):
             self._started.set()
 
     async def _publish(self, event, counts: dict) -> None:
-        ua = self._ua
+        ua, write = self._ua, self._server.write_attribute_value  # the server's direct write: no service round trip
         for name, key in COUNTERS.items():
-            await self._vars[name].write_value(ua.Variant(int(counts.get(key, 0)), ua.VariantType.UInt64))
+            await write(self._vars[name].nodeid, ua.DataValue(ua.Variant(int(counts.get(key, 0)), ua.VariantType.UInt64)))
         result_id = f"{event.station}-{event.seq}"
-        await self._vars["LastResult"].write_value(event.to_json())
-        await self._vars["LastResultId"].write_value(result_id)
+        await write(self._vars["LastResult"].nodeid, ua.DataValue(ua.Variant(event.to_json(), ua.VariantType.String)))
+        await write(self._vars["LastResultId"].nodeid, ua.DataValue(ua.Variant(result_id, ua.VariantType.String)))
         fields = self._generator.event
         fields.ResultId, fields.PartId = result_id, "" if event.track_id is None else str(event.track_id)
         fields.MeasId, fields.ResultState = str(event.frame), RESULT_STATES[event.kind]
