@@ -235,3 +235,20 @@ def test_draw_tracks_marks_the_line_and_the_confirmed_ids():
                                      monitor.counts))  # fmt: skip
     assert tuple(picture[5, 320]) == LINE_COLOR
     assert tuple(picture[100, 250]) == CONFIRMED_COLOR  # the top edge of the part's box at x 250..310, y 100
+
+
+def test_end_to_end_smoke_through_a_tiny_bundle(runtime, photo):
+    """The plumbing: Runtime.stream's FrameResults (random-init models: whatever instances they give) into a monitor;
+    the bad frame becomes an error event, the rule's identity rides on every event."""
+    from cseg.track import rule_identity
+
+    rule = runtime.induce([(photo, [[20, 20, 120, 120]])], "the object", image=photo, max_new_tokens=4)
+    rule_id, version = rule_identity(rule)
+    monitor = LineMonitor(Line(photo.shape[1] / 2, 0, photo.shape[1] / 2, photo.shape[0], "right"), rule_id=rule_id,
+                          rule_version=version, source="test")  # fmt: skip
+    events = []
+    for item in runtime.stream([photo, None, photo, photo], rule, drop="none"):
+        events += monitor.update(item, float(item.index))
+    assert [e.frame for e in events if e.kind == "error"] == [1]
+    assert all(e.rule_id == rule_id and e.rule_version == version for e in events)
+    assert monitor.counts["frames"] == 4 and monitor.counts["errors"] == 1
