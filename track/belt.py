@@ -96,8 +96,8 @@ class BeltTracker(Tracker):
 
     def _vote(self, tracks, detections, offsets) -> tuple[float | None, list]:
         """The speed that best explains the frame (see _plausibility; ties: the slowest). The current speed, once
-        there is one, gives way only to a speed that matches strictly more pairs (a frame of misses and false
-        positives must not swap it for an absurd one). A speed that crosses the frame in fewer than `min_hits`
+        there is one, gives way only to a speed that matches strictly more pairs, and at least two (a frame of
+        misses and false positives must not swap it for an absurd one). A speed that crosses the frame in fewer than `min_hits`
         frames is not proposed: no part could be confirmed at it."""
         along, across, elapsed, size_along, size_across = offsets
         plausible = (np.abs(across) <= self.cross_gate * size_across) & (along >= -self.gate * size_along)
@@ -121,7 +121,9 @@ class BeltTracker(Tracker):
         recent = sum(track.misses == 0 for track in tracks)
         if len(pairs) * 2 < min(recent, len(detections)):  # no speed yet, or most tracks lost it: vote again
             voted, voted_pairs = self._vote(tracks, detections, offsets)
-            if voted is not None and (self.speed is None or len(voted_pairs) > len(pairs)):
+            # an established speed gives way only to more evidence than one pair (a missed part next to a new one
+            # is one pair at any speed)
+            if voted is not None and (self.speed is None or len(voted_pairs) > max(len(pairs), 1)):
                 pairs, self.speed = voted_pairs, voted
         if pairs:
             along, _, elapsed, _, _ = offsets

@@ -5,7 +5,8 @@ A tracker differs only in how it associates a frame's detections with its tracks
 
 - a track is *confirmed* after `min_hits` observations; an unconfirmed track is never counted nor reported;
 - a track missed for more than `max_misses` consecutive frames ends (it is listed once in `ended`); not sooner, even
-  when predicted out of the frame: the counter's proof below relies on it;
+  when predicted out of the frame: the counter's proof relies on it. A detection overlapping one already matched
+  (IoU >= 0.5) starts no track: it is the same part again (or a false positive on it);
 - each track keeps its observations (bounded) and `lookback_t`, the time of the frame `max_misses + 1` frames before
   its first observation (or of the stream's first frame, if later; None for a track seen in the first frame): the
   counter's proof that a part first seen past the line did cross it (see counter.py).
@@ -23,6 +24,15 @@ from cseg.errors import InvalidInputError
 from cseg.track.detections import Detections
 
 HISTORY = 64  # observations kept per track: a part crosses the camera's field in far fewer frames
+DUPLICATE_IOU = 0.5  # an unmatched detection overlapping a matched one this much is the same part: no new track
+
+
+def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    low = np.maximum(box[:2], boxes[:, :2])
+    high = np.minimum(box[2:], boxes[:, 2:])
+    inter = np.prod(np.clip(high - low, 0, None), axis=1)
+    area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])  # noqa: E731
+    return inter / np.maximum(area(box) + area(boxes) - inter, 1e-9)
 
 
 @dataclass(frozen=True)
@@ -120,13 +130,19 @@ class Tracker:
                 track.misses += 1
                 track.age += 1
         lookback = self._times[0] if self._times else None  # max_misses + 1 frames back, or the stream's first
+        taken = detections.boxes[[j for _, j in matches]]
         for j in new:
+            if len(taken) and _iou(detections.boxes[j], taken).max() >= DUPLICATE_IOU:  # the same part twice
+                continue
             track = self._start(detections, j, t, lookback)
             seen.append(track)
-        self.ended = [track for track in self.tracks if track.misses > self.max_misses]
-        self.tracks = [track for track in self.tracks if track.misses <= self.max_misses]
+        self.ended = [track for track in self.tracks if not self._alive(track)]
+        self.tracks = [track for track in self.tracks if self._alive(track)]
         self._times.append(t)
         return seen
+
+    def _alive(self, track: Track) -> bool:
+        return track.misses <= self.max_misses
 
     def finish(self) -> list[Track]:
         """End every track (the stream is over): the counter and the defect judge decide on what they saw."""
