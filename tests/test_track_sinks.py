@@ -125,7 +125,8 @@ def test_mqtt_every_event_arrives_once_and_the_count_is_retained(broker):
         subscriber.close()
 
 
-def test_mqtt_broker_killed_mid_run_counts_stay_right_and_loss_is_reported(broker):
+@pytest.mark.parametrize("outage_s", [0.0, pytest.param(10.0, marks=pytest.mark.slow)])
+def test_mqtt_broker_killed_mid_run_counts_stay_right_and_loss_is_reported(broker, outage_s):
     from cseg.track.sinks.mqtt import MqttSink
 
     subscriber = Subscriber(broker.port, "plant/st")
@@ -144,6 +145,7 @@ def test_mqtt_broker_killed_mid_run_counts_stay_right_and_loss_is_reported(broke
             sink.send(*count_event(seq))
         assert time.perf_counter() - started < 0.5
         assert sink.stats()["dropped"] == 20 and sink.stats()["queued"] == 10  # the oldest 20 of 30 dropped, counted
+        time.sleep(outage_s)
         broker.start()
         wait_for(lambda: 50 in subscriber.events, 20, "the queued events after the broker came back")
         wait_for(lambda: subscriber.counts and subscriber.counts[-1]["parts"] == 50, 10, "the retained count 50")
