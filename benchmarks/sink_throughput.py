@@ -74,7 +74,8 @@ def mqtt_throughput(count: int) -> dict:
         subscriber.disconnect()
         subscriber.loop_stop()
         return {"events": count, "received_unique": len(set(received)), "repeated": len(received) - len(set(received)),
-                "dropped": stats["dropped"], "seconds": round(elapsed, 2), "ms_per_event": round(elapsed / count * 1000, 3)}  # fmt: skip
+                "dropped": stats["dropped"], "seconds": round(elapsed, 2),
+                "ms_per_event": round(elapsed / count * 1000, 3)}  # fmt: skip
     finally:
         broker.kill()
         broker.wait(10)

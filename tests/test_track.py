@@ -187,6 +187,16 @@ def test_defects_by_overlap_marks_the_covered_part():
     assert defects_by_overlap(parts, defects).tolist() == [False, True] + [False] * (len(frame.detections) - 2)
 
 
+def test_a_failing_sink_never_stops_the_monitor():
+    class Broken:
+        def send(self, event, counts):
+            raise OSError("network down")
+
+    monitor = LineMonitor(Line(320, 0, 320, 240, "right"), tracker=BeltTracker("right", speed=40.0), sinks=[Broken()])
+    kinds = [e.kind for i in range(8) for e in monitor.update(boxes_at((200 + 40 * i, 120)), float(i))]
+    assert kinds == ["count"] and monitor.sink_failures == 1
+
+
 def test_event_json_round_trip():
     event = Event("defect", 3, "st", 12, 4.5, track_id=7, box=(1.0, 2.0, 3.0, 4.0), score=0.9, count=1, rule_id="r")
     again = Event.from_json(event.to_json())

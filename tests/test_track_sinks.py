@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from cseg.track import Event, LineMonitor
+from cseg.track import DefectRule, Event, LineMonitor
 from cseg.track.synthetic import Conveyor, ConveyorSpec
 
 MOSQUITTO = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
@@ -185,7 +185,7 @@ def test_opcua_client_reads_counters_and_receives_result_events():
     sink = OpcUaSink(url, station="st")
     conveyor = Conveyor(ConveyorSpec(ratio=0.75, parts=8, seed=4, defective=0.4))
     monitor = LineMonitor(conveyor.line, station="st", sinks=[sink], rule_id="r1", rule_version="v1",
-                          defects=__import__("cseg.track", fromlist=["DefectRule"]).DefectRule(2, 3))  # fmt: skip
+                          defects=DefectRule(2, 3))
     received = []
 
     class Handler:

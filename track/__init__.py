@@ -18,4 +18,5 @@ from cseg.track.monitor import LineMonitor
 from cseg.track.tracker import Track, Tracker
 
 __all__ = ["BeltTracker", "DefectJudge", "DefectRule", "Detections", "Event", "Line", "LineCounter", "LineMonitor",
-           "Track", "Tracker", "TrackersAdapter", "Zone", "ZoneCounter", "defects_by_overlap", "rule_identity"]  # fmt: skip
+           "Track", "Tracker", "TrackersAdapter", "Zone", "ZoneCounter", "defects_by_overlap",
+           "rule_identity"]  # fmt: skip

@@ -54,11 +54,14 @@ class BeltTracker(Tracker):
         last = np.array([track.last.center for track in tracks])
         delta = detections.centers[None, :, :] - last[:, None, :]
         elapsed = np.array([t - track.last.t for track in tracks])
-        extent = lambda boxes, axis: np.abs(boxes[:, 2] - boxes[:, 0]) * abs(axis[0]) + np.abs(boxes[:, 3] - boxes[:, 1]) * abs(axis[1])  # noqa: E731
+        def extent(boxes, axis):  # a box's size along an axis
+            return np.abs(boxes[:, 2] - boxes[:, 0]) * abs(axis[0]) + np.abs(boxes[:, 3] - boxes[:, 1]) * abs(axis[1])
+
         boxes = np.array([track.box for track in tracks])
         size_along = (extent(boxes, self.direction)[:, None] + extent(detections.boxes, self.direction)[None]) / 2
         size_across = (extent(boxes, across)[:, None] + extent(detections.boxes, across)[None]) / 2
-        return delta @ self.direction, delta @ across, elapsed, np.maximum(size_along, 1.0), np.maximum(size_across, 1.0)
+        size_along, size_across = np.maximum(size_along, 1.0), np.maximum(size_across, 1.0)
+        return delta @ self.direction, delta @ across, elapsed, size_along, size_across
 
     def _cost(self, offsets, speed: float) -> np.ndarray:
         along, across, elapsed, size_along, size_across = offsets
@@ -97,8 +100,8 @@ class BeltTracker(Tracker):
     def _vote(self, tracks, detections, offsets) -> tuple[float | None, list]:
         """The speed that best explains the frame (see _plausibility; ties: the slowest). The current speed, once
         there is one, gives way only to a speed that matches strictly more pairs, and at least two (a frame of
-        misses and false positives must not swap it for an absurd one). A speed that crosses the frame in fewer than `min_hits`
-        frames is not proposed: no part could be confirmed at it."""
+        misses and false positives must not swap it for an absurd one). A speed that crosses the frame in fewer than
+        `min_hits` frames is not proposed: no part could be confirmed at it."""
         along, across, elapsed, size_along, size_across = offsets
         plausible = (np.abs(across) <= self.cross_gate * size_across) & (along >= -self.gate * size_along)
         fastest = float(np.abs(np.array(self.size[::-1]) @ self.direction)) / self.min_hits / (self._t - self.last_t)

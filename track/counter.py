@@ -98,7 +98,8 @@ class LineCounter:
                 side = -1 if distance < -self.hysteresis else 1 if distance > self.hysteresis else state.side
                 if side == 1 and state.side != 1 and not state.counted:
                     proven = state.side == 0
-                    if proven and self.proves_crossing(track) or not proven and self._crosses(state.before, np.array(center)):
+                    crossed = self.proves_crossing(track) if proven else self._crosses(state.before, np.array(center))
+                    if crossed:
                         state.counted = True
                         self.count += 1
                         crossings.append(Crossing("count", track, observation, self.count, proven))

@@ -92,7 +92,9 @@ class DefectJudge:
         for track in tracks:
             if not track.confirmed:
                 continue
-            window = self._windows.setdefault(track.id, _Window())
+            window = self._windows.get(track.id)
+            if window is None:
+                window = self._windows[track.id] = _Window()
             if window.decided:
                 continue
             for observation in new_observations(track, window.last_frame):

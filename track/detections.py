@@ -24,7 +24,8 @@ class Detections:
     origin: np.ndarray | None = None  # (N,) int: ground-truth id per detection (synthetic data only; -1 false positive)
 
     def __post_init__(self):
-        boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4) if np.size(self.boxes) else np.zeros((0, 4), np.float32)
+        boxes = np.asarray(self.boxes, dtype=np.float32)
+        boxes = boxes.reshape(-1, 4) if boxes.size else np.zeros((0, 4), np.float32)
         n = boxes.shape[0]
         scores = np.asarray(self.scores, dtype=np.float32).reshape(-1)
         if scores.shape != (n,):
@@ -74,7 +75,8 @@ def defects_by_overlap(parts: Segmentation, defects: Segmentation, min_overlap: 
     """Per part instance: whether a second rule's defect instances cover at least `min_overlap` of its mask (a
     "part" rule finds the parts to count, a "scratch" rule on the same frame marks the defective ones)."""
     if parts.mask.shape != defects.mask.shape:
-        raise InvalidInputError(f"part and defect segmentations differ in size: {parts.mask.shape} vs {defects.mask.shape}")
+        raise InvalidInputError(f"part and defect segmentations differ in size: {parts.mask.shape} vs "
+                                f"{defects.mask.shape}")
     if len(parts.instances) == 0:
         return np.zeros(0, bool)
     defect = defects.instances.masks.any(axis=0) if len(defects.instances) else np.zeros(parts.mask.shape, bool)

@@ -26,7 +26,8 @@ def unit_direction(direction, what: str = "direction") -> np.ndarray:
     """A unit float64 vector from a name in DIRECTIONS or a non-zero (dx, dy)."""
     if isinstance(direction, str):
         if direction not in DIRECTIONS:
-            raise InvalidInputError(f"{what} {direction!r} is not a direction: use one of {sorted(DIRECTIONS)} or (dx, dy)")
+            raise InvalidInputError(f"{what} {direction!r} is not a direction: use one of {sorted(DIRECTIONS)} or "
+                                    "(dx, dy)")
         return np.array(DIRECTIONS[direction])
     try:
         values = tuple(direction)
@@ -73,8 +74,8 @@ class Line:
         moving = unit_direction(self.direction, "the line's direction")
         if abs(float(normal @ moving)) < 1e-6:
             raise InvalidInputError(
-                f"direction {self.direction!r} is parallel to the line ({self.x1}, {self.y1}) -> ({self.x2}, {self.y2}): "
-                "no part moving that way ever crosses it"
+                f"direction {self.direction!r} is parallel to the line ({self.x1}, {self.y1}) -> ({self.x2}, "
+                f"{self.y2}): no part moving that way ever crosses it"
             )
         normal = normal if normal @ moving > 0 else -normal
         object.__setattr__(self, "_start", start)

@@ -43,14 +43,15 @@ class LineMonitor:
         self.station, self.rule_id, self.rule_version, self.source = station, rule_id, rule_version, source
         self.sinks = list(sinks)
         self.defect_of = defect_of
-        self.frames = self.errors = 0
+        self.frames = self.errors = self.sink_failures = 0
         self._seq = 0
         self._index = -1
 
     @property
     def counts(self) -> dict:
         return {"parts": self.counter.count, "reversed": getattr(self.counter, "reversed", 0),
-                "defects": self.judge.defects if self.judge else 0, "frames": self.frames, "errors": self.errors}  # fmt: skip
+                "defects": self.judge.defects if self.judge else 0, "frames": self.frames,
+                "errors": self.errors}  # fmt: skip
 
     def _event(self, kind: str, frame: int, t: float, source: str, **values) -> Event:
         self._seq += 1
@@ -96,7 +97,8 @@ class LineMonitor:
                 error = str(exc)
         if error is not None:
             self.errors += 1
-            events = [self._event("error", frame, t if isinstance(t, (int, float)) else float("nan"), source, error=error)]
+            at = t if isinstance(t, (int, float)) else float("nan")
+            events = [self._event("error", frame, at, source, error=error)]
         else:
             events = self._step(seen, self.tracker.ended, source)
         self._send(events)
@@ -120,6 +122,11 @@ class LineMonitor:
         return events
 
     def _send(self, events: list[Event]) -> None:
+        """Hand events to the sinks. A sink's own failure is counted (`sink_failures`), never raised: the line goes
+        on inspecting (cseg's sinks queue and never raise; this guards a user's own sink)."""
         for sink in self.sinks:
             for event in events:
-                sink.send(event, self.counts)
+                try:
+                    sink.send(event, self.counts)
+                except Exception:  # noqa: BLE001 - see the docstring
+                    self.sink_failures += 1

@@ -48,7 +48,8 @@ class ConveyorSpec:
 
     def __post_init__(self):
         if not 0 < self.ratio <= 10:
-            raise InvalidInputError(f"ratio (displacement per frame / part length) must be in (0, 10], got {self.ratio}")
+            raise InvalidInputError(f"ratio (displacement per frame / part length) must be in (0, 10], got "
+                                    f"{self.ratio}")
         if self.parts < 1 or self.lanes < 1 or self.fps <= 0:
             raise InvalidInputError("parts and lanes must be >= 1 and fps > 0")
 

@@ -109,8 +109,9 @@ class Tracker:
         if not isinstance(detections, Detections):
             raise InvalidInputError(f"a tracker takes Detections, got {type(detections).__name__}")
         if self.size is not None and detections.size != self.size:
-            raise InvalidInputError(f"frame is {detections.size[1]}x{detections.size[0]} but the stream's frames are "
-                                    f"{self.size[1]}x{self.size[0]}: the line and the tracks are in those pixels")  # fmt: skip
+            raise InvalidInputError(f"frame is {detections.size[1]}x{detections.size[0]} but the stream's frames "
+                                    f"are {self.size[1]}x{self.size[0]}: the line and the tracks are in those "
+                                    "pixels")
         return check_time(t, self.last_t)
 
     def update(self, detections: Detections, t: float, frame: int | None = None) -> list[Track]:

@@ -81,7 +81,8 @@ class MqttSink(QueuedSink):
     def wait_connected(self, timeout: float = 10.0) -> None:
         """Raise (naming the URL) when the broker is not reached within `timeout` seconds; the sink keeps trying."""
         if not self._connected.wait(timeout):
-            raise ConnectionError(f"MQTT broker {self.url} not reached in {timeout:g} s ({self.last_error or 'no answer'})")
+            why = self.last_error or "no answer"
+            raise ConnectionError(f"MQTT broker {self.url} not reached in {timeout:g} s ({why})")
 
     def _deliver(self, event, counts: dict) -> bool:
         if not self._connected.is_set():

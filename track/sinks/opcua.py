@@ -78,7 +78,8 @@ class OpcUaSink(QueuedSink):
                           ("MeasId", ua.VariantType.String), ("ResultState", ua.VariantType.Int32),
                           ("InternalRecipeId", ua.VariantType.String), ("ExternalRecipeId", ua.VariantType.String),
                           ("CreationTime", ua.VariantType.DateTime), ("IsPartial", ua.VariantType.Boolean),
-                          ("IsSimulated", ua.VariantType.Boolean), ("ResultContent", ua.VariantType.String)]  # fmt: skip
+                          ("IsSimulated", ua.VariantType.Boolean),
+                          ("ResultContent", ua.VariantType.String)]  # fmt: skip
             event_type = await server.create_custom_event_type(idx, "ResultReadyEventType", ua.ObjectIds.BaseEventType,
                                                                properties)  # fmt: skip
             self._generator = await server.get_event_generator(event_type, station)
@@ -95,7 +96,8 @@ class OpcUaSink(QueuedSink):
     async def _publish(self, event, counts: dict) -> None:
         ua, write = self._ua, self._server.write_attribute_value  # the server's direct write: no service round trip
         for name, key in COUNTERS.items():
-            await write(self._vars[name].nodeid, ua.DataValue(ua.Variant(int(counts.get(key, 0)), ua.VariantType.UInt64)))
+            value = ua.Variant(int(counts.get(key, 0)), ua.VariantType.UInt64)
+            await write(self._vars[name].nodeid, ua.DataValue(value))
         result_id = f"{event.station}-{event.seq}"
         await write(self._vars["LastResult"].nodeid, ua.DataValue(ua.Variant(event.to_json(), ua.VariantType.String)))
         await write(self._vars["LastResultId"].nodeid, ua.DataValue(ua.Variant(result_id, ua.VariantType.String)))
