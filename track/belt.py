@@ -43,9 +43,12 @@ class BeltTracker(Tracker):
             raise InvalidInputError(f"smoothing must be in (0, 1], got {smoothing!r}")
         self.speed = None if speed is None else float(speed)
         self.gate, self.cross_gate, self.smoothing = float(gate), float(cross_gate), float(smoothing)
+        self._belt_velocity = (None, np.zeros(2))
 
     def _velocity(self, track: Track) -> np.ndarray:
-        return (self.speed or 0.0) * self.direction
+        if self._belt_velocity[0] != self.speed:  # one array per speed, shared by every track
+            self._belt_velocity = (self.speed, (self.speed or 0.0) * self.direction)
+        return self._belt_velocity[1]
 
     def _offsets(self, tracks: list[Track], detections: Detections, t: float):
         """Along- and across-belt offsets of every detection from every track's last center, the elapsed times, and

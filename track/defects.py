@@ -67,11 +67,10 @@ class DefectJudge:
         self.defects = 0
         self._windows: dict[int, _Window] = {}
 
-    def _near(self, observation: Observation) -> int:
+    def _near(self, distance: float | None) -> int:
         """-1 before the band, 0 in it, +1 past it (always 0 without a band)."""
         if self.rule.near is None:
             return 0
-        distance = self.line.distance(observation.center)
         return -1 if distance < -self.rule.near else 1 if distance > self.rule.near else 0
 
     def _decide(self, track: Track, window: _Window, defective: bool) -> Verdict:
@@ -101,11 +100,11 @@ class DefectJudge:
                 window.last_frame = observation.frame
                 if window.decided:
                     break
-                place = self._near(observation)
-                if observation.defective is not None and self.line is not None:
-                    distance = abs(self.line.distance(observation.center))
-                    if window.nearest is None or distance < window.nearest[0]:
-                        window.nearest = (distance, observation)
+                distance = None if self.line is None else self.line.distance(observation.center)
+                place = self._near(distance)
+                if observation.defective is not None and distance is not None:
+                    if window.nearest is None or abs(distance) < window.nearest[0]:
+                        window.nearest = (abs(distance), observation)
                 if place > 0:  # left the band: judge on what was seen
                     if (verdict := self._partial(track, window)) is not None:
                         verdicts.append(verdict)

@@ -163,10 +163,11 @@ class Tracker:
     def _observe(self, track: Track, detections: Detections, j: int, t: float) -> None:
         defective = None if detections.defective is None else bool(detections.defective[j])
         origin = -1 if detections.origin is None else int(detections.origin[j])
-        box = detections.boxes[j].copy()
-        center = (float(box[0] + box[2]) / 2, float(box[1] + box[3]) / 2)
-        track.history.append(Observation(self.frame, t, box, float(detections.scores[j]), defective, origin, center))
-        track.box, track.score = box, float(detections.scores[j])
+        box = detections.boxes[j]  # a row of the frame's array: Detections are not changed after they are made
+        x0, y0, x1, y1 = box.tolist()
+        score = float(detections.scores[j])
+        track.history.append(Observation(self.frame, t, box, score, defective, origin, ((x0 + x1) / 2, (y0 + y1) / 2)))
+        track.box, track.score = box, score
         track.mask = None if detections.masks is None else detections.masks[j]
         track.hits += 1
         track.age += 1
