@@ -169,7 +169,9 @@ def test_mqtt_unreachable_broker_never_blocks_and_counts_the_loss():
         assert time.perf_counter() - started < 0.5
         stats = sink.stats()
         assert not stats["connected"] and stats["dropped"] == 7 and stats["queued"] == 5
-        with pytest.raises(ConnectionError, match=url):
+        from cseg.track.sinks import SinkError
+
+        with pytest.raises(SinkError, match=url):
             sink.wait_connected(0.5)
     finally:
         assert sink.close(timeout=0.5)["dropped"] == 12  # what never left is reported as lost at close

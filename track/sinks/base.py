@@ -19,7 +19,8 @@ RETRY_S = (0.05, 1.0)  # the worker's wait between delivery attempts while the r
 
 
 class SinkError(CsegError):
-    """A sink that cannot start at all (an OPC UA port already taken, an unwritable events file)."""
+    """A sink that cannot start at all (an OPC UA port already taken, an unwritable events file), or a receiver that
+    is not reached when the caller asks to wait for it (MqttSink.wait_connected)."""
 
 
 class QueuedSink:

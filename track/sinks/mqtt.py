@@ -19,7 +19,7 @@ import threading
 import uuid
 
 from cseg.errors import InvalidInputError
-from cseg.track.sinks.base import QueuedSink
+from cseg.track.sinks.base import QueuedSink, SinkError
 from cseg.track.sinks.urls import parse_sink_url
 
 
@@ -82,7 +82,7 @@ class MqttSink(QueuedSink):
         """Raise (naming the URL) when the broker is not reached within `timeout` seconds; the sink keeps trying."""
         if not self._connected.wait(timeout):
             why = self.last_error or "no answer"
-            raise ConnectionError(f"MQTT broker {self.url} not reached in {timeout:g} s ({why})")
+            raise SinkError(f"MQTT broker {self.url} not reached in {timeout:g} s ({why})")
 
     def _deliver(self, event, counts: dict) -> bool:
         if not self._connected.is_set():
