@@ -262,3 +262,14 @@ def test_end_to_end_smoke_through_a_tiny_bundle(runtime, photo):
     assert [e.frame for e in events if e.kind == "error"] == [1]
     assert all(e.rule_id == rule_id and e.rule_version == version for e in events)
     assert monitor.counts["frames"] == 4 and monitor.counts["errors"] == 1
+
+
+def test_track_imports_no_torch_and_no_optional_packages():
+    """cseg.track runs beside the torch-free runtime: the trackers, paho and asyncua imports wait until used."""
+    import subprocess
+    import sys
+
+    code = ("import sys, cseg.track, cseg.track.sinks, cseg.track.synthetic, cseg.track.draw; "
+            "print(' '.join(sorted(sys.modules)))")  # fmt: skip
+    loaded = set(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.split())
+    assert not loaded & {"torch", "transformers", "trackers", "supervision", "paho", "asyncua", "cv2"}
