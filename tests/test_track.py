@@ -101,6 +101,15 @@ def test_unconfirmed_tracks_are_never_counted():
     assert events == [] and monitor.counts["parts"] == 0
 
 
+def test_track_ids_per_instance_of_the_last_frame():
+    monitor = LineMonitor(Line(320, 0, 320, 240, "right"), tracker=BeltTracker("right", speed=40.0))
+    for i in range(3):
+        monitor.update(boxes_at((200 + 40 * i, 60), (100 + 40 * i, 180)), float(i))
+    assert monitor.track_ids().tolist() == [1, 2]
+    monitor.update(boxes_at((100, 120), (220, 180), (320, 60)), 3.0)  # a new part first, then the two known ones
+    assert monitor.track_ids().tolist() == [-1, 2, 1]
+
+
 def test_reverse_is_reported_once_and_does_not_recount():
     monitor = LineMonitor(Line(320, 0, 320, 240, "right"), tracker=BeltTracker("right", speed=40.0, gate=1.5))
     xs = [240, 280, 330, 370, 330, 280, 330, 370]
@@ -271,5 +280,6 @@ def test_track_imports_no_torch_and_no_optional_packages():
 
     code = ("import sys, cseg.track, cseg.track.sinks, cseg.track.synthetic, cseg.track.draw; "
             "print(' '.join(sorted(sys.modules)))")  # fmt: skip
-    loaded = set(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.split())
+    run = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    loaded = set(run.stdout.split())
     assert not loaded & {"torch", "transformers", "trackers", "supervision", "paho", "asyncua", "cv2"}

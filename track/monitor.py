@@ -46,6 +46,7 @@ class LineMonitor:
         self.frames = self.errors = self.sink_failures = 0
         self._seq = 0
         self._index = -1
+        self._last_count = 0
 
     @property
     def counts(self) -> dict:
@@ -90,9 +91,11 @@ class LineMonitor:
         frame = self._index + 1 if index is None else int(index)
         self._index = frame
         self.frames += 1
+        self._last_count = 0
         if error is None:
             try:
                 seen = self.tracker.update(detections, t, frame)
+                self._last_count = len(detections)
             except InvalidInputError as exc:  # another size, time going back: skip the frame, say so, go on
                 error = str(exc)
         if error is not None:
@@ -103,6 +106,17 @@ class LineMonitor:
             events = self._step(seen, self.tracker.ended, source)
         self._send(events)
         return events
+
+    def track_ids(self) -> "np.ndarray":
+        """Per instance of the last frame: its confirmed track's id, or -1 (no track yet, or unconfirmed); what
+        `Segmentation.to_supervision()` puts in `tracker_id` and what an overlay labels."""
+        import numpy as np
+
+        ids = np.full(self._last_count, -1, dtype=int)
+        for track in self.tracker.tracks:
+            if track.confirmed and track.misses == 0 and track.last.frame == self._index and track.last.index >= 0:
+                ids[track.last.index] = track.id
+        return ids
 
     def finish(self) -> list[Event]:
         """The stream ended: decide the defect verdicts still open (parts still on screen)."""

@@ -44,6 +44,7 @@ class Observation:
     defective: bool | None
     origin: int = -1  # ground-truth id (synthetic data), -1 unknown
     center: tuple[float, float] = (0.0, 0.0)  # the box center (the anchor counted against the line)
+    index: int = -1  # the detection's row in its frame (to give each instance its track id)
 
 
 @dataclass(eq=False)
@@ -166,7 +167,8 @@ class Tracker:
         box = detections.boxes[j]  # a row of the frame's array: Detections are not changed after they are made
         x0, y0, x1, y1 = box.tolist()
         score = float(detections.scores[j])
-        track.history.append(Observation(self.frame, t, box, score, defective, origin, ((x0 + x1) / 2, (y0 + y1) / 2)))
+        center = ((x0 + x1) / 2, (y0 + y1) / 2)
+        track.history.append(Observation(self.frame, t, box, score, defective, origin, center, j))
         track.box, track.score = box, score
         track.mask = None if detections.masks is None else detections.masks[j]
         track.hits += 1
