@@ -1,4 +1,4 @@
-"""One decode step of bundles' vlm_decoder graphs, through the runtime's own Decoder (not part of the tests; README,
+"""One decode step of bundles' vlm_decoder graphs, through the runtime's own HostDecoder (not part of the tests; README,
 Measured here: GroupQueryAttention on the shared KV cache against the sequence-major graph).
 
     .venv/bin/python benchmarks/decode_step.py BUNDLE [BUNDLE ...] [--cached 300] [--steps 16] [--rounds 3]
@@ -16,22 +16,22 @@ from pathlib import Path
 
 import numpy as np
 
-from cseg.manifest import read_manifest
-from cseg.runtime.generation import Decoder
-from cseg.runtime.graphs import OrtGraph, session_options
+from cseg.bundle.schema import read_manifest
+from cseg.runtime.host.decoder import HostDecoder
+from cseg.runtime.onnxruntime.graph import OrtGraph, session_options
 
 PAUSE_S = 0.2
 
 
-def decoder(bundle: Path) -> Decoder:
+def decoder(bundle: Path) -> HostDecoder:
     manifest = read_manifest(bundle)
     entry = manifest["graphs"]["vlm_decoder"]
     graph = OrtGraph("vlm_decoder", bundle / entry["file"], entry, session_options(manifest.get("session", {})),
                      ["CPUExecutionProvider"])  # fmt: skip
-    return Decoder.from_manifest(graph, manifest)
+    return HostDecoder.from_manifest(graph, manifest)
 
 
-def step_times(decoder: Decoder, cached: int, steps: int, rng) -> list[float]:
+def step_times(decoder: HostDecoder, cached: int, steps: int, rng) -> list[float]:
     cache = decoder.new_cache(cached + steps)
     for buffer in cache.buffers:  # positions past the filled length are never attended to
         buffer[:] = rng.standard_normal(buffer.shape).astype(buffer.dtype)

@@ -1,6 +1,7 @@
 """The per-frame host path, before and after the native kernels, in one run (medians of --repeat runs).
 
-One 1080p BGR camera frame with 20 instances above the score threshold (cseg.bench.host_path_inputs):
+One 1080p BGR camera frame with 20 instances above the score threshold
+(cseg.runtime.host_path_bench.host_path_inputs):
 - before: the numpy/PIL code that served requests until wave 2 (frame -> PIL -> RGB, PIL bilinear resize +
   normalise; numpy bilinear upsampling to a float image, then the threshold: tests/oracles.py)
 - after: the native CPU module (cseg.runtime.native), and the CUDA kernels where a GPU is.
@@ -23,6 +24,7 @@ from oracles import resize_bilinear  # noqa: E402  the pre-wave-2 postprocess, k
 
 from cseg import bench  # noqa: E402
 from cseg.images import load_frame, vlm_image  # noqa: E402
+from cseg.runtime import host_path_bench  # noqa: E402
 from cseg.runtime.vlm_inputs import image_patches  # noqa: E402
 
 SIZE = 1008
@@ -45,7 +47,7 @@ def vlm_host_prep(frame) -> dict[str, float]:
 def numpy_before(frame, semantic, instances) -> dict[str, float]:
     """The pre-wave-2 path, stage by stage as the issue measured it."""
     scores, boxes, masks = instances
-    height, width = bench.HOST_FRAME
+    height, width = host_path_bench.HOST_FRAME
 
     def load_image():  # numpy BGR -> PIL RGB, as load_image did
         return Image.fromarray(np.ascontiguousarray(frame[:, :, ::-1]))
@@ -73,15 +75,15 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--json", help="write the numbers here")
     args = parser.parse_args()
-    frame, semantic, instances = bench.host_path_inputs()
+    frame, semantic, instances = host_path_bench.host_path_inputs()
     before = numpy_before(frame, semantic, instances)
-    after = bench.host_path(args.repeat, SIZE)
+    after = host_path_bench.host_path(args.repeat, SIZE)
     vlm = vlm_host_prep(frame)
     cpu = after["cpu"]
     preprocess_before = before["load_image_ms"] + before["sam3_pixels_ms"]
     print(f"before (numpy/PIL): frame->PIL {before['load_image_ms']:.1f} ms + sam3_pixels {before['sam3_pixels_ms']:.1f}"
           f" ms, semantic mask {before['semantic_ms']:.1f} ms, 20 instance masks {before['instances_ms']:.1f} ms")
-    print(bench.host_path_table(after))
+    print(host_path_bench.host_path_table(after))
     print(f"speed-up: preprocess {preprocess_before / cpu['preprocess_ms']:.1f}x, semantic "
           f"{before['semantic_ms'] / cpu['semantic_ms']:.1f}x, instances {before['instances_ms'] / cpu['instances_ms']:.1f}x")
     print(f"full path only, in Python: frame->PIL {vlm['to_pil_ms']:.1f} ms, 600x600 bicubic {vlm['vlm_square_ms']:.1f} ms,"

@@ -34,9 +34,9 @@ def main() -> None:
                         help="GRAPH:PRECISION quantized here from fp32 without the gate (e.g. vlm_decoder:int4)")
     args = parser.parse_args()
 
+    from cseg.bundle.schema import read_manifest
     from cseg.calib.calibration_set import default_set
     from cseg.calib.collect import collect, feeds
-    from cseg.manifest import read_manifest
     from cseg.runtime import Runtime
 
     fp32 = Path(args.fp32)

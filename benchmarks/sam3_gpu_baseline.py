@@ -21,11 +21,11 @@ import traceback
 import torch
 from transformers import Sam3Model
 
-from cseg.export.checkpoint_sizes import SIZES
 from cseg.export.graphs.sam3_decoder import Detector
 from cseg.export.graphs.sam3_text import TEXT_LENGTH
 from cseg.export.graphs.sam3_vision import FPN_LEVELS, VisionEncoder
-from cseg.export.make_checkpoint import sam3_config
+from cseg.export.models.checkpoint_sizes import SIZES
+from cseg.export.models.make_checkpoint import sam3_config
 
 CLIP_VOCAB, CLIP_BOS, CLIP_EOS = 49408, 49406, 49407
 

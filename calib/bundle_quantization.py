@@ -20,13 +20,13 @@ from typing import Callable
 import numpy as np
 import onnx
 
+from cseg.bundle.schema import file_sha256
 from cseg.calib.calibration_set import CalibrationSet
 from cseg.calib.collect import MAX_NEW_TOKENS, collect, feeds, sam3_on_text
 from cseg.calib.quantize import MIN_COSINE, compare, passes, quantize, speed
-from cseg.manifest import file_sha256
-from cseg.metrics import iou
+from cseg.eval.metrics import iou
 from cseg.runtime import Runtime
-from cseg.runtime.graphs import session_options
+from cseg.runtime.onnxruntime.graph import session_options
 
 SPEED_GATED = ("int8",)  # cpu target: shipped only when faster than fp32
 TIMED = ("int8", "int4")  # cpu target: speed vs fp32 recorded (fp8 is simulated on the CPU: accuracy only)

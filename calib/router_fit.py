@@ -21,10 +21,10 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from cseg import prompting
+from cseg.bundle.schema import file_sha256, read_manifest
 from cseg.errors import InvalidInputError
+from cseg.eval.metrics import iou
 from cseg.images import load_frame, load_image
-from cseg.manifest import file_sha256, read_manifest
-from cseg.metrics import iou
 from cseg.runtime.router import FEATURES, features
 
 ROUTER_FILE = "graphs/router.onnx"
@@ -167,3 +167,28 @@ def install(bundle: str | Path, router: FittedRouter, settings: dict) -> None:
 
 def heuristic_decisions(observations: list[Observation]) -> np.ndarray:
     return np.array([prompting.shortcut_accepts(o.question, o.presence) for o in observations])
+
+
+def fit_and_install(runtime, calibration, bundle: str | Path, *, budget: dict, iou_margin: float,
+                    max_new_tokens: int | None = None, progress=None) -> dict:  # fmt: skip
+    """The whole of `cseg calib fit-router`: serve every calibration sample both ways, fit on the calibration split,
+    choose the threshold for `budget` ({"max_iou_loss": x} or {"min_skip_rate": x}) on the held-out split, install
+    the router in `bundle`, and return the held-out numbers of the learned router and of the seed heuristic."""
+    train, held = calibration.split()
+    if not held:
+        raise InvalidInputError("the calibration set needs at least 2 samples to fit and check a router")
+    fitted_on = gather(runtime, train, max_new_tokens, progress)
+    checked_on = gather(runtime, held, max_new_tokens, progress)
+    router = fit(np.stack([o.features for o in fitted_on]), labels(fitted_on, iou_margin))
+    scores = router.scores(np.stack([o.features for o in checked_on]))
+    truth = labels(checked_on, iou_margin)
+    chosen = choose_threshold(scores, checked_on, budget.get("max_iou_loss"), budget.get("min_skip_rate"))
+    held_out = {"learned": evaluate_decisions(scores >= chosen["threshold"], checked_on, truth),
+                "heuristic": evaluate_decisions(heuristic_decisions(checked_on), checked_on, truth)}  # fmt: skip
+    install(bundle, router, {
+        "threshold": chosen["threshold"], "iou_margin": iou_margin, "budget": budget,
+        "calibration": {"sha256": calibration.sha256(), "fitted_on": len(fitted_on), "held_out": len(checked_on)},
+        "held_out": held_out,
+        "note": "on random-init checkpoints the labels are meaningless; the numbers show the machinery works",
+    })  # fmt: skip
+    return {"threshold": chosen["threshold"], **held_out}

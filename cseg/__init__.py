@@ -6,6 +6,7 @@ This top-level package holds only what all of them share and imports neither tor
 """
 
 from cseg.errors import BundleError, CheckpointError, CsegError, InvalidInputError
+from cseg.options import SegmentOptions
 from cseg.segmentation import Instances, Segmentation
 
 __version__ = "0.1.0"
@@ -18,6 +19,7 @@ __all__ = [
     "CsegError",
     "Instances",
     "InvalidInputError",
+    "SegmentOptions",
     "Segmentation",
     "__version__",
 ]

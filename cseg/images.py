@@ -3,7 +3,8 @@
 Accepted images: a path (str / os.PathLike), a PIL image, or a numpy uint8 array HxWx3 (RGB; pass bgr=True for
 OpenCV frames). Monochrome inspection cameras are common, so HxW and HxWx1 uint8 arrays are taken as grayscale.
 Everything else is refused with an InvalidInputError that says what was received, before any kernel runs.
-Numpy frames reach the SAM 3 kernel as they are (a `Frame`); PIL serves paths, PIL inputs and the VLM's resize.
+Numpy frames reach the SAM 3 kernel (cseg.runtime.preprocess) as they are (a `Frame`); PIL serves paths, PIL inputs
+and the VLM's resize.
 """
 
 from __future__ import annotations
@@ -152,20 +153,9 @@ def vlm_target(image: Image.Image, demos) -> Image.Image:
     return vlm_image(demos.target if isinstance(demos, Episode) and demos.target is not None else image)
 
 
-def sam3_pixels(frame: Frame, size: int) -> np.ndarray:
-    """SAM 3 input [1, 3, size, size] float32, as Meta's processor makes it: an antialiased bilinear resize of the
-    uint8 image (torchvision v2 Resize), rounded to grey levels, scaled to [0, 1], normalised with mean = std = 0.5.
-    One pass of the native kernel (cseg.runtime.native), shared by the reference and the runtime."""
-    from cseg.runtime import native  # not at import: cseg.runtime's package imports this module
-
-    out = np.empty((1, 3, size, size), np.float32)
-    native.preprocess(frame.pixels, out, frame.bgr, [SAM3_MEAN] * 3, [SAM3_STD] * 3)
-    return out
-
-
 @dataclass(frozen=True)
 class Episode:
-    """A reference image already made (the research evaluation's episodes, cseg.datasets) and its prompt layout;
+    """A reference image already made (the research evaluation's episodes, cseg.eval.datasets) and its prompt layout;
     `image` None: no reference image, only the layout's question template (ReasonSeg). `target`: the image the VLM
     reasons over (resized to its square as any target) in place of the one SAM 3 segments, when the two are made
     from the original separately (the research ReasonSeg script: the VLM sees the original resized to 600x600, SAM 3

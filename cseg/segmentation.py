@@ -92,6 +92,29 @@ class Segmentation:
     def area(self) -> int:
         return int(self.mask.sum())
 
+    def to_json(self) -> dict:
+        """The result as JSON-serialisable values (what `cseg segment --json` prints): everything but the masks, which
+        `to_rle()` encodes; instance boxes rounded to 0.01 px, scores to 1e-4, timings to 0.01 ms."""
+        return {
+            "route": self.route,
+            "route_by": self.route_by,
+            "route_score": self.route_score,
+            "presence": self.presence,
+            "answer": self.answer,
+            "rule": self.rule,
+            "think": self.think,
+            "bbox": self.bbox,
+            "text": self.text,
+            "area": self.area,
+            "mask_shape": list(self.mask.shape),
+            "instances": [
+                {"box": [round(float(v), 2) for v in box], "score": round(float(score), 4)}
+                for box, score in zip(self.instances.boxes, self.instances.scores)
+            ],
+            "token_ids": list(self.token_ids),
+            "timings_ms": {k: round(v, 2) for k, v in self.timings.items()},
+        }
+
     def to_rle(self) -> dict:
         """COCO RLE (pycocotools encoding) of the semantic mask and of every instance mask, JSON-serialisable."""
         from pycocotools import mask as coco_mask

@@ -21,11 +21,11 @@ from typing import Callable
 
 from tqdm import tqdm
 
-from cseg.bundle_files import verify_files
+from cseg.bundle.schema import MANIFEST_NAME, file_sha256, hash_files, read_manifest, validate_manifest
+from cseg.bundle.verify import verify_files
 from cseg.engines.recipe import RECIPE_NAME
 from cseg.errors import BundleError, EngineError
-from cseg.manifest import MANIFEST_NAME, file_sha256, hash_files, read_manifest, validate_manifest
-from cseg.runtime.tensorrt_graphs import tensorrt_module
+from cseg.runtime.tensorrt.engine import tensorrt_module
 
 
 def cache_key(onnx_sha256: str, tensorrt_version: str, identity: dict, graph: dict) -> str:
@@ -60,7 +60,7 @@ def build_bundle(bundle: str | Path, *, cache: str | Path | None = None, force: 
 
     register=True builds nothing: it records engines already built by hand (build_engines.sh) at the recipe's paths.
     """
-    from cseg.runtime.cuda_graphs import device_identity
+    from cseg.runtime.cuda.graphs import device_identity
 
     trt = tensorrt_module()
     bundle = Path(bundle)

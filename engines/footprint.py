@@ -8,9 +8,9 @@ an 8 GB Orin Nano is refused in a second, not after an hour. The estimate:
                 output head stays fp16 under int8/int4 (the quantizer keeps it out, see export/graphs/vlm_decoder.py)
     kv cache    2 x layers x total_tokens x kv_heads x head_dim x 2 bytes (fp16, allocated once at full length)
     workspace   the execution contexts' device memory (activations and tactic scratch), counted once: the runtime
-                gives every context of every engine one shared block (shared_context_memory). Estimated by the
-                target's TensorRT workspace limit: an assumption, the real size (device_memory_size_v2) is only
-                known once the engines are built
+                gives every context of every engine one shared block (shared_context_memory in
+                runtime/tensorrt/engine.py). Estimated by the target's TensorRT workspace limit: an assumption, the
+                real size (device_memory_size_v2) is only known once the engines are built
     runtime     CUDA context + TensorRT/cuBLAS/cuDNN kernels: RUNTIME_GB, an assumption, not a measurement
     host        on shared-memory devices (Jetson) the Python process itself: HOST_GB, an assumption too
 
@@ -24,9 +24,9 @@ import math
 import struct
 from pathlib import Path
 
+from cseg.bundle.schema import RULE_ONLY_GRAPH_KEYS
 from cseg.engines.targets import AUTO_ORDER, GRAPH_ORDER
 from cseg.errors import CheckpointError, InvalidInputError
-from cseg.manifest import RULE_ONLY_GRAPH_KEYS
 
 RUNTIME_GB = 1.2
 HOST_GB = 0.5
@@ -98,14 +98,6 @@ def checkpoint_inventory(model_dir: str | Path, sam3_dir: str | Path) -> tuple[d
     if not config.is_file():
         raise CheckpointError(f"{model_dir} has no config.json")
     return inventory(safetensors_shapes(model_dir), safetensors_shapes(sam3_dir)), kv_dims(json.loads(config.read_text()))
-
-
-def shared_context_memory(sizes: dict[str, int]) -> int:
-    """Bytes of the one context-memory block the TensorRT runtime allocates, from each engine's need
-    (device_memory_size_v2, every profile included): the largest. The contexts (one per engine and profile) run one
-    at a time on one stream, so they can share it; with TensorRT's default allocation each context holds its own,
-    e.g. the decoder's activations twice (prefill and decode), on a Jetson out of the memory everything else uses."""
-    return max(sizes.values(), default=0)
 
 
 def estimate(counts: dict, kv: dict, profile: dict, policy: dict[str, str]) -> dict:

@@ -9,9 +9,7 @@ directory a killed export leaves is removed by the next export to the same path:
 from __future__ import annotations
 
 import contextlib
-import datetime
 import hashlib
-import json
 import shutil
 import time
 from pathlib import Path
@@ -21,34 +19,29 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-import cseg
+from cseg.bundle import writer
+from cseg.bundle.schema import GRAPH_KEYS, RULE_ONLY_GRAPH_KEYS
+from cseg.calib.bundle_quantization import quantize_bundle
 from cseg.engines.footprint import checkpoint_inventory, choose, describe, rule_only_inventory, safetensors_shapes
 from cseg.engines.recipe import RECIPE_NAME, write_recipe
 from cseg.engines.targets import canonical, with_memory
 from cseg.engines.targets import resolve as resolve_target
 from cseg.engines.tensorrt_support import check_bundle
-from cseg.calib.bundle_quantization import quantize_bundle
 from cseg.errors import BundleError, InvalidInputError
 from cseg.export.destination import check_destination, remove_stale, replace, staging_dir
 from cseg.export.fused_attention import FUSED_DOMAIN, FUSED_OP, fuse_attention
 from cseg.export.graphs import GRAPHS
-from cseg.export.checkpoint_sizes import QWEN_FULL
 from cseg.export.graphs.sam3_text import TEXT_LENGTH
 from cseg.export.loading import load_conceptseg, load_sam3, resolve_checkpoint_dir
+from cseg.export.models.checkpoint_sizes import QWEN_FULL
+from cseg.export.models.sam3_layouts import meta_file, transformers_layout
 from cseg.export.onnx_export import count_flops, export_graph
 from cseg.export.parity import check_parity
 from cseg.export.reference import INSTANCE_SCORE_THRESHOLD, RESEARCH_MAX_LENGTH, sam3_text_features
-from cseg.export.sam3_layouts import meta_file, transformers_layout
-from cseg.images import SAM3_MEAN, SAM3_STD, VLM_SIDE
-from cseg.manifest import (BUNDLE_FORMAT, FORMAT_VERSION, GRAPH_KEYS, MANIFEST_NAME, RULE_ONLY, RULE_ONLY_GRAPH_KEYS,
-                           file_sha256, hash_files, validate_manifest)  # fmt: skip
-from cseg.prompting import template
+from cseg.images import VLM_SIDE
 
 DEFAULT_TOP_K = 20
 RULE_QUERIES = QWEN_FULL["num_of_query"]  # Q of the published ConceptSeg-R1: what a rule-only bundle takes by default
-SOURCE_FILES = ("config.json", "*.safetensors", "model.safetensors.index.json")
-VLM_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "preprocessor_config.json")
-SAM3_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
 def export_bundle(model_dir, sam3_dir, out, **options) -> Path:
@@ -56,7 +49,7 @@ def export_bundle(model_dir, sam3_dir, out, **options) -> Path:
     (never a folder that is not a cseg bundle, nor one holding a checkpoint); other options: see _export_bundle.
 
     `sam3_dir` may be transformers' layout (facebook/sam3's safetensors) or Meta's (its sam3.pt, or a folder with
-    it), which is converted into a temporary folder first (cseg.export.sam3_layouts).
+    it), which is converted into a temporary folder first (cseg.export.models.sam3_layouts).
     """
     # checked against the user's checkpoint, not the temporary copy a Meta layout is converted into (and before it)
     sources = (sam3_dir,) if model_dir is None else (model_dir, sam3_dir)
@@ -132,10 +125,8 @@ def _export_bundle(
         if footprint is not None:
             manifest = _for_tensorrt(staging, manifest, target, profile, footprint, allow_unsupported_ops, report)
         if policy or footprint is not None:
-            manifest["files"] = hash_files(staging)
-            validate_manifest(manifest)
-        # the manifest goes in last: a staging folder that an interruption leaves behind never opens as a bundle
-        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
+            manifest = writer.seal(staging, manifest)
+        writer.write(staging, manifest)  # last: a staging folder an interruption leaves never opens as a bundle
         replace(staging, destination)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -202,73 +193,27 @@ def _export_into(staging, model_dir, sam3_dir, sam3_given, target, profile, prec
         counted = {}
         parity[key] = check_parity(spec, files[0], counted)
         size = sum(f.stat().st_size for f in files) / 1e6
-        graphs[key] = {
-            "file": f"graphs/{key}.onnx",
-            "sha256": file_sha256(files[0]),
-            "data_files": [f"graphs/{f.name}" for f in files[1:]],
-            "backend": "onnxruntime",  # what was exported; a GPU target's graphs go to TensorRT once converted
-            "precision": "fp32",  # what was exported; quantization (below) changes it per graph
-            "bytes": sum(f.stat().st_size for f in files),
-            "export_seconds": round(exported, 2),
-            "flops": count_flops(spec, counted),
-            **({"fused_attention": {"op": f"{FUSED_DOMAIN}.{FUSED_OP}", "blocks": fused}} if fused else {}),
-            **spec.manifest_entry(),
-        }
+        graphs[key] = writer.graph_entry(key, files, exported, count_flops(spec, counted),
+                                         {"op": f"{FUSED_DOMAIN}.{FUSED_OP}", "blocks": fused} if fused else None,
+                                         spec.manifest_entry())  # fmt: skip
         worst = max(parity[key].values(), key=lambda e: e["max_abs"] / e["tolerance"])
         report(
             f"  {key:<13} exported in {exported:5.1f} s, {size:8.1f} MB, "
             + (f"{fused} attention blocks fused, " if fused else "") + "parity ok "
             f"(worst max-abs {worst['max_abs']:.2e} <= {worst['tolerance']:.1e})"
         )
-    manifest = {
-        "format": BUNDLE_FORMAT,
-        "format_version": FORMAT_VERSION,
-        "cseg_version": cseg.__version__,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "contents": "full" if vlm is not None else RULE_ONLY,
-        "target": target,
-        "precision": precision,
-        "session": profile.get("session", {}),
-        "source": {"sam3": {**_sam3_source(sam3.path, sam3_given), "weights": weights}},
-        "model": {"num_queries": settings["queries"],
-                  "top_k": min(settings["top_k"], sam3.model.config.detr_decoder_config.num_queries),
-                  "sam3_queries": sam3.model.config.detr_decoder_config.num_queries},  # fmt: skip
-        "preprocessing": {"sam3": {"size": sam3.image_size, "mean": SAM3_MEAN, "std": SAM3_STD,
-                                   "resample": "bilinear, antialiased, rounded to uint8 (torchvision v2 Resize)"}},
-        "postprocess": {
-            "mask_logit_threshold": 0.0,
-            "upsample": "bilinear, align_corners=False, to the input image size",
-            "instance_score_threshold": INSTANCE_SCORE_THRESHOLD,
-            "instance_mask_logit_threshold": 0.0,
-        },
-        "tokenizers": {},
-        "graphs": graphs,
-        "parity": {k: {o: {m: v[m] for m in ("max_abs", "mean_abs", "tolerance", "scale")} for o, v in p.items()}
-                   for k, p in parity.items()},  # fmt: skip
-    }
+    manifest = writer.new_manifest(sam3, full=vlm is not None, target=target, precision=precision,
+                                   session=profile.get("session", {}), sam3_source=_sam3_source(sam3.path, sam3_given),
+                                   weights=weights, queries=settings["queries"], top_k=settings["top_k"],
+                                   instance_score_threshold=INSTANCE_SCORE_THRESHOLD, graphs=graphs,
+                                   parity=parity)  # fmt: skip
     text = None
     if vlm is not None:
-        _add_reasoner(manifest, staging, vlm, sam3, settings)
+        writer.add_reasoner(manifest, staging, vlm, sam3, settings["vlm_grid"], max_length=RESEARCH_MAX_LENGTH,
+                            text_length=TEXT_LENGTH)  # fmt: skip
     else:
         text = _text_features(sam3)
-    manifest["files"] = hash_files(staging)
-    validate_manifest(manifest)
-    return manifest, text
-
-
-def _add_reasoner(manifest: dict, staging: Path, vlm, sam3, settings: dict) -> None:
-    """What a full bundle holds beyond a rule-only one: the VLM's and SAM 3's tokenizers and settings."""
-    manifest["source"]["conceptseg"] = _source(vlm.path)
-    manifest["model"] = {**_model_section(vlm), **manifest["model"]}
-    manifest["preprocessing"]["vlm"] = _vlm_preprocessing(vlm, settings["vlm_grid"])
-    manifest["prompt"] = template()
-    manifest["generation"] = _generation(vlm)
-    manifest["router"] = {"kind": "heuristic", "max_words": 4, "limit": "0.1 * 2 ** (words - 1)",
-                          "accept": "presence > limit"}  # fmt: skip
-    manifest["tokenizers"] = {
-        "vlm": _copy_files(vlm.path, VLM_TOKENIZER_FILES, staging / "tokenizers" / "vlm"),
-        "sam3": _copy_files(sam3.path, SAM3_TOKENIZER_FILES, staging / "tokenizers" / "sam3"),
-    }
+    return writer.seal(staging, manifest), text
 
 
 def _text_features(sam3) -> Callable[[str], tuple]:
@@ -309,87 +254,10 @@ def _calibration_set(calib):
         yield calibration
 
 
-def _copy_files(source: Path, names, destination: Path) -> dict:
-    destination.mkdir(parents=True, exist_ok=True)
-    copied = {}
-    for name in names:
-        if (source / name).is_file():
-            shutil.copy2(source / name, destination / name)
-            copied[name] = str((destination / name).relative_to(destination.parent.parent))
-    return copied
-
-
 def _sam3_source(loaded: Path, given) -> dict:
     """The SAM 3 checkpoint the weights came from: Meta's sam3.pt (and the config.json beside it) where that is what
     the user named, not the temporary folder it was converted into, which is gone when the export ends."""
     checkpoint = meta_file(given) if given is not None else None
     if checkpoint is None:
-        return _source(loaded)
-    return {**_source(checkpoint.parent, (checkpoint.name, "config.json")), "layout": "meta"}
-
-
-def _source(path: Path, patterns=SOURCE_FILES) -> dict:
-    files = {}
-    for pattern in patterns:
-        for f in sorted(path.glob(pattern)):
-            files[f.name] = file_sha256(f)
-    combined = hashlib.sha256("".join(f"{n}:{h}\n" for n, h in sorted(files.items())).encode()).hexdigest()
-    return {"path": str(path.resolve()), "sha256": combined, "files": files}
-
-
-def _model_section(vlm) -> dict:
-    config = vlm.model.config
-    text, vision = config.text_config, config.vision_config
-    return {
-        "hidden_size": text.hidden_size,
-        "num_layers": text.num_hidden_layers,
-        "num_kv_heads": text.num_key_value_heads,
-        "head_dim": text.hidden_size // text.num_attention_heads,
-        "vocab_size": text.vocab_size,
-        "image_token_id": config.image_token_id,
-        "video_token_id": config.video_token_id,
-        "vision_start_token_id": config.vision_start_token_id,
-        "vision_end_token_id": config.vision_end_token_id,
-        "mrope_section": list(text.rope_parameters["mrope_section"]),
-        "vision": {
-            "patch_size": vision.patch_size,
-            "temporal_patch_size": vision.temporal_patch_size,
-            "spatial_merge_size": vision.spatial_merge_size,
-            "window_size": vision.window_size,
-            "tokens_per_second": vision.tokens_per_second,
-            "out_hidden_size": vision.out_hidden_size,
-        },
-        "sam3_text_length": TEXT_LENGTH,
-    }
-
-
-def _vlm_preprocessing(vlm, grid) -> dict:
-    processor = vlm.image_processor
-    return {
-        "square_side": VLM_SIDE,
-        "square_resample": "bicubic",
-        "grid_thw": grid,
-        "resized": [grid[1] * processor.patch_size, grid[2] * processor.patch_size],
-        "resample": "bicubic",
-        "min_pixels": processor.size["shortest_edge"],
-        "max_pixels": processor.size["longest_edge"],
-        "rescale_factor": processor.rescale_factor,
-        "mean": list(processor.image_mean),
-        "std": list(processor.image_std),
-        "patch_size": processor.patch_size,
-        "temporal_patch_size": processor.temporal_patch_size,
-        "merge_size": processor.merge_size,
-    }
-
-
-def _generation(vlm) -> dict:
-    config = vlm.generation_config
-    eos = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
-    return {
-        "max_length": RESEARCH_MAX_LENGTH,
-        "greedy": True,
-        "repetition_penalty": config.repetition_penalty or 1.0,
-        "eos_token_ids": eos,
-        "pad_token_id": config.pad_token_id,
-        "im_end_token_id": vlm.tokenizer.convert_tokens_to_ids("<|im_end|>"),
-    }
+        return writer.source(loaded)
+    return {**writer.source(checkpoint.parent, (checkpoint.name, "config.json")), "layout": "meta"}

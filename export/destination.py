@@ -16,8 +16,8 @@ import re
 import shutil
 from pathlib import Path
 
+from cseg.bundle.schema import BUNDLE_FORMAT, MANIFEST_NAME
 from cseg.errors import BundleError
-from cseg.manifest import BUNDLE_FORMAT, MANIFEST_NAME
 
 
 def check_destination(out: Path, force: bool, sources: tuple) -> Path:

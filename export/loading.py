@@ -19,13 +19,13 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 
 from cseg.errors import CheckpointError
 from cseg.engines.footprint import safetensors_shapes
-from cseg.export.modeling import (
+from cseg.export.models.modeling import (
     CONCEPT_HEAD_PREFIXES,
     LEARNABLE_QUERY_WEIGHT,
     ConceptSegR1ForConditionalGeneration,
     num_queries,
 )
-from cseg.export.sam3_layouts import meta_file, transformers_layout
+from cseg.export.models.sam3_layouts import meta_file, transformers_layout
 
 logger = logging.getLogger(__name__)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -151,7 +151,7 @@ META_VIT_LAYER_NORM_EPS = 1e-5
 def load_sam3(sam3_dir: str | os.PathLike, dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa"):
     """Load SAM 3 (transformers' Sam3Model reads the published facebook/sam3 weights) and its CLIP tokenizer.
 
-    `sam3_dir` may also be Meta's layout: its sam3.pt, or a folder holding it (cseg.export.sam3_layouts).
+    `sam3_dir` may also be Meta's layout: its sam3.pt, or a folder holding it (cseg.export.models.sam3_layouts).
 
     attn_implementation="eager" is what the ONNX exporter needs for the detector side (see DESIGN).
     """

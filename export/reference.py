@@ -22,8 +22,10 @@ from cseg import pipeline, prompting
 from cseg.errors import CheckpointError
 from cseg.export.loading import ConceptSegCheckpoint, Sam3Checkpoint, load_conceptseg, load_sam3
 from cseg.export.sam3_prompt import sam3_prompt
-from cseg.images import Frame, render_demonstrations, sam3_pixels, vlm_target
+from cseg.images import Frame, render_demonstrations, vlm_target
+from cseg.options import SegmentOptions, check_mask_interpolation
 from cseg.pipeline import timed
+from cseg.runtime.preprocess import sam3_pixels
 from cseg.segmentation import Instances, Segmentation
 
 RESEARCH_MAX_LENGTH = 2048 + 768  # generate(max_length=...) in the research script: prompt + completion tokens
@@ -81,15 +83,18 @@ class ReferencePipeline:
     # --- the public calls (the flow itself is cseg.pipeline, shared with the runtime) ----------------------------
 
     @torch.no_grad()
-    def segment(self, image, prompt: str, demos=None, **options) -> Segmentation:
-        """The runtime's options (route, max_new_tokens, bgr, mask_size, mask_interpolation, max_length)."""
-        return pipeline.segment(self, image, prompt, demos, **options)
+    def segment(self, image, prompt: str, demos=None, *, options: SegmentOptions | None = None,
+                **settings) -> Segmentation:  # fmt: skip
+        """The runtime's options (cseg.options.SegmentOptions: route, max_new_tokens, bgr, mask_size,
+        mask_interpolation, max_length), as `options=` and/or keywords."""
+        return pipeline.segment(self, image, prompt, demos, options=options, **settings)
 
     @torch.no_grad()
-    def segment_many(self, image, prompts, demos=None, **options) -> list[Segmentation]:
-        return pipeline.segment_many(self, image, prompts, demos, **options)
+    def segment_many(self, image, prompts, demos=None, *, options: SegmentOptions | None = None,
+                     **settings) -> list[Segmentation]:  # fmt: skip
+        return pipeline.segment_many(self, image, prompts, demos, options=options, **settings)
 
-    # --- the backend protocol of cseg.pipeline ------------------------------------------------------------------
+    # --- the backend protocol (cseg.backend.Backend) ------------------------------------------------------------------
 
     def image_state(self, frame: Frame, timings: dict) -> ImageState:
         with timed(timings, "sam3_preprocess"):
@@ -114,21 +119,21 @@ class ReferencePipeline:
         return raw.presence
 
     @staticmethod
-    def postprocess(sam: Sam3Result, size: tuple[int, int], interpolation: str = "bilinear"):
+    def postprocess(raw: Sam3Result, size: tuple[int, int], interpolation: str = "bilinear"):
         """The research post-processing: logits resized to `size` (bilinear, align_corners=False; or "bicubic" as
         the ReasonSeg evaluation's cv2 INTER_CUBIC, here torch's, a = -0.75 too), then > 0. (mask, Instances)."""
         height, width = size
-        mode = pipeline.check_mask_interpolation(interpolation)
-        semantic = F.interpolate(sam.semantic_logits.float(), size=size, mode=mode, align_corners=False)
-        scores = (torch.sigmoid(sam.pred_logits.float()) * torch.sigmoid(sam.presence_logit.float()))[0]
+        mode = check_mask_interpolation(interpolation)
+        semantic = F.interpolate(raw.semantic_logits.float(), size=size, mode=mode, align_corners=False)
+        scores = (torch.sigmoid(raw.pred_logits.float()) * torch.sigmoid(raw.presence_logit.float()))[0]
         keep = scores > INSTANCE_SCORE_THRESHOLD
         if not keep.any():
             return (semantic[0, 0] > 0).numpy(), Instances.empty(height, width)
-        masks = F.interpolate(sam.pred_masks[:, keep].float(), size=size, mode=mode, align_corners=False)
+        masks = F.interpolate(raw.pred_masks[:, keep].float(), size=size, mode=mode, align_corners=False)
         scale = torch.tensor([width, height, width, height], dtype=torch.float32)
         instances = Instances(
             masks=(masks[0] > 0).numpy(),
-            boxes=(sam.pred_boxes[0, keep].float() * scale).numpy().astype(np.float32),
+            boxes=(raw.pred_boxes[0, keep].float() * scale).numpy().astype(np.float32),
             scores=scores[keep].numpy().astype(np.float32),
         )
         return (semantic[0, 0] > 0).numpy(), instances
@@ -243,3 +248,19 @@ def sam3_text_features(sam3: Sam3Checkpoint, text: str) -> tuple[torch.Tensor, t
     )
     out = sam3.model.get_text_features(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
     return out.pooler_output, tokens.attention_mask
+
+
+REFERENCE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def reference_configurations(root, dtypes) -> dict[str, ReferencePipeline]:
+    """The PyTorch reference in each configuration `cseg bench` times it in ("fp32", "bf16"), from a checkpoint
+    folder in `cseg make-checkpoint`'s layout (conceptseg-r1/ + sam3/): {"reference-fp32": ..., ...}."""
+    from pathlib import Path
+
+    root = Path(root)
+    if not (root / "conceptseg-r1").is_dir() or not (root / "sam3").is_dir():
+        raise CheckpointError(f"{root} must hold conceptseg-r1/ and sam3/ (cseg make-checkpoint layout)")
+    return {f"reference-{name}": ReferencePipeline.from_pretrained(root / "conceptseg-r1", root / "sam3",
+                                                                   dtype=REFERENCE_DTYPES[name])
+            for name in dtypes}  # fmt: skip

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,16 +21,18 @@ import numpy as np
 from PIL import Image
 
 from cseg import pipeline, prompting
-from cseg.bundle_files import verify_files
+from cseg.bundle.schema import read_manifest, rule_only
+from cseg.bundle.verify import verify_files
 from cseg.errors import BundleError, InvalidInputError
 from cseg.images import Episode, Frame, check_demos, load_frame, render_demonstrations, vlm_target
-from cseg.manifest import read_manifest, rule_only
+from cseg.lru import LRU
+from cseg.options import SegmentOptions, check_bgr, check_mask_interpolation, check_options
 from cseg.pipeline import Reasoning, timed
-from cseg.runtime.generation import Decoder, Prefilled
-from cseg.runtime.graphs import OrtGraph, check_session, session_options
+from cseg.runtime.host.decoder import HostDecoder, Prefilled
+from cseg.runtime.host.sam3 import HostSam3, ImageState, Sam3Output
+from cseg.runtime.onnxruntime.graph import OrtGraph, check_session, session_options
 from cseg.runtime.router import Router
 from cseg.runtime.rules import Rule, bundle_id
-from cseg.runtime.sam3_steps import HostSam3, ImageState, Sam3Output
 from cseg.runtime.stream import stream as stream_frames
 from cseg.runtime.text import IMAGE_PAD, ChatTokenizer, Sam3Tokenizer
 from cseg.runtime.vlm_inputs import image_patches, rope_positions, vision_inputs
@@ -57,7 +58,7 @@ class Runtime:
     at a time on TensorRT (one set of device buffers).
     """
 
-    def __init__(self, bundle: Path, manifest: dict, graphs: dict, decoder: Decoder | None = None,
+    def __init__(self, bundle: Path, manifest: dict, graphs: dict, decoder: HostDecoder | None = None,
                  request_lock: threading.Lock | None = None, sam3=None):  # fmt: skip
         self.bundle = bundle
         self.manifest = manifest
@@ -75,13 +76,13 @@ class Runtime:
             clip = tokenizers["sam3"]
             config = bundle / clip["tokenizer_config.json"] if "tokenizer_config.json" in clip else None
             self.sam3_tokenizer = Sam3Tokenizer(bundle / clip["tokenizer.json"], config, self.model["sam3_text_length"])
-            self.decoder = decoder or Decoder.from_manifest(graphs["vlm_decoder"], manifest)
+            self.decoder = decoder or HostDecoder.from_manifest(graphs["vlm_decoder"], manifest)
         self.backend = "tensorrt" if request_lock is not None else "onnxruntime"
         # TensorRT: one set of device buffers and one KV cache, so requests take turns; ONNX Runtime runs them together
         self._requests = request_lock or contextlib.nullcontext()
         self.prep = manifest["preprocessing"]
         self.sam3 = sam3 or HostSam3(graphs["sam3_vision"], graphs["sam3_decoder"], self.prep["sam3"]["size"])
-        self._text_cache: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._text_cache: LRU[str, tuple[np.ndarray, np.ndarray]] = LRU(TEXT_CACHE_SIZE)  # host arrays: none to close
         self._text_lock = threading.Lock()
         self._router = Router(graphs["router"], manifest["router"]) if "router" in graphs else None
 
@@ -128,35 +129,30 @@ class Runtime:
                   for key, entry in on_cpu.items()}  # fmt: skip
         if len(on_cpu) == len(manifest["graphs"]):
             return cls(bundle, manifest, graphs)
-        from cseg.runtime.tensorrt_graphs import open_engines
+        from cseg.runtime.tensorrt.engine import open_engines
 
         engine_graphs, decoder, lock, sam3 = open_engines(bundle, manifest)
         return cls(bundle, manifest, {**graphs, **engine_graphs}, decoder, lock, sam3)
 
     # --- public calls ----------------------------------------------------------------------------------------------
 
-    def segment(self, image, prompt: str, demos=None, *, route: str = "auto", max_new_tokens: int | None = None,
-                bgr: bool = False, mask_size: tuple[int, int] | None = None, mask_interpolation: str = "bilinear",
-                max_length: int | None = None) -> Segmentation:  # fmt: skip
+    def segment(self, image, prompt: str, demos=None, *, options: SegmentOptions | None = None,
+                **settings) -> Segmentation:  # fmt: skip
         """Segment what `prompt` asks for in `image` (path, PIL image, or HxWx3 uint8 array; bgr=True for OpenCV).
 
-        demos: up to 4 (image, boxes) demonstrations; route: "auto" (Shortcut Router), "shortcut" or "full";
-        mask_size: (height, width) to make the masks at instead of the image's size; mask_interpolation: "bilinear"
-        or "bicubic"; max_length: prompt + completion tokens at most (see pipeline.segment_many).
+        demos: up to 4 (image, boxes) demonstrations. The options (cseg.options.SegmentOptions), as `options=` and/or
+        keywords: route "auto" (Shortcut Router), "shortcut" or "full"; max_new_tokens; bgr; mask_size (height,
+        width) to make the masks at instead of the image's size; mask_interpolation "bilinear" or "bicubic";
+        max_length, prompt + completion tokens at most.
         """
-        return self.segment_many(image, [prompt], demos, route=route, max_new_tokens=max_new_tokens, bgr=bgr,
-                                 mask_size=mask_size, mask_interpolation=mask_interpolation,
-                                 max_length=max_length)[0]  # fmt: skip
+        return self.segment_many(image, [prompt], demos, options=options, **settings)[0]
 
-    def segment_many(self, image, prompts, demos=None, *, route: str = "auto", max_new_tokens: int | None = None,
-                     bgr: bool = False, mask_size: tuple[int, int] | None = None, mask_interpolation: str = "bilinear",
-                     max_length: int | None = None) -> list[Segmentation]:  # fmt: skip
+    def segment_many(self, image, prompts, demos=None, *, options: SegmentOptions | None = None,
+                     **settings) -> list[Segmentation]:  # fmt: skip
         """Several concepts on one image with one image-encoder pass (and one VLM vision pass)."""
         self._needs_reasoner("segment from a prompt")
         with self._requests:
-            return pipeline.segment_many(self, image, prompts, demos, route=route, max_new_tokens=max_new_tokens,
-                                         bgr=bgr, mask_size=mask_size, mask_interpolation=mask_interpolation,
-                                         max_length=max_length)  # fmt: skip
+            return pipeline.segment_many(self, image, prompts, demos, options=options, **settings)
 
     # --- rule reuse (inspection loops) ------------------------------------------------------------------------------
 
@@ -166,7 +162,7 @@ class Runtime:
         `image` is the target the model reasons about (default: the first demonstration's image).
         """
         self._needs_reasoner("induce rules")
-        pipeline.check_options("full", max_new_tokens, bgr)
+        check_options("full", max_new_tokens, bgr)
         question = prompting.check_prompt(question)
         demos = check_demos(demos)
         if not demos or (image is None and isinstance(demos, Episode)):
@@ -188,7 +184,7 @@ class Runtime:
     def apply(self, rule: Rule, frame, *, bgr: bool = False) -> Segmentation:
         """SAM 3 alone on `frame`, prompted with the rule's phrase and concept tokens (no reasoning)."""
         _check_rule(rule, self.manifest)
-        pipeline.check_bgr(bgr)
+        check_bgr(bgr)
         timings: dict[str, float] = {}
         with timed(timings, "preprocess"):
             frame = load_frame(frame, bgr=bgr)
@@ -211,10 +207,10 @@ class Runtime:
         _check_rule(rule, self.manifest)
         if bgr is None:
             bgr = hasattr(frames, "read")
-        pipeline.check_bgr(bgr)
+        check_bgr(bgr)
         return stream_frames(lambda frame: self.apply(rule, frame, bgr=bgr), frames, budget_ms=budget_ms, drop=drop)
 
-    # --- the backend protocol of cseg.pipeline --------------------------------------------------------------------
+    # --- the backend protocol (cseg.backend.RoutedBackend) --------------------------------------------------------------------
 
     def image_state(self, frame: Frame, timings: dict) -> ImageState:
         return self.sam3.encode(frame, timings)
@@ -277,7 +273,7 @@ class Runtime:
 
     def postprocess(self, raw: Sam3Output, size: tuple[int, int],
                     interpolation: str = "bilinear") -> tuple[np.ndarray, Instances]:  # fmt: skip
-        bicubic = pipeline.check_mask_interpolation(interpolation) == "bicubic"
+        bicubic = check_mask_interpolation(interpolation) == "bicubic"
         return self.sam3.masks(raw, size, self.manifest["postprocess"]["instance_score_threshold"], bicubic)
 
     # --- helpers ----------------------------------------------------------------------------------------------------
@@ -289,16 +285,13 @@ class Runtime:
         with self._text_lock:
             cached = self._text_cache.get(text)
             if cached is not None:
-                self._text_cache.move_to_end(text)
                 timings.setdefault("sam3_text_cache", 0.0)
                 return cached
         with timed(timings, "sam3_text"):
             ids, mask = self.sam3_tokenizer.encode(text)
             features = self.graphs["sam3_text"].run({"input_ids": ids, "attention_mask": mask})["text_features"]
         with self._text_lock:
-            self._text_cache[text] = (features, mask)
-            if len(self._text_cache) > TEXT_CACHE_SIZE:
-                self._text_cache.popitem(last=False)
+            self._text_cache.put(text, (features, mask))
         return features, mask
 
     def _vision(self, image: Image.Image) -> tuple[list[int], np.ndarray]:

@@ -8,8 +8,8 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from cseg import prompting
+from cseg.bundle.schema import read_bundle_json
 from cseg.errors import BundleError
-from cseg.manifest import read_bundle_json
 
 IMAGE_PAD = "<|image_pad|>"
 

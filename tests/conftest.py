@@ -7,14 +7,14 @@ import pytest
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
-    from cseg.export.make_checkpoint import make_checkpoint
+    from cseg.export.models.make_checkpoint import make_checkpoint
 
     return make_checkpoint("tiny", seed=0, out=tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(scope="session")
 def tiny_alt_checkpoint(tmp_path_factory):
-    from cseg.export.make_checkpoint import make_checkpoint
+    from cseg.export.models.make_checkpoint import make_checkpoint
 
     return make_checkpoint("tiny-alt", seed=1, out=tmp_path_factory.mktemp("tiny_alt"))
 
@@ -52,7 +52,7 @@ def sessions(tiny_bundle):
     """ONNX Runtime sessions of the tiny bundle's graphs, by manifest key."""
     import onnxruntime as ort
 
-    from cseg.manifest import read_manifest
+    from cseg.bundle.schema import read_manifest
 
     manifest = read_manifest(tiny_bundle)
     return {

@@ -1,4 +1,4 @@
-"""A test double of the `tensorrt` module, to exercise cseg's TensorRT runtime (runtime/tensorrt_graphs.py) where
+"""A test double of the `tensorrt` module, to exercise cseg's TensorRT runtime (runtime/tensorrt/) where
 TensorRT itself cannot be installed: its bookkeeping runs anywhere (profiles, shapes, bindings), its enqueue needs a
 CUDA GPU.
 
@@ -30,7 +30,7 @@ from enum import Enum
 import numpy as np
 import onnxruntime as ort
 
-from cseg.runtime.cuda_graphs import CudaError, check, device_identity, runtime_api, why_unavailable
+from cseg.runtime.cuda.graphs import CudaError, check, device_identity, runtime_api, why_unavailable
 
 __version__ = "10.16.0-double"
 FAIL_WHILE_CAPTURING = False  # tests set it: execute_async_v3 then returns False while the stream is capturing

@@ -46,6 +46,8 @@ def test_cli_bench(tiny_bundle, tmp_path, capsys):
                  "--max-new-tokens", "2", "--json", str(out), "--plot", str(tmp_path / "bench.png")]) == 0  # fmt: skip
     printed = capsys.readouterr().out
     assert "runtime / full path" in printed and "bandwidth bound" in printed
+    # the host-path micro-benchmark lives with the runtime (cseg.runtime.host_path_bench); the CLI still prints it
+    assert "host path, 1080p BGR frame, 20 instances" in printed and "host path on CUDA" in printed
     summary = json.loads(out.read_text())
     assert summary["backends"]["runtime"]["shortcut"]["runs"] == 1
     line = summary["roofline"]  # the exporter's FLOP counts against the measured machine
@@ -54,6 +56,7 @@ def test_cli_bench(tiny_bundle, tmp_path, capsys):
     for graph in line["graphs"].values():
         assert graph["gflop"] > 0 and 0 < graph["fraction_of_peak"] < 10  # above 1 only for noisy tiny timings
     assert 0 < line["decode"]["fraction_of_bound"] and line["decode"]["weight_mb"] > 0
+    assert summary["host_path"]["cpu"]["preprocess_ms"] > 0 and summary["host_path"]["instances"] == 20
     assert main(["bench", "--bundle", str(tiny_bundle), "--repeat", "0"]) == 2
 
 

@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from cseg.errors import CheckpointError
 from cseg.export.loading import load_conceptseg, load_sam3
-from cseg.export.make_checkpoint import make_checkpoint
+from cseg.export.models.make_checkpoint import make_checkpoint
 
 
 def _digest(folder: Path) -> dict[str, str]:
@@ -43,7 +43,7 @@ def test_same_seed_same_bytes_other_seed_other_weights(tiny_checkpoint, tmp_path
 
 
 def test_loaded_weights_equal_the_files_bit_for_bit(tiny_checkpoint, tmp_path):
-    from cseg.export.make_checkpoint import published_key
+    from cseg.export.models.make_checkpoint import published_key
 
     model_dir, sam3_dir = tiny_checkpoint
     vlm = load_conceptseg(model_dir, dtype=torch.bfloat16)

@@ -1,4 +1,4 @@
-"""The CUDA-graph utility (runtime/cuda_graphs.py) and device arrays, on any CUDA GPU; no TensorRT involved.
+"""The CUDA-graph utility (runtime/cuda/graphs.py) and device arrays, on any CUDA GPU; no TensorRT involved.
 
 The work captured is a chain of small NVRTC-compiled kernels (x = x * a + b), launched with cuda-python's driver API
 on the utility's stream: the situation of a decode step, where launch overhead dominates.
@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 import pytest
 
-from cseg.runtime.cuda_graphs import CapturedWork, CudaError, Stream, check, runtime_api, why_unavailable
+from cseg.runtime.cuda.graphs import CapturedWork, CudaError, Stream, check, runtime_api, why_unavailable
 
 NO_GPU = why_unavailable()
 gpu = pytest.mark.skipif(NO_GPU is not None, reason=f"needs a CUDA GPU: {NO_GPU}")
@@ -113,7 +113,7 @@ class _HostMemoryRuntime:
 
 def test_device_arrays_start_zeroed(monkeypatch):
     """The KV cache's unwritten rows are read (masked) by every static decode step: they must not hold NaN."""
-    from cseg.runtime import cuda_buffers
+    from cseg.runtime.cuda import buffers as cuda_buffers
 
     cudart = _HostMemoryRuntime()
     monkeypatch.setattr(cuda_buffers, "runtime_api", lambda: cudart)
@@ -124,7 +124,7 @@ def test_device_arrays_start_zeroed(monkeypatch):
 
 @gpu
 def test_device_arrays_start_zeroed_where_freed_memory_held_nan():
-    from cseg.runtime.cuda_buffers import DeviceArray
+    from cseg.runtime.cuda.buffers import DeviceArray
 
     stream = Stream()
     for _ in range(2):
@@ -138,7 +138,7 @@ def test_device_arrays_start_zeroed_where_freed_memory_held_nan():
 
 @pytest.fixture()
 def device_array():
-    from cseg.runtime.cuda_buffers import DeviceArray
+    from cseg.runtime.cuda.buffers import DeviceArray
 
     array = DeviceArray((N,), np.float32)
     yield array
@@ -315,7 +315,7 @@ def test_a_failed_capture_of_any_kind_falls_back_once_without_leaking_the_graph(
 
 
 def test_an_insufficient_driver_is_named_with_the_versions_and_the_fix():
-    from cseg.runtime.cuda_graphs import insufficient_driver
+    from cseg.runtime.cuda.graphs import insufficient_driver
 
     jetpack6 = insufficient_driver(12060, 13050, "13.5.0")
     assert jetpack6.startswith("the NVIDIA driver supports CUDA 12.6, but the installed cuda-bindings 13.5.0 is built "

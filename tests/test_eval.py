@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cseg import datasets, evaluate
 from cseg.errors import InvalidInputError
+from cseg.eval import datasets, evaluate
 
 
 def _photo(name: str, size=(80, 60)) -> Image.Image:

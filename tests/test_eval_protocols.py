@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cseg import datasets, images, prompting
+from cseg import images, prompting
+from cseg.eval import datasets
 from cseg.prompting import Layout
 
 RED = (255, 0, 0)
@@ -149,7 +150,7 @@ def _spy(runtime, monkeypatch):
 
 
 def test_research_protocol_end_to_end(runtime, bench, tmp_path, monkeypatch):
-    from cseg import evaluate
+    from cseg.eval import evaluate
 
     samples = [s for s in datasets.read("conceptseg", bench, protocol="research") if s.dataset == "rare"]
     calls = _spy(runtime, monkeypatch)
@@ -169,7 +170,7 @@ def test_research_protocol_end_to_end(runtime, bench, tmp_path, monkeypatch):
 
 
 def test_research_reasonseg_end_to_end(runtime, tmp_path, monkeypatch):
-    from cseg import evaluate
+    from cseg.eval import evaluate
 
     Image.new("RGB", (40, 30), (90, 60, 30)).save(tmp_path / "a.jpg")
     shapes = [{"label": "target", "points": [[2, 2], [30, 2], [30, 20], [2, 20]]}]
@@ -194,7 +195,7 @@ def test_research_reasonseg_gives_each_consumer_its_own_resize_of_the_original(r
     truth's size with cv2's INTER_CUBIC before the threshold; a --route given by the user keeps these inputs."""
     from oracles import resize_bicubic
 
-    from cseg import evaluate
+    from cseg.eval import evaluate
     from cseg.images import vlm_image
 
     x, y = np.meshgrid(np.linspace(0, 255, 40), np.linspace(0, 255, 30))

@@ -8,11 +8,12 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
+from cseg.bundle.schema import GRAPH_KEYS, file_sha256, read_manifest, validate_manifest
+from cseg.bundle.verify import verify_files
 from cseg.errors import BundleError, InvalidInputError
 from cseg.export.graphs.vlm_vision import host_inputs
-from cseg.bundle_files import verify_files
-from cseg.images import load_frame, load_image, sam3_pixels
-from cseg.manifest import GRAPH_KEYS, file_sha256, read_manifest, validate_manifest
+from cseg.images import load_frame, load_image
+from cseg.runtime.preprocess import sam3_pixels
 
 
 def _close(got, want, tolerance=1e-4):
@@ -93,7 +94,7 @@ def test_vision_graph_equals_transformers_vision_tower(reference, sessions, phot
 
 def test_decode_step_hidden_states_equal_the_research_second_forward(reference, sessions, runtime, tiny_bundle, photo):
     """Prefill + one decode step per generated token (the final <|im_end|> included, as one extra step), through the
-    runtime's Decoder.step: the graph on the cache layout the cpu target ships (shared, updated in place)."""
+    runtime's HostDecoder.step: the graph on the cache layout the cpu target ships (shared, updated in place)."""
     manifest = read_manifest(tiny_bundle)
     assert runtime.decoder.layout == manifest["graphs"]["vlm_decoder"]["kv_cache"] == "shared"
     model = reference.vlm.model

@@ -30,7 +30,7 @@ def _peak_rss_gb() -> float:
 def test_full_size_sam3_exports_with_parity(tmp_path):
     from cseg.export.graphs import GRAPHS
     from cseg.export.loading import load_conceptseg, load_sam3
-    from cseg.export.make_checkpoint import make_checkpoint
+    from cseg.export.models.make_checkpoint import make_checkpoint
     from cseg.export.onnx_export import export_graph
     from cseg.export.parity import check_parity
 
@@ -66,9 +66,9 @@ def test_full_size_sam3_exports_with_parity(tmp_path):
 def test_full_size_rule_only_export(tmp_path):
     """A rule-only bundle of the published-size SAM 3 (image encoder + decoder, the weights id): export time and size.
     Prints the time of each step; the graphs are checked for parity like any export."""
+    from cseg.bundle.schema import read_manifest
     from cseg.export.bundle import RULE_QUERIES, export_bundle
-    from cseg.export.make_checkpoint import make_checkpoint
-    from cseg.manifest import read_manifest
+    from cseg.export.models.make_checkpoint import make_checkpoint
 
     started = time.perf_counter()
     _, sam3_dir = make_checkpoint("tiny", seed=0, out=tmp_path / "ckpt", sam3_size="full")

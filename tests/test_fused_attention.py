@@ -7,9 +7,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from cseg.bundle.schema import read_manifest
 from cseg.engines.targets import TARGETS
 from cseg.export.fused_attention import FUSED_DOMAIN, FUSED_OP, fuse_model
-from cseg.manifest import read_manifest
 
 FUSED = TARGETS["cpu"]["fused_attention"]
 B, H, S, D = 2, 3, 5, 4

@@ -10,9 +10,9 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
+from cseg.bundle.schema import read_manifest
 from cseg.export.graphs.vlm_decoder import spec as decoder_spec
 from cseg.export.group_query_attention import DOMAIN, OP, CacheInputs, group_query_attention
-from cseg.manifest import read_manifest
 
 HEADS, KV_HEADS, DIM, CAPACITY = 4, 2, 8, 12
 
@@ -36,7 +36,7 @@ def kernel():
 
 
 def _step(kernel, buffers, q, k, v, mask):
-    """Run the kernel with past and present bound to the same buffers (what runtime/generation.py does); returns
+    """Run the kernel with past and present bound to the same buffers (what runtime/host/decoder.py does); returns
     its output and what the operator computes from the buffers as they were before."""
     seq = q.shape[1]
     cache = CacheInputs.from_mask(tuple(torch.from_numpy(b) for b in buffers), torch.from_numpy(mask), seq)

@@ -21,9 +21,10 @@ import numpy as np
 import pytest
 from oracles import resize_bicubic, resize_bilinear, torch_resize_float, torch_resize_uint8
 
-from cseg.images import SAM3_MEAN, SAM3_STD, load_frame, sam3_pixels
+from cseg.images import SAM3_MEAN, SAM3_STD, load_frame
 from cseg.runtime import native, postprocess
-from cseg.runtime.cuda_graphs import why_unavailable
+from cseg.runtime.cuda.graphs import why_unavailable
+from cseg.runtime.preprocess import sam3_pixels
 
 NO_GPU = why_unavailable()
 gpu = pytest.mark.skipif(NO_GPU is not None, reason=f"needs a CUDA GPU: {NO_GPU}")
@@ -182,7 +183,7 @@ def _cuobjdump() -> str | None:
 @pytest.mark.skipif(shutil.which("nvcc") is None and not Path("/usr/local/cuda/bin/nvcc").exists(),
                     reason="no nvcc on this machine: the CUDA fatbin is not built here")  # fmt: skip
 def test_the_fatbin_holds_orin_ada_and_hopper_code():
-    from cseg.runtime.cuda_kernels import fatbin_path
+    from cseg.runtime.cuda.kernels import fatbin_path
 
     tool = _cuobjdump()
     assert tool, "cuobjdump is missing: the test extra installs nvidia-cuda-cuobjdump"
@@ -196,7 +197,7 @@ def test_the_fatbin_holds_orin_ada_and_hopper_code():
 
 def test_a_missing_fatbin_is_an_engine_error_saying_how_to_rebuild(tmp_path):
     from cseg.errors import EngineError
-    from cseg.runtime.cuda_kernels import HostPathKernels
+    from cseg.runtime.cuda.kernels import HostPathKernels
 
     with pytest.raises(EngineError, match="were not built.*nvcc"):
         HostPathKernels(tmp_path / "cseg_kernels.fatbin")
@@ -204,8 +205,8 @@ def test_a_missing_fatbin_is_an_engine_error_saying_how_to_rebuild(tmp_path):
 
 @pytest.fixture(scope="module")
 def cuda():
-    from cseg.runtime.cuda_graphs import Stream
-    from cseg.runtime.cuda_kernels import kernels
+    from cseg.runtime.cuda.graphs import Stream
+    from cseg.runtime.cuda.kernels import kernels
 
     stream = Stream()
     yield kernels(), stream
@@ -213,7 +214,7 @@ def cuda():
 
 
 def _device(array, stream):
-    from cseg.runtime.cuda_buffers import DeviceArray
+    from cseg.runtime.cuda.buffers import DeviceArray
 
     device = DeviceArray(array.shape, array.dtype)
     device.upload(array, stream)
@@ -224,7 +225,7 @@ def _device(array, stream):
 @pytest.mark.parametrize("shape, size", FRAMES[:5])
 @pytest.mark.parametrize("bgr", [False, True])
 def test_cuda_preprocess_equals_the_cpu_module_bit_for_bit(cuda, shape, size, bgr):
-    from cseg.runtime.cuda_buffers import DeviceArray
+    from cseg.runtime.cuda.buffers import DeviceArray
 
     kernels, stream = cuda
     rgb = np.random.default_rng(size).integers(0, 256, (*shape, 3), dtype=np.uint8)
@@ -241,7 +242,7 @@ def test_cuda_preprocess_equals_the_cpu_module_bit_for_bit(cuda, shape, size, bg
 @pytest.mark.parametrize("source, target", MASKS)
 @pytest.mark.parametrize("bicubic", [False, True])
 def test_cuda_masks_equal_the_cpu_module_bit_for_bit(cuda, source, target, bicubic):
-    from cseg.runtime.cuda_buffers import DeviceArray
+    from cseg.runtime.cuda.buffers import DeviceArray
 
     kernels, stream = cuda
     rng = np.random.default_rng(sum(target))
@@ -264,8 +265,8 @@ def test_cuda_masks_equal_the_cpu_module_bit_for_bit(cuda, source, target, bicub
 def test_a_captured_frame_graph_replays_what_direct_launches_do(cuda, photo):
     """preprocess -> a stand-in for the engines (logits = one channel of the SAM 3 input) -> upsample + threshold,
     captured once; replays on new frames copied into the same pinned/device buffers give the direct results."""
-    from cseg.runtime.cuda_buffers import DeviceArray
-    from cseg.runtime.cuda_graphs import CapturedWork
+    from cseg.runtime.cuda.buffers import DeviceArray
+    from cseg.runtime.cuda.graphs import CapturedWork
 
     kernels, stream = cuda
     height, width, size = *photo.shape[:2], 64

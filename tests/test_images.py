@@ -8,6 +8,7 @@ from PIL import Image
 
 from cseg import images, prompting
 from cseg.errors import InvalidInputError
+from cseg.runtime.preprocess import sam3_pixels
 
 
 def test_numpy_rgb_bgr_pil_and_path_give_the_same_image(photo, tmp_path):
@@ -77,7 +78,7 @@ def test_unreadable_and_missing_paths(tmp_path):
 
 def test_sam3_pixels_are_normalised_with_mean_and_std_half():
     white = Image.new("RGB", (50, 30), (255, 0, 128))
-    pixels = images.sam3_pixels(images.load_frame(white), 28)
+    pixels = sam3_pixels(images.load_frame(white), 28)
     assert pixels.shape == (1, 3, 28, 28) and pixels.dtype == np.float32
     np.testing.assert_allclose(pixels[0, :, 5, 5], [1.0, -1.0, 128 / 255 * 2 - 1], atol=1e-6)
 

@@ -40,7 +40,7 @@ def oracle():
     from PIL import Image
     from skimage import data
 
-    from cseg.export.make_checkpoint import make_checkpoint
+    from cseg.export.models.make_checkpoint import make_checkpoint
 
     assert META_PYTHON.is_file(), "Meta's sam3 is not installed: run `make meta-oracle` first"
     checkpoint = CACHE / f"seed{SEED}"
@@ -102,7 +102,8 @@ def _ranked(result):
 def test_cseg_matches_metas_sam3(oracle, tmp_path):
     from cseg.export.loading import load_conceptseg, load_sam3
     from cseg.export.reference import ReferencePipeline, Sam3Result
-    from cseg.images import load_frame, sam3_pixels
+    from cseg.images import load_frame
+    from cseg.runtime.preprocess import sam3_pixels
 
     sam3_dir, image, meta = oracle
     assert all(k.startswith(("backbone.vision_backbone.trunk.blocks.", "geometry_encoder.points_"))

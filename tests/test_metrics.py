@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cseg import metrics
+from cseg.eval import metrics
 
 PRED = np.array([[1, 0], [0, 0]], bool)
 GT = np.array([[1, 1], [0, 0]], bool)

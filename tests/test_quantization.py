@@ -11,9 +11,9 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from cseg.bundle.schema import read_manifest
 from cseg.calib.quantize import INT4_CPU_ACCURACY_LEVEL, excluded_nodes, weight_nodes
 from cseg.errors import InvalidInputError
-from cseg.manifest import read_manifest
 from cseg.runtime import Runtime
 
 
@@ -144,7 +144,7 @@ def test_a_graph_missing_its_gate_or_slower_than_fp32_falls_back(tiny_checkpoint
 
 def test_speed_times_fp32_and_int8_interleaved(tiny_bundle, int8_bundle):
     from cseg.calib.quantize import speed
-    from cseg.runtime.graphs import session_options
+    from cseg.runtime.onnxruntime.graph import session_options
 
     graph = read_manifest(int8_bundle)["graphs"]["sam3_text"]
     fp32 = tiny_bundle / read_manifest(tiny_bundle)["graphs"]["sam3_text"]["file"]

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from cseg import prompting
 from cseg.errors import InvalidInputError
 from cseg.export.reference import Sam3Result
-from cseg.images import load_frame, load_image, sam3_pixels
+from cseg.images import load_frame, load_image
+from cseg.runtime.preprocess import sam3_pixels
 
 
 def test_one_word_prompt_takes_the_shortcut_when_presence_is_high(reference, photo):

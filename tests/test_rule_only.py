@@ -9,9 +9,9 @@ import json
 import numpy as np
 import pytest
 
+from cseg.bundle.schema import read_manifest
 from cseg.errors import BundleError, InvalidInputError
-from cseg.manifest import read_manifest
-from cseg.metrics import iou
+from cseg.eval.metrics import iou
 from cseg.runtime import Rule, Runtime
 
 

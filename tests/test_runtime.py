@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from cseg.errors import BundleError, InvalidInputError
+from cseg.eval.metrics import iou
 from cseg.images import load_frame, load_image
-from cseg.metrics import iou
 from cseg.runtime import Runtime
 
 # Agreement required between the runtime (ONNX Runtime fp32) and the reference (PyTorch fp32) on the same input:
@@ -220,14 +220,18 @@ def test_runtime_serves_without_torch_or_transformers(tiny_bundle):
     assert run.stdout.strip() == "[]"
 
 
-def test_runtime_sources_import_no_torch():
+def test_runtime_sources_import_no_torch_nor_engines():
+    """Every source of runtime/, its backend folders included; engines/ may import runtime/, never the reverse."""
     from pathlib import Path
 
     import cseg.runtime
 
-    for path in Path(cseg.runtime.__file__).parent.glob("*.py"):
+    sources = list(Path(cseg.runtime.__file__).parent.rglob("*.py"))
+    assert {"host", "onnxruntime", "tensorrt", "cuda"} <= {path.parent.name for path in sources}
+    for path in sources:
         text = path.read_text()
         assert "import torch" not in text and "import transformers" not in text, path
+        assert "cseg.engines" not in text and "from cseg import engines" not in text, path
 
 
 def test_cli_segment_with_a_bundle(tiny_bundle, tmp_path):

@@ -1,4 +1,4 @@
-"""SAM 3 weights in Meta's layout and transformers', both ways (cseg.export.sam3_layouts)."""
+"""SAM 3 weights in Meta's layout and transformers', both ways (cseg.export.models.sam3_layouts)."""
 
 import json
 import shutil
@@ -8,12 +8,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from cseg.bundle.schema import BUNDLE_FORMAT
 from cseg.errors import BundleError, CheckpointError
-from cseg.export import sam3_layouts
 from cseg.export.bundle import export_bundle
 from cseg.export.loading import load_sam3
-from cseg.export.make_checkpoint import make_checkpoint
-from cseg.manifest import BUNDLE_FORMAT
+from cseg.export.models import sam3_layouts
+from cseg.export.models.make_checkpoint import make_checkpoint
 
 # Written by Meta's own model: `.venv-meta/bin/python tests/meta_oracle.py --dump-layout --out ...` (sam3 0.1.4)
 META_LAYOUT = Path(__file__).parent / "data" / "meta_sam3_layout.json"
@@ -38,8 +38,8 @@ def test_tiny_round_trip_keeps_every_name_shape_and_value(meta_checkpoint):
 def test_full_size_names_and_shapes_are_metas_own():
     """Our full-size Sam3Model converted to Meta's layout is exactly what Meta's image model holds, less the weights
     transformers has no counterpart for (point prompt projections, rotary tables)."""
-    from cseg.export.checkpoint_sizes import SIZES
-    from cseg.export.make_checkpoint import _sam3_meta
+    from cseg.export.models.checkpoint_sizes import SIZES
+    from cseg.export.models.make_checkpoint import _sam3_meta
 
     model, _ = _sam3_meta(SIZES["full"]["sam3"])  # meta device: shapes only
     ours = {name: list(t.shape) for name, t in sam3_layouts.to_meta(model.state_dict()).items()}
@@ -102,8 +102,8 @@ def test_a_bundle_folder_holding_metas_file_is_not_exported_over(meta_checkpoint
 
 def test_a_bundle_from_metas_file_names_that_file_as_its_source(meta_checkpoint, tmp_path):
     """The manifest (and a refused rule's message) name the user's sam3.pt, not the temporary folder of the export."""
+    from cseg.bundle.schema import file_sha256, read_manifest
     from cseg.export.bundle import sam3_weights_id
-    from cseg.manifest import file_sha256, read_manifest
 
     bundle = export_bundle(None, meta_checkpoint / sam3_layouts.META_FILE, tmp_path / "bundle", progress=False,
                            report=lambda line: None)  # fmt: skip

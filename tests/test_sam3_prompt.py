@@ -8,7 +8,8 @@ import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from cseg.export.sam3_prompt import geometry_token, sam3_prompt
-from cseg.images import load_frame, sam3_pixels
+from cseg.images import load_frame
+from cseg.runtime.preprocess import sam3_pixels
 
 
 @pytest.fixture(scope="module")

@@ -61,3 +61,13 @@ def test_to_supervision_names_the_missing_package_or_converts():
     else:
         detections = result.to_supervision()
         assert len(detections) == 1 and detections.mask.shape == (1, 6, 5)
+
+
+def test_json_form_is_serialisable_and_rounded():
+    import json
+
+    result = _result(timings={"sam3_vision": 12.3456}, token_ids=(5, 6))
+    data = json.loads(json.dumps(result.to_json()))
+    assert data["route"] == "full" and data["area"] == 6 and data["mask_shape"] == [6, 5]
+    assert data["instances"] == [{"box": [2.0, 1.0, 4.0, 4.0], "score": 0.9}]
+    assert data["timings_ms"] == {"sam3_vision": 12.35} and data["token_ids"] == [5, 6]

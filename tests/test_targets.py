@@ -56,7 +56,7 @@ def test_orin_is_the_agx_and_orin_has_no_fp8():
 @pytest.fixture(scope="module")
 def full_size():
     """Inventory and KV sizes of the published dimensions (meta-device models: shapes only)."""
-    from cseg.export.make_checkpoint import published_shapes
+    from cseg.export.models.make_checkpoint import published_shapes
 
     config, conceptseg, sam3 = published_shapes("full")
     return footprint.inventory(conceptseg, sam3), footprint.kv_dims(config), (config, conceptseg, sam3)
@@ -125,7 +125,7 @@ def test_cseg_export_refuses_a_7b_fp16_bundle_for_the_orin_nano_before_loading_i
 
 
 def test_checkpoint_headers_give_the_same_inventory_as_the_models(tiny_checkpoint):
-    from cseg.export.make_checkpoint import published_shapes
+    from cseg.export.models.make_checkpoint import published_shapes
 
     _, conceptseg, sam3 = published_shapes("tiny")
     counts, kv = footprint.checkpoint_inventory(*tiny_checkpoint)
@@ -151,14 +151,6 @@ def test_engine_cache_key_changes_with_everything_a_plan_depends_on():
             {"name": "default", "shapes": {"x": {"min": [1], "opt": [2], "max": [8]}}}]}),
     ]  # fmt: skip
     assert len({key, *changed}) == len(changed) + 1
-
-
-def test_the_tensorrt_contexts_share_one_block_of_context_memory():
-    """One block, the largest engine's need, for every context (they run one at a time on one stream): the
-    decoder's two profiles no longer hold its activations twice."""
-    sizes = {"vlm_decoder": 900 << 20, "sam3_vision": 600 << 20, "concept_head": 10 << 20}
-    assert footprint.shared_context_memory(sizes) == 900 << 20
-    assert footprint.shared_context_memory({}) == 0
 
 
 def test_a_rule_only_bundle_of_full_size_sam3_fits_the_orin_nano(full_size):

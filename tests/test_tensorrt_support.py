@@ -113,7 +113,7 @@ def test_check_bundle_refuses_naming_graph_operator_and_version_unless_allowed(t
 
 
 def test_inspect_shows_what_each_version_does_not_support():
-    from cseg.bundle_report import _support
+    from cseg.bundle.report import _support
 
     section = {"source": "onnx/onnx-tensorrt docs/operators.md", "versions": {"10.3": "10.3", "10.16": "10.15"},
                "graphs": {"a": {"opset": 21, "ops": 3, "dtypes": ["FLOAT16", "INT4"],
@@ -126,7 +126,7 @@ def test_inspect_shows_what_each_version_does_not_support():
 def test_the_manifest_schema_takes_the_section_and_checks_its_types():
     import jsonschema
 
-    from cseg.manifest import MANIFEST_SCHEMA
+    from cseg.bundle.schema import MANIFEST_SCHEMA
 
     schema = MANIFEST_SCHEMA["properties"]["tensorrt_support"]
     section = {"source": "s", "versions": {"10.3": "10.3"},

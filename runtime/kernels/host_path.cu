@@ -1,4 +1,4 @@
-// The per-frame host path as CUDA kernels (fatbin loaded by cseg.runtime.cuda_kernels through the driver API).
+// The per-frame host path as CUDA kernels (fatbin loaded by cseg.runtime.cuda.kernels through the driver API).
 // The arithmetic is resample.h, the same as the CPU module's; built with --fmad=false so both give the same bits.
 #include "resample.h"
 
