@@ -91,11 +91,10 @@ class LineMonitor:
         frame = self._index + 1 if index is None else int(index)
         self._index = frame
         self.frames += 1
-        self._last_count = 0
+        self._last_count = 0 if detections is None else len(detections)  # track_ids(): -1 each when not tracked
         if error is None:
             try:
                 seen = self.tracker.update(detections, t, frame)
-                self._last_count = len(detections)
             except InvalidInputError as exc:  # another size, time going back: skip the frame, say so, go on
                 error = str(exc)
         if error is not None:
