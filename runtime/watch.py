@@ -59,7 +59,8 @@ def frame_clock(source: str, frames, fps: float | None):
 
 
 def watch(runtime, rule, source: str, *, out: str | None, jsonl: str | None, budget_ms, drop: str | None,
-          max_frames: int | None, every: int, monitor=None, defect_rule=None, fps: float | None = None) -> dict:  # fmt: skip
+          max_frames: int | None, every: int, monitor=None, defect_rule=None,
+          fps: float | None = None) -> dict:  # fmt: skip
     """The loop of `cseg watch`. With `monitor` (a cseg.track.LineMonitor: `--track`) it runs Runtime.track: each
     record gains the frame's track ids and events, overlays show track ids and the line, and the summary the counts.
     """

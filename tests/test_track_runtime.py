@@ -22,12 +22,12 @@ from test_track_sinks import Subscriber, broker, wait_for  # noqa: F401 - broker
 SPEC = dict(ratio=0.5, parts=6, seed=2, width=320, height=96, part_length=40, part_width=30, masks=True)
 
 
-def make_rule(runtime):
+def make_rule(runtime, fill: float = 0.0):
     """A valid rule for the tiny bundle without the reasoning run (its arrays' values do not matter here)."""
     from cseg.runtime.rules import Rule, bundle_id
 
     features, mask = runtime._text_features("part")
-    concept = np.zeros((1, runtime.model["num_queries"], features.shape[2]), np.float32)
+    concept = np.full((1, runtime.model["num_queries"], features.shape[2]), fill, np.float32)
     return Rule(question="part", answer="part", rule="", think="", text="", concept_tokens=concept,
                 text_features=features, text_mask=mask, bundle=bundle_id(runtime.manifest))  # fmt: skip
 
@@ -150,7 +150,8 @@ def conveyor_folder(tmp_path, conveyor) -> Path:
     return folder
 
 
-def test_cli_watch_track_to_a_file_and_mosquitto(tiny_bundle, runtime, broker, tmp_path, monkeypatch, capsys):  # noqa: F811
+def test_cli_watch_track_to_a_file_and_mosquitto(tiny_bundle, runtime, broker, tmp_path, monkeypatch,  # noqa: F811
+                                                 capsys):  # fmt: skip
     """cseg watch --track end to end: events to a JSON-lines file and to a mosquitto broker (each once at a paho
     subscriber), per-frame records with track ids, overlays, and a summary line with the counts and the deliveries."""
     from cseg.cli import main
@@ -221,3 +222,32 @@ def test_cli_watch_track_refuses_an_events_file_that_is_a_folder(tmp_path, capsy
     argv = ["watch", "--bundle", "b", "--rule", "r.json", str(tmp_path), "--track", "--line", "5,0,5,9", "--events",
             str(tmp_path)]  # fmt: skip
     assert main(argv) == 2 and "--events" in capsys.readouterr().err
+
+
+def test_apply_many_equals_apply_per_rule(runtime, photo):
+    """One image encoding for several rules gives what one apply per rule gives (the defect rule's path)."""
+    rules = [make_rule(runtime), make_rule(runtime, fill=0.5)]
+    for many, rule in zip(runtime.apply_many(rules, photo), rules):
+        alone = runtime.apply(rule, photo)
+        assert np.array_equal(many.mask, alone.mask) and np.array_equal(many.instances.masks, alone.instances.masks)
+        assert np.allclose(many.instances.scores, alone.instances.scores) and many.presence == alone.presence
+    first, second = runtime.apply_many(rules, photo)
+    assert first.presence != second.presence  # the rules differ: each result is its own rule's
+
+
+def test_cli_watch_track_an_opcua_port_taken_is_one_line(tiny_bundle, runtime, tmp_path, capsys):
+    """A sink that cannot start stops the run before the first frame: one line (asyncua's own traceback silenced)."""
+    import socket
+
+    from cseg.cli import main
+
+    rule_path = make_rule(runtime).save(tmp_path / "rule.json")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        url = f"opc.tcp://127.0.0.1:{taken.getsockname()[1]}/cseg"
+        argv = ["watch", "--bundle", str(tiny_bundle), "--rule", str(rule_path), str(tmp_path), "--track", "--line",
+                "5,0,5,9", "--events", str(tmp_path / "events.jsonl"), "--events", url]  # fmt: skip
+        assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "did not start" in err[0] and "address already in use" in err[0], err

@@ -5,6 +5,7 @@ line, direction, vote or sink URL costs nothing; open_sinks() starts the sinks l
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import sys
 from dataclasses import dataclass, field
@@ -29,6 +30,10 @@ class TrackSetup:
         before any frame, after closing the ones already started; a broker not reached yet only warns."""
         from cseg.track.sinks import SinkError, open_sink
 
+        if any(url.startswith("opc.tcp://") for url in self.urls):
+            # asyncua logs a traceback of its own when its server cannot start (a port taken): the SinkError says it
+            # in one line, and a command line prints no tracebacks
+            logging.getLogger("asyncua").setLevel(logging.CRITICAL)
         try:
             for url in self.urls:
                 self.sinks.append(open_sink(url, station=self.monitor.station, queue_size=queue_size))
