@@ -110,6 +110,23 @@ def test_track_ids_per_instance_of_the_last_frame():
     assert monitor.track_ids().tolist() == [-1, 2, 1]
 
 
+def test_a_hidden_part_coasts_with_the_belt_and_keeps_its_id():
+    """A slow belt (6 px per frame, parts 60 px long): a part hidden for 6 frames (more than max_misses 3) moved 36 px
+    meanwhile, less than its length: its track coasts and picks it up again. Without coasting (coast=0) the track ends
+    and the part comes back under a second id: the ID switch of the sweep's slow cells."""
+
+    def ids(coast: float) -> set[int]:
+        tracker = BeltTracker("right", coast=coast)
+        seen = set()
+        for i in range(20):
+            tracker.update(boxes_at() if 8 <= i < 14 else boxes_at((100 + 6 * i, 120)), float(i))
+            seen |= {track.id for track in tracker.tracks if track.misses == 0}
+        return seen
+
+    assert ids(1.0) == {1}
+    assert ids(0.0) == {1, 2}
+
+
 def test_reverse_is_reported_once_and_does_not_recount():
     monitor = LineMonitor(Line(320, 0, 320, 240, "right"), tracker=BeltTracker("right", speed=40.0, gate=1.5))
     xs = [240, 280, 330, 370, 330, 280, 330, 370]
@@ -135,6 +152,8 @@ def test_zone_counts_each_track_once():
     (lambda: Line.parse("1,2,3"), "x1,y1,x2,y2"),
     (lambda: Zone([(0, 0), (1, 1)]), "at least 3"),
     (lambda: BeltTracker("diagonal"), "not a direction"),
+    (lambda: BeltTracker(coast=-1), "coast must be"),
+    (lambda: BeltTracker(max_misses=5, max_coast=4), "max_coast must be"),
     (lambda: DefectRule(k=4, n=3), "k must be <= n"),
     (lambda: LineMonitor(), "exactly one of line"),
     (lambda: LineMonitor(Line(0, 0, 0, 9), station="a/b"), "station"),

@@ -14,6 +14,11 @@ proposes a speed, and the one that best explains the frame wins: most pairs insi
 would appear or vanish in the middle of the image (parts enter upstream and leave downstream). Irregular gaps between
 parts make the true speed the clear winner; a perfectly periodic row of parts is ambiguous beyond half its pitch per
 frame without a prior (give `speed` from the belt's encoder there).
+
+A hidden part keeps moving with the belt, so its track coasts: beyond `max_misses` frames it stays alive while the belt
+has carried it less than `coast` of its own length since it was last seen (at most `max_coast` frames). At a slow
+belt or a high frame rate an occlusion lasts many frames, and a patience counted in frames alone would end the track
+and give the part a second id; at a fast belt the patience in frames decides, as before.
 """
 
 from __future__ import annotations
@@ -31,8 +36,14 @@ _FAR = 1e6  # cost of a pair outside the gate: never chosen
 
 class BeltTracker(Tracker):
     def __init__(self, direction="right", *, speed: float | None = None, gate: float = 0.5, cross_gate: float = 0.5,
-                 smoothing: float = 0.5, min_hits: int = 3, max_misses: int = 3):  # fmt: skip
+                 smoothing: float = 0.5, min_hits: int = 3, max_misses: int = 3, coast: float = 1.0,
+                 max_coast: int = 30):  # fmt: skip
         super().__init__(min_hits=min_hits, max_misses=max_misses)
+        if not (_is_number(coast) and coast >= 0):
+            raise InvalidInputError(f"coast must be a number of part lengths >= 0, got {coast!r}")
+        if isinstance(max_coast, bool) or not isinstance(max_coast, int) or max_coast < max_misses:
+            raise InvalidInputError(f"max_coast must be an integer >= max_misses ({max_misses}), got {max_coast!r}")
+        self.coast, self.max_coast = float(coast), max_coast
         self.direction = unit_direction(direction, "the belt direction")
         for name, value in (("gate", gate), ("cross_gate", cross_gate)):
             if not (_is_number(value) and value > 0):
@@ -44,6 +55,16 @@ class BeltTracker(Tracker):
         self.speed = None if speed is None else float(speed)
         self.gate, self.cross_gate, self.smoothing = float(gate), float(cross_gate), float(smoothing)
         self._belt_velocity = (None, np.zeros(2))
+
+    def _alive(self, track: Track) -> bool:
+        """max_misses frames, or longer while the belt has carried the hidden part less than `coast` part lengths."""
+        if track.misses <= self.max_misses:
+            return True
+        if track.misses > self.max_coast or not self.speed:
+            return False
+        box = track.box
+        length = abs(box[2] - box[0]) * abs(self.direction[0]) + abs(box[3] - box[1]) * abs(self.direction[1])
+        return self.speed * (self.now - track.last.t) <= self.coast * float(length)
 
     def _velocity(self, track: Track) -> np.ndarray:
         if self._belt_velocity[0] != self.speed:  # one array per speed, shared by every track

@@ -5,8 +5,9 @@ A tracker differs only in how it associates a frame's detections with its tracks
 
 - a track is *confirmed* after `min_hits` observations; an unconfirmed track is never counted nor reported;
 - a track missed for more than `max_misses` consecutive frames ends (it is listed once in `ended`); not sooner, even
-  when predicted out of the frame: the counter's proof relies on it. A detection overlapping one already matched
-  (IoU >= 0.5) starts no track: it is the same part again (or a false positive on it);
+  when predicted out of the frame: the counter's proof relies on it (a tracker may keep a track longer: the belt
+  tracker lets a hidden part coast, see belt.py; a later end only strengthens the proof). A detection overlapping one
+  already matched (IoU >= 0.5) starts no track: it is the same part again (or a false positive on it);
 - each track keeps its observations (bounded) and `lookback_t`, the time of the frame `max_misses + 1` frames before
   its first observation (or of the stream's first frame, if later; None for a track seen in the first frame): the
   counter's proof that a part first seen past the line did cross it (see counter.py).
@@ -118,6 +119,7 @@ class Tracker:
     def update(self, detections: Detections, t: float, frame: int | None = None) -> list[Track]:
         """Associate one frame's detections; returns the tracks observed in this frame (confirmed or not)."""
         t = self.check(detections, t)
+        self.now = t  # this frame's time (for _alive)
         self.size = detections.size
         self.frame = self.frame + 1 if frame is None else int(frame)
         matches, new = self._associate(detections, t)
