@@ -251,3 +251,27 @@ def test_cli_watch_track_an_opcua_port_taken_is_one_line(tiny_bundle, runtime, t
         assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "did not start" in err[0] and "address already in use" in err[0], err
+
+
+def test_cli_watch_track_with_a_defect_rule(tiny_bundle, runtime, tmp_path, monkeypatch, capsys):
+    """--defect-rule: both rules on each frame (apply_many), one defect event per defective part, in the summary."""
+    from cseg.cli import main
+    from cseg.runtime import Runtime
+
+    conveyor = Conveyor(ConveyorSpec(**SPEC, defective=0.5))
+    apply = conveyor_apply(conveyor)
+
+    def apply_many(self, rules, frame, *, bgr=False):
+        return [apply(self, rules[0], frame), defect_segmentation(conveyor.frame(frame_index(frame)))]
+
+    monkeypatch.setattr(Runtime, "apply_many", apply_many)
+    rule_path = make_rule(runtime).save(tmp_path / "rule.json")
+    line = conveyor.line
+    argv = ["watch", "--bundle", str(tiny_bundle), "--rule", str(rule_path), str(conveyor_folder(tmp_path, conveyor)),
+            "--track", "--line", f"{line.x1},{line.y1},{line.x2},{line.y2}", "--defect-rule", str(rule_path),
+            "--defect-votes", "2/3", "--events", str(tmp_path / "events.jsonl"), "--jsonl", str(tmp_path / "log")]  # fmt: skip
+    assert main(argv) == 0
+    events = [Event.from_json(x) for x in (tmp_path / "events.jsonl").read_text().splitlines()]
+    defects = [e.track_id for e in events if e.kind == "defect"]
+    assert len(defects) == len(set(defects)) == len(conveyor.defective_ids) > 0
+    assert f"defects {len(defects)}," in capsys.readouterr().err
