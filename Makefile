@@ -18,6 +18,13 @@ $(STAMP): pyproject.toml $(NATIVE)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "torch==2.13.0"
 	$(BIN)/python -m pip install --quiet -e ".[export,test]"
+	# Roboflow trackers without its opencv-python requirement (it would overwrite the headless cv2; see pyproject)
+	$(BIN)/python -m pip install --quiet --no-deps "trackers>=2.6,<3"
+	# the MQTT tests start their own mosquitto broker; Debian's package starts a service on 1883 we do not need
+	command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || ( command -v apt-get >/dev/null && \
+		(apt-get update -qq && apt-get install -y -qq mosquitto && \
+		 (service mosquitto stop 2>/dev/null || systemctl stop mosquitto 2>/dev/null || true)) ) || \
+		echo "mosquitto not installed (no apt-get or no root): the MQTT tests will skip; install a mosquitto broker to run them"
 	touch $(STAMP)
 
 demo: $(STAMP)
