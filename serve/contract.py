@@ -19,12 +19,16 @@ outputs of both (P = 1 for cseg_apply; N instances over all prompts)
   out  instance_masks   BOOL   [N, h, w]
   out  boxes            FP32   [N, 4]      xyxy, input-image pixels
   out  scores           FP32   [N]
-  out  instance_prompt  INT32  [N]         which prompt each instance belongs to
+  out  instance_prompt  INT32  [N]         which prompt each instance belongs to; -1: a padding row, not an instance
   out  presence         FP32   [P]
   out  route            BYTES  [P]         "shortcut" | "full" | "rule"
   out  meta             BYTES  [P]         JSON: route_by, route_score, answer, rule, think, bbox, text, token_ids,
                                            timings (ms), rule_version (cseg_apply: sha256 of the rule's files, 16 hex)
   out  error            BYTES  [1]         "" when served, else JSON {"type": cseg error class name, "message": ...}
+
+PyTriton cannot send a tensor with a zero-sized dimension (its shared-memory copy refuses it), so no output is ever
+empty on the wire: with no instance, one padding row (instance_prompt -1, all zeros) is sent; a failed request's
+tensors are all one-element placeholders beside its `error`. Readers select rows by instance_prompt.
 
 This module imports numpy only: the client side needs neither PyTriton nor the runtime.
 """
@@ -80,11 +84,15 @@ def error_payload(exc: BaseException) -> bytes:
     return json.dumps({"type": type(exc).__name__, "message": str(exc)}).encode()
 
 
-def empty_outputs(error: bytes = b"") -> dict[str, np.ndarray]:
-    """A request's outputs when it failed (or has nothing): every tensor present, sized 0, with its batch dimension."""
+def placeholder_outputs(error: bytes) -> dict[str, np.ndarray]:
+    """A failed request's outputs: every tensor present with one element per free dimension (see the padding note
+    above), with its batch dimension, and the error."""
     out = {}
     for spec in OUTPUTS:
-        shape = tuple(0 if size == -1 else size for size in spec.shape)
+        shape = tuple(1 if size == -1 else size for size in spec.shape)
         out[spec.name] = np.zeros((1, *shape), dtype=object if spec.dtype is np.bytes_ else spec.dtype)
-    out["error"] = np.array([[error]], dtype=object)
+        if spec.dtype is np.bytes_:
+            out[spec.name][...] = b""
+    out["instance_prompt"][...] = -1
+    out["error"][...] = error
     return out

@@ -90,10 +90,10 @@ class Handlers:
         try:
             return serve(request)
         except CsegError as exc:
-            return contract.empty_outputs(contract.error_payload(exc))
+            return contract.placeholder_outputs(contract.error_payload(exc))
         except Exception as exc:  # a bug must not take the model down for the other requests: log it, answer it
             log.exception("request failed")
-            return contract.empty_outputs(contract.error_payload(CsegError(f"server error: {exc!r}")))
+            return contract.placeholder_outputs(contract.error_payload(CsegError(f"server error: {exc!r}")))
 
     def _segment(self, request) -> dict:
         from cseg.options import SegmentOptions
@@ -151,12 +151,18 @@ def _outputs(results, version: str | None = None) -> dict:
     height, width = results[0].mask.shape
     meta = [{**{key: value for key, value in r.to_json().items() if key in _META}, "timings": r.timings,
              "rule_version": version} for r in results]  # fmt: skip
+    masks = [i.masks for i in instances]
+    boxes, scores = [i.boxes for i in instances], [i.scores for i in instances]
+    owner = [np.full(len(i), k, np.int32) for k, i in enumerate(instances)]
+    if not any(len(i) for i in instances):  # PyTriton cannot send zero-sized tensors: one padding row (contract)
+        masks, boxes = [np.zeros((1, height, width), bool)], [np.zeros((1, 4), np.float32)]
+        scores, owner = [np.zeros(1, np.float32)], [np.full(1, -1, np.int32)]
     out = {
         "mask": np.stack([r.mask for r in results]),
-        "instance_masks": np.concatenate([i.masks for i in instances]).reshape(-1, height, width),
-        "boxes": np.concatenate([i.boxes for i in instances]).reshape(-1, 4).astype(np.float32),
-        "scores": np.concatenate([i.scores for i in instances]).astype(np.float32),
-        "instance_prompt": np.concatenate([np.full(len(i), k, np.int32) for k, i in enumerate(instances)]),
+        "instance_masks": np.concatenate(masks),
+        "boxes": np.concatenate(boxes).astype(np.float32),
+        "scores": np.concatenate(scores).astype(np.float32),
+        "instance_prompt": np.concatenate(owner),
         "presence": np.array([r.presence for r in results], np.float32),
         "route": np.array([r.route.encode() for r in results], dtype=object),
         "meta": np.array([json.dumps(m).encode() for m in meta], dtype=object),
@@ -174,7 +180,7 @@ def serve(bundle, *, rules=None, host: str = "127.0.0.1", http_port: int = 8000,
     """Serve `bundle` until interrupted (blocks). `ready(triton)` is called once the models are bound."""
     check_environment()
     from pytriton.model_config import DynamicBatcher, ModelConfig, QueuePolicy, Tensor, TimeoutAction
-    from pytriton.triton import Triton, TritonConfig
+    from pytriton.triton import DEFAULT_PROTECTED_ENDPOINTS, Triton, TritonConfig, TritonSecurityConfig
 
     from cseg.runtime import Runtime
 
@@ -187,10 +193,14 @@ def serve(bundle, *, rules=None, host: str = "127.0.0.1", http_port: int = 8000,
     config = TritonConfig(http_address=host, http_port=http_port, grpc_address=host, grpc_port=grpc_port,
                           metrics_port=metrics_port or None, allow_metrics=metrics_port > 0)  # fmt: skip
 
+    # PyTriton guards Triton's management endpoints with a token it generates; statistics (request and batch counts,
+    # what a fleet's monitoring reads) are opened, the rest (model repository, shared memory, ...) stay guarded
+    security = TritonSecurityConfig(restricted_endpoints=[e for e in DEFAULT_PROTECTED_ENDPOINTS if e != "statistics"])
+
     def tensors(specs):
         return [Tensor(name=s.name, dtype=s.dtype, shape=s.shape) for s in specs]
 
-    with Triton(config=config) as triton:
+    with Triton(config=config, security_config=security) as triton:
         for name, infer in ((contract.SEGMENT, handlers.segment), (contract.APPLY, handlers.apply)):
             triton.bind(model_name=name, infer_func=infer, inputs=tensors(contract.INPUTS[name]),
                         outputs=tensors(contract.OUTPUTS),

@@ -233,11 +233,36 @@ def test_nothing_listening_is_a_server_error():
         RemoteRuntime(f"127.0.0.1:{port}", timeout_s=5).segment(np.zeros((8, 8, 3), np.uint8), "cat")
 
 
-def test_numpy_2_is_refused_with_a_clear_message(tiny_bundle, capsys):
+def test_numpy_2_is_refused_with_a_clear_message(tmp_path, capsys):
     from cseg.cli import main
 
     if int(np.__version__.split(".")[0]) < 2:
         pytest.skip("this environment has numpy<2: the refusal is for numpy 2")
-    assert main(["serve", str(tiny_bundle)]) == 2
+    assert main(["serve", str(tmp_path)]) == 2  # refused before the bundle is even read
     assert "needs numpy<2" in capsys.readouterr().err
     assert sys.modules.get("pytriton") is None  # refused before PyTriton is imported
+
+
+def test_the_contract_round_trips_instances_and_padding():
+    """Server outputs -> client results without a server: instances go back to their prompt, padding rows vanish."""
+    from cseg.segmentation import Instances, Segmentation
+    from cseg.serve.client import decode
+    from cseg.serve.server import _outputs
+
+    masks = np.zeros((2, 4, 5), bool)
+    masks[0, 1, 1] = masks[1, 2, 3] = True
+    two = Instances(masks, np.array([[0, 0, 2, 2], [1, 1, 4, 3]], np.float32), np.array([0.9, 0.6], np.float32))
+    first = Segmentation(masks.any(0), two, 0.8, "shortcut", answer="a")
+    second = Segmentation(np.zeros((4, 5), bool), Instances.empty(4, 5), 0.1, "full", answer="b", token_ids=(3, 4))
+    wire = _outputs([first, second])
+    assert all(value.size > 0 for value in wire.values())  # PyTriton cannot send a zero-sized tensor
+    got = decode(wire.get)
+    assert [len(r.instances) for r in got] == [2, 0] and got[1].token_ids == (3, 4) and got[1].route == "full"
+    assert np.array_equal(got[0].instances.masks, masks) and got[0].instances.scores.tolist() == pytest.approx([0.9, 0.6])
+    alone = decode(_outputs([second], "v1").get)[0]
+    assert len(alone.instances) == 0 and alone.rule_version == "v1"
+    with pytest.raises(InvalidInputError, match="bad frame"):
+        decode(contract.placeholder_outputs(contract.error_payload(InvalidInputError("bad frame"))).get)
+    with pytest.raises(CsegError, match="boom") as caught:
+        decode(contract.placeholder_outputs(b'{"type": "KeyError", "message": "boom"}').get)
+    assert type(caught.value) is CsegError  # a name that is no cseg error class is never instantiated
