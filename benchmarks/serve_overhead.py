@@ -34,18 +34,22 @@ def start_server(bundle: str, rules: str, grpc_port: int) -> subprocess.Popen:
         sys.exit("no .venv-serve: run make serve-env")
     command = [str(python), "-m", "cseg.serve", bundle, "--rules", rules, "--grpc-port", str(grpc_port),
                "--port", str(grpc_port + 1), "--metrics-port", "0"]  # fmt: skip
-    return subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    with open("serve_overhead.server.log", "wb") as log:  # why a server did not come up
+        return subprocess.Popen(command, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
 
 
-def wait_ready(url: str, timeout_s: float = 180) -> None:
+def wait_ready(url: str, server: subprocess.Popen | None, timeout_s: float = 180) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        if server is not None and server.poll() is not None:
+            sys.exit(f"cseg serve exited with {server.returncode}: see serve_overhead.server.log")
         try:
             with RemoteRuntime(url) as rt:
-                rt.statistics()
-                return
+                if rt.ready():
+                    return
         except ServerError:
-            time.sleep(0.5)
+            pass
+        time.sleep(0.5)
     sys.exit(f"no server at {url} after {timeout_s} s")
 
 
@@ -61,7 +65,7 @@ def main() -> None:
     server = None if args.url else start_server(args.bundle, args.rules, args.grpc_port)
     url = args.url or f"127.0.0.1:{args.grpc_port}"
     try:
-        wait_ready(url)
+        wait_ready(url, server)
         local = Runtime.open(args.bundle)
         rule = Rule.load(Path(args.rules) / f"{args.rule_id}.json")
         frame = np.random.default_rng(0).integers(0, 256, (1080, 1920, 3), dtype=np.uint8)

@@ -93,6 +93,10 @@ class RemoteRuntime:
         check_bgr(bgr)
         return stream_frames(lambda frame: self.apply(rule, frame, bgr=bgr), frames, budget_ms=budget_ms, drop=drop)
 
+    def ready(self) -> bool:
+        """Whether the server is up with both models loaded (a server answers before its models are)."""
+        return self._call(lambda client: all(client.is_model_ready(m) for m in (contract.SEGMENT, contract.APPLY)))
+
     def statistics(self, model: str | None = None) -> dict:
         """Triton's inference statistics (request and batch counts per model) as a dict."""
         return self._call(lambda client: client.get_inference_statistics(model_name=model or "", as_json=True))
