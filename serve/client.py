@@ -188,12 +188,13 @@ def decode(output) -> list[Segmentation]:
     if any(value is None for value in values.values()):
         missing = [name for name, value in values.items() if value is None]
         raise ServerError(f"the server's answer lacks outputs {missing}: not a cseg serve server of this version?")
+    if any(value.size == 0 for value in values.values()):  # the contract never sends one (PyTriton cannot)
+        raise ServerError("the server answered with empty tensors (PyTriton with numpy 2 does this: serve from the "
+                          "serving environment, .venv-serve)")  # fmt: skip
     values = {name: value[0] for name, value in values.items()}  # one request: drop the batch dimension
     error = bytes(values["error"][0])
     if error:
         _raise(error)
-    if values["mask"].shape[0] == 0:  # PyTriton with numpy 2 answers empty tensors: never pass that on as a result
-        raise ServerError("the server answered with empty tensors (a serving environment with numpy 2?)")
     results = []
     for k, mask in enumerate(values["mask"]):
         mine = values["instance_prompt"] == k

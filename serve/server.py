@@ -105,7 +105,7 @@ class Handlers:
         options = _json(request["options"][0][0], "options")
         if not isinstance(options, dict) or not set(options) <= set(contract.OPTION_FIELDS):
             raise InvalidInputError(f"options must be a JSON object with keys among {contract.OPTION_FIELDS}")
-        if options.get("mask_size") is not None:
+        if isinstance(options.get("mask_size"), list):  # JSON has no tuples; anything else SegmentOptions refuses
             options["mask_size"] = tuple(options["mask_size"])
         results = self.runtime.segment_many(image, prompts, options=SegmentOptions(**options))
         return _outputs(results)

@@ -266,3 +266,6 @@ def test_the_contract_round_trips_instances_and_padding():
     with pytest.raises(CsegError, match="boom") as caught:
         decode(contract.placeholder_outputs(b'{"type": "KeyError", "message": "boom"}').get)
     assert type(caught.value) is CsegError  # a name that is no cseg error class is never instantiated
+    hollow = {name: value[:, :0] if value.ndim > 1 else value[:0] for name, value in wire.items()}
+    with pytest.raises(ServerError, match="empty tensors"):  # what PyTriton with numpy 2 answers: never a result
+        decode(hollow.get)
