@@ -140,6 +140,9 @@ def test_apply_equals_the_local_runtime_and_carries_the_rule_version(remote, run
     got = remote.apply("cup", photo)
     _same(got, runtime.apply(rules[1], photo))
     assert got.route == "rule" and len(got.rule_version) == 16
+    streamed = list(remote.stream([photo, photo[:1]], "cup"))  # as Runtime.stream: a bad frame is an error result
+    _same(streamed[0].result, got)
+    assert streamed[1].result is None and "between 2 and" in streamed[1].error
 
 
 def test_fan_in_all_answered_correctly_and_batched(server, runtime, rules, photo):
