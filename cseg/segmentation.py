@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cseg.errors import InvalidInputError
+
 # "rule": a rule induced earlier was applied (SAM 3 alone with the stored concept tokens and phrase)
 ROUTES = ("shortcut", "full", "rule")
 # "heuristic" = the seed's word-count/presence rule, "learned" = a fitted router, "user" = route forced by the caller.
@@ -127,18 +129,26 @@ class Segmentation:
 
         return {"mask": encode(self.mask[None])[0], "instances": encode(self.instances.masks)}
 
-    def to_supervision(self, class_name: str | None = None):
-        """The instances as a `supervision.Detections` (install `supervision` to use this)."""
+    def to_supervision(self, class_name: str | None = None, tracker_ids=None):
+        """The instances as a `supervision.Detections` (install `supervision` to use this). `tracker_ids`: one id per
+        instance (-1: not tracked), e.g. `LineMonitor.track_ids()` or `TrackedFrame.track_ids`, fills `tracker_id`."""
+        n = len(self.instances)
+        if tracker_ids is not None:
+            ids = np.asarray(tracker_ids)
+            if ids.shape != (n,) or (n and not np.issubdtype(ids.dtype, np.integer)):
+                raise InvalidInputError(f"tracker_ids must be {n} integers (one per instance), got "
+                                 f"{ids.dtype} {ids.shape}")  # fmt: skip
+            tracker_ids = ids.astype(int)
         try:
             import supervision as sv
         except ImportError as exc:  # optional dependency: only users of supervision pay for it
             raise ImportError("to_supervision() needs the 'supervision' package: pip install supervision") from exc
-        n = len(self.instances)
         name = class_name if class_name is not None else (self.answer or "object")
         return sv.Detections(
             xyxy=self.instances.boxes.astype(np.float32),
             mask=self.instances.masks,
             confidence=self.instances.scores,
             class_id=np.zeros(n, dtype=int),
+            tracker_id=tracker_ids,
             data={"class_name": np.array([name] * n)},
         )

@@ -8,7 +8,8 @@ Profiles come from the target's shape table and the manifest's dynamic axes:
   cache of `total_tokens` positions, unfilled ones masked): the decode step's shapes never change, so its engine
   run is captured once as a CUDA graph and replayed per token;
 - concept_head: 1 .. total_tokens generated states;
-- sam3_decoder: 0 (shortcut) .. Q (full path) concept tokens; the others are static.
+- sam3_decoder: 0 (shortcut) .. Q (full path) concept tokens, optimal at Q; on a rule-only bundle 0 .. 32 (rules
+  induced by a ConceptSeg-R1 of any Q), optimal at --queries; the others are static.
 A rule-only bundle (SAM 3's image encoder and decoder) has only the last.
 """
 
@@ -18,6 +19,7 @@ import json
 import shlex
 from pathlib import Path
 
+from cseg.runtime.rules import concept_bounds
 from cseg.runtime.vlm_inputs import vision_inputs
 
 RECIPE_NAME = "recipe.json"
@@ -31,8 +33,9 @@ def _axes(manifest: dict) -> dict[str, dict[str, dict[str, int]]]:
     def span(low, opt, high):
         return {"min": low, "opt": opt, "max": high}
 
-    queries = manifest["model"]["num_queries"]
-    sam3 = {"sam3_decoder": {"default": {"concepts": span(0, queries, queries)}}}
+    # tuned for the usual Q; up to the decoder's bound (a rule-only bundle takes rules of any Q up to 32)
+    low, high = concept_bounds(manifest)
+    sam3 = {"sam3_decoder": {"default": {"concepts": span(low, manifest["model"]["num_queries"], high)}}}
     if "vlm" not in manifest["preprocessing"]:  # a rule-only bundle: SAM 3 alone
         return sam3
     shapes = manifest["target_profile"]["shapes"]

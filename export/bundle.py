@@ -79,8 +79,9 @@ def _export_bundle(
     """Export both checkpoints into the bundle directory `out`; returns its path.
 
     model_dir None exports a rule-only bundle: SAM 3's image encoder and decoder alone, which serves Runtime.apply /
-    stream with rules induced on a full bundle of the same SAM 3 weights; `queries` is the number of concept tokens
-    of those rules (default: the published ConceptSeg-R1's). A full bundle reads Q from its checkpoint.
+    stream with rules induced on a full bundle of the same SAM 3 weights; `queries` is the usual number of concept
+    tokens of those rules (default: the published ConceptSeg-R1's), which validation and TensorRT's profile are tuned
+    for: rules of any Q from 1 to max(32, queries) apply. A full bundle reads Q from its checkpoint.
     A precision other than fp32 quantizes the graphs its policy names, calibrated on `calib` (a calibration folder,
     see cseg.calib.calibration_set; default: photographs that ship with scikit-image). A GPU target (orin-*, ada,
     hopper) first checks that the bundle fits the device (`memory_gb`: a smaller module of that target), converts

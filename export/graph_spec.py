@@ -26,6 +26,24 @@ class TensorSpec:
         return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
 
 
+@dataclass(frozen=True)
+class Ranking:
+    """Outputs whose rows (axis 1) come sorted by a score output, best first: a top-K selection inside the graph.
+
+    Rows whose scores tie within the scores' tolerance have no defined order (ONNX Runtime and PyTorch may sort them
+    either way), so the parity check matches such rows before comparing them (export/parity.py). `every_row` is the
+    same forward with every candidate ranked, not only the best K: a row that ties with the K-th can take its place.
+    """
+
+    scores: str  # the sorted score output, [batch, K]
+    rows: tuple[str, ...]  # every output whose axis 1 follows the scores' order, the scores included
+    every_row: torch.nn.Module  # the parity check's reference forward: the same outputs, all candidates in order
+
+    def as_json(self) -> dict:
+        return {"scores": self.scores, "rows": list(self.rows),
+                "ties": "rows whose scores differ by at most twice the scores' allowed error are matched by content"}
+
+
 @dataclass
 class GraphSpec:
     key: str
@@ -44,6 +62,12 @@ class GraphSpec:
     notes: str = ""
     translations: dict = field(default_factory=dict)  # custom operator -> its ONNX form (the dynamo exporter's table)
     manifest: dict = field(default_factory=dict)  # what the runtime must know beyond inputs and outputs
+    ranking: Ranking | None = None  # top-K outputs, compared up to the order of tied rows
+
+    @property
+    def reference(self) -> torch.nn.Module:
+        """The forward the parity check compares against: every ranked row where outputs are a top-K."""
+        return self.ranking.every_row if self.ranking is not None else self.module
 
     def tolerance(self, output: str) -> float:
         return self.tolerances.get(output, self.tolerances[""])
@@ -58,5 +82,6 @@ class GraphSpec:
             "keep_fp32": list(self.keep_fp32),
             "axis_bounds": {k: list(v) for k, v in self.axis_bounds.items()},
             "notes": self.notes,
+            **({"ranking": self.ranking.as_json()} if self.ranking is not None else {}),
             **self.manifest,
         }

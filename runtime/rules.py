@@ -6,7 +6,8 @@ tokens, and the induced rule text for people. Concept tokens and text features a
 weights they were made for, so a rule is bound to those weights (the SAM 3 weights id a bundle's manifest records),
 not to one bundle: induced on a full bundle of any target or precision, it applies on every bundle exported from
 the same SAM 3 weights, rule-only bundles (an 8 GB Jetson per camera) included, and is refused on any other.
-It also records its number of concept tokens Q and their dtype, checked against the applying bundle's decoder.
+It also records its number of concept tokens Q and their dtype, checked against the applying bundle's decoder: a
+rule-only bundle takes any Q from 1 to 32 (its decoder's concept axis), a full bundle 1 to its own ConceptSeg-R1's Q.
 Rules of format 1 (before portable rules) and rules from bundles without a weights id stay bound to the one bundle
 that induced them (a hash of its graph files).
 Saved as JSON + npz (no pickle); the JSON records the npz's sha256. Loading checks everything a hand-edited or
@@ -29,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 import cseg
+from cseg.bundle.schema import rule_only
 from cseg.errors import BundleError, InvalidInputError
 from cseg.files import read_bytes, read_json
 
@@ -148,12 +150,14 @@ class Rule:
             )
         arrays = self._arrays()
         _check_arrays(arrays, "rule")  # a Rule can also be built by hand
-        declared = {t["name"]: t for t in manifest["graphs"]["sam3_decoder"]["inputs"]}
-        queries = manifest["model"]["num_queries"]
-        if self.concept_tokens.shape[1] != queries:
+        decoder = manifest["graphs"]["sam3_decoder"]
+        declared = {t["name"]: t for t in decoder["inputs"]}
+        queries, (low, high) = self.concept_tokens.shape[1], concept_bounds(manifest)
+        if not max(low, 1) <= queries <= high:  # a rule has at least one concept token; 0 is the shortcut path
             raise InvalidInputError(
-                f"rule: {self.concept_tokens.shape[1]} concept tokens; this bundle's model takes {queries} (the Q of "
-                f"its ConceptSeg-R1; for a rule-only bundle, export it with --queries {self.concept_tokens.shape[1]})"
+                f"rule: {queries} concept tokens; this bundle's model takes {max(low, 1)} to {high}"
+                + (f" (export the rule-only bundle with --queries {queries})" if rule_only(manifest) else
+                   " (the Q of its ConceptSeg-R1)")  # fmt: skip
             )
         for name, value in arrays.items():
             if name not in declared:  # an exporter may prune an input the graph does not use; it is not fed then
@@ -161,13 +165,21 @@ class Rule:
             if value.dtype.name != declared[name]["dtype"]:
                 raise BundleError(f"rule: {name} is {value.dtype}; this bundle's sam3_decoder takes "
                                   f"{declared[name]['dtype']}")  # fmt: skip
-            # the one dynamic axis of these inputs is the number of concept tokens: Q on the rule path
+            # the one dynamic axis of these inputs is the number of concept tokens: the rule's Q
             want = [queries if isinstance(d, str) else d for d in declared[name]["shape"]]
             if list(value.shape) != want:
                 raise InvalidInputError(f"rule: {name} has shape {list(value.shape)}; this bundle's model takes {want}")
 
     def _arrays(self) -> dict:
         return {name: getattr(self, name) for name in _ARRAYS}
+
+
+def concept_bounds(manifest: dict) -> tuple[int, int]:
+    """How many concept tokens the bundle's sam3_decoder takes (its manifest's axis bounds, which TensorRT's profile
+    follows): 0..Q on a full bundle, 0..32 (or Q, if more) on a rule-only one, whatever model induces its rules."""
+    queries = manifest["model"]["num_queries"]
+    low, high = manifest["graphs"]["sam3_decoder"].get("axis_bounds", {}).get("concepts", (0, queries))
+    return int(low), int(high)
 
 
 def _check_meta(meta, path: Path) -> None:

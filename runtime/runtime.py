@@ -192,6 +192,31 @@ class Runtime:
         with self._requests:
             raw, mask, instances = self.sam3.apply(frame, rule.text_features, rule.text_mask, rule.concept_tokens,
                                                    threshold, timings)  # fmt: skip
+        return self._rule_result(rule, raw, mask, instances, timings)
+
+    def apply_many(self, rules, frame, *, bgr: bool = False) -> list[Segmentation]:
+        """Several rules on one frame with one image-encoder pass (a part rule and a defect rule, as `track` with
+        defect_rule= does): each further rule costs a SAM 3 decoder pass, not another image encoding."""
+        rules = list(rules)
+        for rule in rules:
+            _check_rule(rule, self.manifest)
+        check_bgr(bgr)
+        shared: dict[str, float] = {}
+        with timed(shared, "preprocess"):
+            frame = load_frame(frame, bgr=bgr)
+        threshold = self.manifest["postprocess"]["instance_score_threshold"]
+        results = []
+        with self._requests:
+            state = self.sam3.encode(frame, shared)
+            for rule in rules:
+                timings = dict(shared)  # the encoder's stages are each result's (spent once for all)
+                raw = self.sam3.decode(state, rule.text_features, rule.text_mask, rule.concept_tokens, timings)
+                with timed(timings, "postprocess"):
+                    mask, instances = self.sam3.masks(raw, (frame.height, frame.width), threshold)
+                results.append(self._rule_result(rule, raw, mask, instances, timings))
+        return results
+
+    def _rule_result(self, rule: Rule, raw: Sam3Output, mask, instances, timings: dict) -> Segmentation:
         return Segmentation(
             mask, instances, self.presence(raw), "rule", "user", answer=rule.answer, rule=rule.rule, think=rule.think,
             text=rule.text, token_ids=rule.token_ids, timings=timings,
@@ -209,6 +234,25 @@ class Runtime:
             bgr = hasattr(frames, "read")
         check_bgr(bgr)
         return stream_frames(lambda frame: self.apply(rule, frame, bgr=bgr), frames, budget_ms=budget_ms, drop=drop)
+
+    def track(self, frames, rule: Rule, monitor=None, *, line=None, defect_rule: Rule | None = None,
+              min_overlap: float = 0.02, times=None, budget_ms: float | None = None, drop: str | None = None,
+              bgr: bool | None = None):  # fmt: skip
+        """`stream` plus identities and events: every FrameResult (ok or error) goes through a cseg.track
+        LineMonitor (`monitor=`, or one made from `line=`, a cseg.track.Line). Returns a TrackRun: iterate it for
+        TrackedFrame(result, events, track_ids) per frame (track_ids: per instance its confirmed track id or -1);
+        when the frames end it calls monitor.finish() (its events: `run.final_events`); `run.summary()` gives the
+        counts, events per kind and every sink's delivery stats; `run.close()` stops early (and finishes).
+        A bad frame, a timestamp that goes back, a frame of another size: an `error` event, never a stop.
+        times: None (when each frame arrived from the source), a sequence (times[frame index], seconds) or a
+        callable index -> seconds. defect_rule: a second rule applied to each frame (one image encoding for both);
+        a part counts as defective in a frame when that rule's instances cover >= min_overlap of its mask, and the
+        monitor's DefectRule (k of n frames) turns that into one `defect` event per part. The monitor's rule id and
+        version default to `rule`'s (cseg.track.rule_identity)."""
+        from cseg.runtime.track_loop import track
+
+        return track(self, frames, rule, monitor, line=line, defect_rule=defect_rule, min_overlap=min_overlap,
+                     times=times, budget_ms=budget_ms, drop=drop, bgr=bgr)  # fmt: skip
 
     # --- the backend protocol (cseg.backend.RoutedBackend) --------------------------------------------------------------------
 

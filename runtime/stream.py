@@ -39,6 +39,7 @@ class FrameResult:
     dropped_before: int  # frames dropped since the previous result
     over_budget: bool = False
     frame: object = None  # the frame as the source gave it (array or path), for overlays and logs
+    arrived: float | None = None  # time.perf_counter() when the frame left the source (Runtime.track's default clock)
 
 
 def frames_of(source):
@@ -171,7 +172,7 @@ def _results(apply, source, budget_ms, drop):
             total_dropped = (mailbox.dropped if drop == "oldest" else 0) + dropped_by_age
             dropped, dropped_seen = total_dropped - dropped_seen, total_dropped
             if source_error:
-                result = FrameResult(index, None, source_error, 0.0, dropped)
+                result = FrameResult(index, None, source_error, 0.0, dropped, arrived=arrived)
             else:
                 try:
                     segmentation, error = apply(frame), None
@@ -179,7 +180,7 @@ def _results(apply, source, budget_ms, drop):
                     segmentation, error = None, f"{type(exc).__name__}: {exc}"
                 latency = (time.perf_counter() - arrived) * 1000
                 over = budget_ms is not None and latency > budget_ms
-                result = FrameResult(index, segmentation, error, latency, dropped, over, frame)
+                result = FrameResult(index, segmentation, error, latency, dropped, over, frame, arrived)
             consumer.leave()
             yield result
             consumer.come_back()

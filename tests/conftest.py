@@ -2,7 +2,26 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import sys
+
 import pytest
+
+
+def _load_native_override() -> None:
+    """CSEG_NATIVE_MODULE=path/to/native*.so: that build of cseg.runtime.native (the sanitized one of
+    scripts/sanitize.sh) is imported in place of the installed one, before anything imports cseg.runtime."""
+    path = os.environ.get("CSEG_NATIVE_MODULE")
+    if not path:
+        return
+    spec = importlib.util.spec_from_file_location("cseg.runtime.native", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.modules["cseg.runtime.native"] = module
+
+
+_load_native_override()
 
 
 @pytest.fixture(scope="session")
@@ -111,11 +130,9 @@ def orin_bundle(tiny_checkpoint, tmp_path_factory, calibration_folder):
 
 @pytest.fixture(scope="session")
 def rule_only_bundle(tiny_checkpoint, tmp_path_factory):
-    """A rule-only cpu bundle of the tiny SAM 3 (tiny_bundle's weights), taking that ConceptSeg-R1's Q tokens."""
-    import json
-
+    """A rule-only cpu bundle of the tiny SAM 3 (tiny_bundle's weights), exported as the README's walkthrough does:
+    without --queries (16 concept tokens, the published Q), while the tiny ConceptSeg-R1 induces rules of 8."""
     from cseg.export.bundle import export_bundle
 
-    queries = json.loads((tiny_checkpoint[0] / "config.json").read_text())["num_of_query"]
-    return export_bundle(None, tiny_checkpoint[1], tmp_path_factory.mktemp("bundles") / "rule-only", queries=queries,
-                         progress=False, report=lambda line: None)  # fmt: skip
+    return export_bundle(None, tiny_checkpoint[1], tmp_path_factory.mktemp("bundles") / "rule-only", progress=False,
+                         report=lambda line: None)  # fmt: skip

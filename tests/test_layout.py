@@ -21,7 +21,7 @@ UPPER = ("cseg.runtime", "cseg.export", "cseg.engines", "cseg.calib")  # the lay
 ALLOWED = ("cseg/__init__.py", "cseg/cli/")
 MAX_LINES = 400
 SOURCE_SUFFIXES = (".py", ".cpp", ".cu", ".h")
-SOURCE_FOLDERS = ("cseg", "runtime", "export", "calib", "engines", "tests", "benchmarks")
+SOURCE_FOLDERS = ("cseg", "runtime", "export", "calib", "engines", "track", "tests", "benchmarks")
 LINE_EXCEPTIONS: set[str] = set()
 
 

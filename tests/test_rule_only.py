@@ -11,6 +11,8 @@ import pytest
 
 from cseg.bundle.schema import read_manifest
 from cseg.errors import BundleError, InvalidInputError
+from cseg.export.bundle import RULE_QUERIES
+from cseg.bundle.schema import read_manifest
 from cseg.eval.metrics import iou
 from cseg.runtime import Rule, Runtime
 
@@ -32,7 +34,11 @@ def test_a_rule_only_bundle_is_sam3s_image_encoder_and_decoder(rule_only_bundle,
     assert manifest["contents"] == "rule-only" and full["contents"] == "full"
     assert list(manifest["graphs"]) == ["sam3_vision", "sam3_decoder"] and manifest["tokenizers"] == {}
     assert sorted(manifest["files"]) == ["graphs/sam3_decoder.onnx", "graphs/sam3_vision.onnx"]
-    assert "conceptseg" not in manifest["source"] and manifest["model"]["num_queries"] == full["model"]["num_queries"]
+    assert "conceptseg" not in manifest["source"]
+    # exported without --queries: tuned for the published Q (16), taking rules of 1 to 32 (the full bundle: 0 to its Q)
+    assert manifest["model"]["num_queries"] == RULE_QUERIES != full["model"]["num_queries"]
+    assert manifest["graphs"]["sam3_decoder"]["axis_bounds"]["concepts"] == [0, 32]
+    assert full["graphs"]["sam3_decoder"]["axis_bounds"]["concepts"] == [0, full["model"]["num_queries"]]
     # the same SAM 3 checkpoint gives the same weights id, and the same graphs
     assert manifest["source"]["sam3"]["weights"] == full["source"]["sam3"]["weights"]
     for key in manifest["graphs"]:
@@ -40,6 +46,9 @@ def test_a_rule_only_bundle_is_sam3s_image_encoder_and_decoder(rule_only_bundle,
 
 
 def test_a_full_bundles_rule_applies_on_the_rule_only_bundle_with_the_same_result(runtime, rule_only, rule, photo):
+    """Issue 29: the rule has the tiny ConceptSeg-R1's 8 concept tokens, the rule-only bundle was exported without
+    --queries (16): it applies all the same (the decoder's concept axis is dynamic), with the full bundle's result."""
+    assert rule.concept_tokens.shape[1] == 8 != rule_only.manifest["model"]["num_queries"]
     want, got = runtime.apply(rule, photo), rule_only.apply(rule, photo)
     assert got.route == "rule" and got.answer == rule.answer and want.mask.any()
     assert iou(want.mask, got.mask) >= 0.999 and abs(want.presence - got.presence) <= 1e-4
@@ -78,9 +87,25 @@ def test_a_rule_records_what_it_needs_and_survives_the_trip(rule, rule_only, tmp
     path.write_text(json.dumps(meta))
     with pytest.raises(InvalidInputError, match="concept tokens of float32, its arrays hold"):
         Rule.load(path)
-    fewer = dataclasses.replace(rule, concept_tokens=rule.concept_tokens[:, :-1].copy())
-    with pytest.raises(InvalidInputError, match="export it with --queries"):
-        rule_only.apply(fewer, photo)
+
+
+
+def _with_queries(rule, count: int):
+    tokens = np.resize(rule.concept_tokens, (1, count, rule.concept_tokens.shape[2])).astype(np.float32)
+    return dataclasses.replace(rule, concept_tokens=tokens)
+
+
+def test_rules_of_any_q_up_to_32_apply_on_a_rule_only_bundle(rule, rule_only, runtime, photo):
+    """Issue 29: the Q of the model that induces a rule is not known when a rule-only bundle is exported."""
+    for count in (1, 7, 16, 32):
+        assert rule_only.apply(_with_queries(rule, count), photo).route == "rule", count
+    with pytest.raises(InvalidInputError, match=r"33 concept tokens; this bundle's model takes 1 to 32 \(export the "
+                                                r"rule-only bundle with --queries 33\)"):  # fmt: skip
+        rule_only.apply(_with_queries(rule, 33), photo)
+    # a full bundle takes up to its own ConceptSeg-R1's Q (its TensorRT profile ends there)
+    assert runtime.apply(_with_queries(rule, 7), photo).route == "rule"
+    with pytest.raises(InvalidInputError, match=r"takes 1 to 8 \(the Q of its ConceptSeg-R1\)"):
+        runtime.apply(_with_queries(rule, 9), photo)
 
 
 def test_rule_files_from_before_portable_rules_stay_bound_to_their_bundle(rule, runtime, rule_only, tmp_path, photo):
@@ -169,9 +194,9 @@ def test_the_gpu_recipe_of_a_rule_only_bundle_builds_sam3_alone(rule_only_bundle
     manifest["target_profile"] = {key: profile[key] for key in ("device", "tensorrt_versions", "shapes", "workspace_mb")}
     recipe = make_recipe(manifest)
     assert list(recipe["graphs"]) == ["sam3_vision", "sam3_decoder"]
-    queries = manifest["model"]["num_queries"]
+    # tuned for the bundle's usual Q (16), built for rules of any Q up to 32
     assert recipe["graphs"]["sam3_decoder"]["profiles"][0]["shapes"]["concept_tokens"] == {
-        "min": [1, 0, 256], "opt": [1, queries, 256], "max": [1, queries, 256]}  # fmt: skip
+        "min": [1, 0, 256], "opt": [1, 16, 256], "max": [1, 32, 256]}  # fmt: skip
     assert "--maxShapes=concept_tokens:1x" in recipe["trtexec"]["sam3_decoder"]
 
 

@@ -14,6 +14,7 @@ its parsers and its handlers together; the flags several subcommands share are a
     cseg bench --bundle bundle/ --reference ckpt/ --plot bench.png                               (bench.py)
     cseg eval --bundle bundle/ --data ConceptSeg-Benchmark/ --format conceptseg --json metrics.json  (eval.py)
     cseg calib collect | fit-router ...                                                          (calib.py)
+    cseg serve bundle/ --rules rules/ --grpc-port 8001        (Triton via PyTriton, in .venv-serve; serve.py)
 
 Errors a user can cause (bad paths, bad images, broken checkpoints) print one line and exit with status 2;
 `cseg build` on a machine without TensorRT exits with status 3.
@@ -24,7 +25,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cseg.cli import bench, calib, export, run
+from cseg.cli import bench, calib, export, run, serve
 from cseg.cli import eval as evaluation
 from cseg.errors import CsegError
 
@@ -32,7 +33,7 @@ from cseg.errors import CsegError
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cseg", description="ConceptSeg-R1 export and serving")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (export, bench, calib, evaluation, run):  # the order `cseg --help` lists them in
+    for module in (export, bench, calib, evaluation, run, serve):  # the order `cseg --help` lists them in
         module.register(sub)
     return parser
 

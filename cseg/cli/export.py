@@ -64,8 +64,8 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
                         help="SAM 3 alone (image encoder + decoder): a bundle that applies rules induced on a full "
                              "bundle of the same SAM 3 weights (cseg watch), e.g. an 8 GB Orin Nano per camera")
     parser.add_argument("--queries", type=int, default=None,
-                        help="--rule-only: concept tokens per rule, the Q of the ConceptSeg-R1 that induces them "
-                             "(default 16, the published model's)")
+                        help="--rule-only: the usual concept tokens per rule, which TensorRT tunes for (default 16, "
+                             "the published model's); rules of any Q from 1 to max(32, this) apply")
     parser.add_argument("--out", required=True, help="bundle directory to create")
     parser.add_argument("--target", default="cpu",
                         help="cpu | orin-agx (= orin) | orin-nx | orin-nano | ada | hopper (default cpu)")

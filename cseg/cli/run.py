@@ -8,6 +8,7 @@ import sys
 import time
 
 from cseg.cli.args import BundleArgs, DemoArgs, GenerationArgs, OutputArgs, add_groups, at_least
+from cseg.cli.track_args import TrackArgs
 from cseg.errors import InvalidInputError
 
 SEGMENT_BUNDLE = BundleArgs(required=False, help="bundle directory written by cseg export (torch-free runtime)")
@@ -36,6 +37,7 @@ def register(sub) -> None:
     watch_parser.add_argument("--drop", default=None, choices=["oldest", "none"],
                               help="policy when behind (default: none for a folder, oldest for a video or camera)")
     watch_parser.add_argument("--max-frames", type=int, default=None)
+    add_groups(watch_parser, TrackArgs())
     watch_parser.set_defaults(run=watch_source)
 
     seg = sub.add_parser("segment", help="segment one image with a bundle (or the PyTorch reference)")
@@ -101,8 +103,31 @@ def watch_source(args) -> int:
 
     at_least(args, 1, "--every", "--max-frames")
     WATCH_OUT.parse(args)
+    setup = TrackArgs().parse(args)  # every --track flag checked before the bundle is opened
     runtime = BundleArgs().parse(args)
-    summary = watch(runtime, Rule.load(args.rule), args.source, out=args.out, jsonl=args.jsonl,
-                    budget_ms=args.budget_ms, drop=args.drop, max_frames=args.max_frames, every=args.every)  # fmt: skip
+    rule = Rule.load(args.rule)
+    sink_stats = []
+    try:
+        if setup is not None:
+            setup.open_sinks()
+        summary = watch(runtime, rule, args.source, out=args.out, jsonl=args.jsonl, budget_ms=args.budget_ms,
+                        drop=args.drop, max_frames=args.max_frames, every=args.every,
+                        monitor=setup and setup.monitor, defect_rule=setup and setup.defect_rule,
+                        fps=setup and setup.fps)  # fmt: skip
+    finally:
+        if setup is not None:
+            sink_stats = setup.close()
     print(f"{summary['frames']} frames, {summary['errors']} errors, {summary['dropped']} dropped", file=sys.stderr)
+    if setup is not None:
+        print(track_summary(summary["track"], sink_stats), file=sys.stderr)
     return 0
+
+
+def track_summary(track: dict, sink_stats: list[dict]) -> str:
+    """One line: the station's counts, then per sink what was delivered and what was lost (never silently)."""
+    line = f"parts {track['parts']}, defects {track['defects']}, reversed {track['reversed']}"
+    for stats in sink_stats:
+        line += f"; {stats['url']}: sent {stats['sent']}, dropped {stats['dropped']}"
+    if track["sink_failures"]:
+        line += f"; {track['sink_failures']} sink failures"
+    return line

@@ -3,9 +3,11 @@
 Inputs are the cached image features, the cached text features of the phrase and the concept tokens; the prompt is
 composed inside the graph by sam3_prompt(), the one place that decides what SAM 3 is prompted with: text, the
 image-dependent geometry token Meta's SAM 3 always adds (computed here from fpn_2), and the concept tokens. The number
-of concept tokens is a dynamic axis: Q on the full path, 0 on the shortcut path (same graph, no wasted tokens).
+of concept tokens is a dynamic axis: Q on the full path, 0 on the shortcut path (same graph, no wasted tokens), and
+on a rule-only bundle any Q from 1 to 32, whatever ConceptSeg-R1 induced the rule (concept_bounds).
 Outputs: semantic logits, the presence logit, and only the top-K instances (scores, boxes, mask logits), selected
-inside the graph so SAM 3's 200 full-resolution instance masks never leave it.
+inside the graph so SAM 3's 200 full-resolution instance masks never leave it. The parity check compares them up to
+the order of instances whose scores tie (GraphSpec.ranking), against the same forward ranking all 200.
 """
 
 from __future__ import annotations
@@ -15,10 +17,13 @@ from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
-from cseg.export.graph_spec import GraphSpec, TensorSpec
+from cseg.export.graph_spec import GraphSpec, Ranking, TensorSpec
 from cseg.export.graphs.sam3_text import TEXT_LENGTH
 from cseg.export.graphs.sam3_vision import fpn_shapes
 from cseg.export.sam3_prompt import sam3_prompt
+
+# A rule-only bundle takes rules of 1..32 concept tokens (published ConceptSeg-R1: 16; the tiny checkpoints: 8)
+RULE_MAX_CONCEPTS = 32
 
 
 class Detector(nn.Module):
@@ -50,8 +55,16 @@ class Detector(nn.Module):
         )
 
 
+def concept_bounds(queries: int, rule_only: bool) -> tuple[int, int]:
+    """How many concept tokens the decoder takes: 0 (the shortcut) .. Q on a full bundle, whose rules come from its
+    own ConceptSeg-R1; up to RULE_MAX_CONCEPTS (or Q, if more) on a rule-only one, which cannot know the Q of the
+    model that will induce its rules (the graph's axis is dynamic either way; this bounds TensorRT's profile)."""
+    return (0, max(queries, RULE_MAX_CONCEPTS) if rule_only else queries)
+
+
 def spec(vlm, sam3, settings) -> GraphSpec:
-    queries = settings["queries"]  # Q: the concept tokens of the full path (and of a rule)
+    queries = settings["queries"]  # Q: the concept tokens of the full path (for a rule-only bundle, its usual rule's)
+    bounds = concept_bounds(queries, rule_only=vlm is None)
     num_queries = sam3.model.config.detr_decoder_config.num_queries
     top_k = min(settings["top_k"], num_queries)
     shapes = fpn_shapes(sam3)
@@ -84,8 +97,14 @@ def spec(vlm, sam3, settings) -> GraphSpec:
         ],
         make_inputs=make_inputs,
         export_sizes={"words": 4, "concepts": queries},
-        validation_sizes=[{"words": 7, "concepts": 0}, {"words": 1, "concepts": queries}],
-        axis_bounds={"concepts": (0, queries)},
+        # the bounds' ends are validated too: a rule-only decoder promises every Q up to its maximum
+        validation_sizes=[{"words": 7, "concepts": 0}, {"words": 1, "concepts": queries}]
+        + ([{"words": 3, "concepts": bounds[1]}] if bounds[1] != queries else []),
+        axis_bounds={"concepts": bounds},
         keep_fp32=("dot_product_scoring", "presence", "box_head"),
-        notes=f"concepts = {queries} on the full path, 0 on the shortcut path; top-{top_k} instances by score",
+        # instances are ranked by score: tied scores may come out in either order (export/parity.py)
+        ranking=Ranking("instance_scores", ("instance_scores", "instance_boxes", "instance_masks"),
+                        Detector(sam3.model, num_queries).eval()),
+        notes=f"concepts = {queries} on the full path (a rule: {bounds[0] + 1}..{bounds[1]}), 0 on the shortcut path; "
+        f"top-{top_k} instances by score",
     )

@@ -1,0 +1,95 @@
+"""What serving through Triton adds to a call: local Runtime.apply vs RemoteRuntime.apply on the same bundle, rule and
+1080p frame, interleaved (local, remote, local, ...) so a machine's drift hits both alike; medians and p90 (README,
+"Serving many cameras: Triton"). Not part of the tests.
+
+    .venv/bin/python benchmarks/serve_overhead.py BUNDLE RULES_DIR RULE_ID [--rounds 30] [--grpc-port 8001]
+
+Starts `python -m cseg.serve` in .venv-serve on loopback (or uses --url of a running server), then measures. The
+difference of the medians is the serving overhead per request (gRPC, Triton's queue, the tensor copies); the
+model's own time is in both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cseg.runtime import Rule, Runtime
+from cseg.serve.client import RemoteRuntime, ServerError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def start_server(bundle: str, rules: str, grpc_port: int) -> subprocess.Popen:
+    python = ROOT / ".venv-serve" / "bin" / "python"
+    if not python.exists():
+        sys.exit("no .venv-serve: run make serve-env")
+    command = [str(python), "-m", "cseg.serve", bundle, "--rules", rules, "--grpc-port", str(grpc_port),
+               "--port", str(grpc_port + 1), "--metrics-port", "0"]  # fmt: skip
+    with open("serve_overhead.server.log", "wb") as log:  # why a server did not come up
+        return subprocess.Popen(command, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
+
+
+def wait_ready(url: str, server: subprocess.Popen | None, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server is not None and server.poll() is not None:
+            sys.exit(f"cseg serve exited with {server.returncode}: see serve_overhead.server.log")
+        try:
+            with RemoteRuntime(url) as rt:
+                if rt.ready():
+                    return
+        except ServerError:
+            pass
+        time.sleep(0.5)
+    sys.exit(f"no server at {url} after {timeout_s} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("bundle")
+    parser.add_argument("rules", help="folder of rule files (the server's --rules)")
+    parser.add_argument("rule_id")
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--grpc-port", type=int, default=8001)
+    parser.add_argument("--url", help="a running cseg serve (host:grpc_port); default: start one")
+    args = parser.parse_args()
+    server = None if args.url else start_server(args.bundle, args.rules, args.grpc_port)
+    url = args.url or f"127.0.0.1:{args.grpc_port}"
+    try:
+        wait_ready(url, server)
+        local = Runtime.open(args.bundle)
+        rule = Rule.load(Path(args.rules) / f"{args.rule_id}.json")
+        frame = np.random.default_rng(0).integers(0, 256, (1080, 1920, 3), dtype=np.uint8)
+        times: dict[str, list[float]] = {"local": [], "remote": []}
+        with RemoteRuntime(url, timeout_s=120) as remote:
+            calls = {"local": lambda: local.apply(rule, frame), "remote": lambda: remote.apply(args.rule_id, frame)}
+            for name, call in calls.items():  # warm-up: sessions, channel, Triton's first request
+                call()
+            for _ in range(args.rounds):
+                for name, call in calls.items():
+                    start = time.perf_counter()
+                    call()
+                    times[name].append((time.perf_counter() - start) * 1000)
+        for name, values in times.items():
+            values = sorted(values)
+            print(f"{name:6s} median {statistics.median(values):8.2f} ms  p90 {values[int(0.9 * len(values))]:8.2f} ms"
+                  f"  ({len(values)} calls)")  # fmt: skip
+        overhead = statistics.median(times["remote"]) - statistics.median(times["local"])
+        print(f"serving overhead (median remote - median local): {overhead:.2f} ms per 1080p frame")
+    finally:
+        if server is not None:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""`cseg serve BUNDLE`: the bundle behind Triton Inference Server (PyTriton), for many cameras on one server.
+
+    make serve-env                                   # its own environment: PyTriton needs numpy<2
+    .venv-serve/bin/cseg serve bundle/ --rules rules/ --grpc-port 8001
+    # clients: cseg.serve.client.RemoteRuntime("127.0.0.1:8001")
+
+Binds 127.0.0.1 unless --host says otherwise (the server has no authentication: expose it deliberately).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from cseg.cli.args import at_least
+
+DEFAULTS = {"http_port": 8000, "grpc_port": 8001, "metrics_port": 8002, "max_batch": 8, "max_queue": 64}
+
+
+def register(sub) -> None:
+    parser = sub.add_parser("serve", help="serve a bundle with Triton Inference Server (gRPC/HTTP, many clients)")
+    parser.add_argument("bundle", help="bundle directory written by cseg export")
+    parser.add_argument("--rules", help="folder of rule files (NAME.json + NAME.npz): cseg_apply serves them as NAME")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "tensorrt"])
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    parser.add_argument("--port", type=int, default=DEFAULTS["http_port"], help="HTTP port (KServe v2 protocol)")
+    parser.add_argument("--grpc-port", type=int, default=DEFAULTS["grpc_port"], help="gRPC port (RemoteRuntime)")
+    parser.add_argument("--metrics-port", type=int, default=DEFAULTS["metrics_port"], help="Prometheus metrics; 0: off")
+    parser.add_argument("--max-batch", type=int, default=DEFAULTS["max_batch"],
+                        help="most requests the dynamic batcher groups into one call")  # fmt: skip
+    parser.add_argument("--max-queue", type=int, default=DEFAULTS["max_queue"],
+                        help="requests waiting at most per model; more are rejected at once")  # fmt: skip
+    parser.add_argument("--queue-timeout-s", type=float, default=30.0,
+                        help="a request waiting longer than this in the queue is rejected")  # fmt: skip
+    parser.add_argument("--max-delay-ms", type=float, default=2.0,
+                        help="how long the batcher waits for more requests to group")  # fmt: skip
+    parser.set_defaults(run=serve)
+
+
+def serve(args) -> int:
+    from cseg.errors import InvalidInputError
+    from cseg.serve.server import serve as run_server
+
+    at_least(args, 1, "--max-batch", "--max-queue")
+    ports = [args.port, args.grpc_port] + ([args.metrics_port] if args.metrics_port else [])
+    if not all(1 <= port <= 65535 for port in ports) or len(set(ports)) != len(ports):
+        raise InvalidInputError(f"ports must be distinct numbers from 1 to 65535, got {ports}")
+    if not args.queue_timeout_s > 0 or not args.max_delay_ms >= 0:
+        raise InvalidInputError("--queue-timeout-s must be > 0 and --max-delay-ms >= 0")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+    def ready(_triton) -> None:
+        print(f"cseg serve: ready on {args.host} (gRPC {args.grpc_port}, HTTP {args.port})", flush=True)
+
+    run_server(args.bundle, rules=args.rules, host=args.host, http_port=args.port, grpc_port=args.grpc_port,
+               metrics_port=args.metrics_port, max_batch=args.max_batch, max_queue=args.max_queue,
+               queue_timeout_s=args.queue_timeout_s, max_delay_ms=args.max_delay_ms, device=args.device,
+               ready=ready)  # fmt: skip
+    return 0

@@ -1,0 +1,210 @@
+"""`RemoteRuntime`: the Runtime API over gRPC to a `cseg serve` server, so user code changes one line.
+
+    from cseg.serve.client import RemoteRuntime
+    rt = RemoteRuntime("127.0.0.1:8001")            # was: rt = Runtime.open("bundle/")
+    result = rt.segment(frame, "scratch on the lid")
+    result = rt.apply("lid-scratch", frame)        # a rule the server loaded from its --rules folder, by id
+
+Results are cseg Segmentations (apply's carry the server's rule version). The inputs are checked here where that is
+cheap (image, prompt, options: the same checks and messages as a local Runtime), and an error the server reports
+arrives as the same cseg exception class. A server that is down or too slow is a ServerError naming the address;
+the next call connects afresh. Needs tritonclient[grpc] (the `serve` extra); works with numpy 1 and 2.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from cseg import errors, prompting
+from cseg.errors import CsegError, InvalidInputError
+from cseg.images import load_frame
+from cseg.options import SegmentOptions, check_bgr
+from cseg.segmentation import Instances, Segmentation
+from cseg.serve import contract
+
+
+class ServerError(CsegError, ConnectionError):
+    """The server cannot be reached, timed out, or refused the request for a reason of its own (queue full)."""
+
+
+@dataclass(frozen=True)
+class RemoteSegmentation(Segmentation):
+    """A Segmentation from a server; `rule_version` is the version of the rule the server applied (apply only)."""
+
+    rule_version: str | None = None
+
+
+class RemoteRuntime:
+    """A `cseg serve` server as a Runtime. Thread-safe: calls from many threads share one gRPC channel (HTTP/2
+    multiplexes them), which lets the server's batcher group them."""
+
+    def __init__(self, url: str = "127.0.0.1:8001", *, timeout_s: float = 30.0):
+        if not isinstance(url, str) or not url:
+            raise InvalidInputError(f"url must be 'host:grpc_port', got {url!r}")
+        self.url = url.removeprefix("grpc://")
+        self.timeout_s = float(timeout_s)
+        self._client = None
+        self._lock = threading.Lock()
+
+    # --- the Runtime API --------------------------------------------------------------------------------------------
+
+    def segment(self, image, prompt: str, demos=None, *, options: SegmentOptions | None = None,
+                **settings) -> Segmentation:  # fmt: skip
+        return self.segment_many(image, [prompt], demos, options=options, **settings)[0]
+
+    def segment_many(self, image, prompts, demos=None, *, options: SegmentOptions | None = None,
+                     **settings) -> list[Segmentation]:  # fmt: skip
+        if demos:
+            raise InvalidInputError("RemoteRuntime does not send demonstrations (the contract has no demo tensors): "
+                                    "induce a rule and apply it on the server instead")  # fmt: skip
+        options = SegmentOptions.of(options, **settings)
+        if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
+            raise InvalidInputError(f"prompts must be a list of str, got {type(prompts).__name__}")
+        if not 1 <= len(prompts) <= contract.MAX_PROMPTS:
+            raise InvalidInputError(f"a request takes 1 to {contract.MAX_PROMPTS} prompts, got {len(prompts)}")
+        prompts = [prompting.check_prompt(p).encode() for p in prompts]
+        fields = {name: getattr(options, name) for name in contract.OPTION_FIELDS}
+        inputs = {
+            "image": _pixels(image, options.bgr),
+            "prompt": np.array(prompts, dtype=object),
+            "options": np.array([json.dumps(fields).encode()], dtype=object),
+        }
+        return self._infer(contract.SEGMENT, inputs)
+
+    def apply(self, rule, frame, *, bgr: bool = False) -> Segmentation:
+        """Apply the server's rule `rule` (its id: the rule file's name without .json) to `frame`."""
+        if not isinstance(rule, str) or not rule:
+            raise InvalidInputError(f"rule must be the id of a rule the server loaded (a str), got {rule!r}")
+        check_bgr(bgr)
+        inputs = {"image": _pixels(frame, bgr), "rule_id": np.array([rule.encode()], dtype=object)}
+        return self._infer(contract.APPLY, inputs)[0]
+
+    def stream(self, frames, rule, *, budget_ms: float | None = None, drop: str | None = None, bgr: bool | None = None):
+        """As Runtime.stream: FrameResults of `rule` applied to every frame; a failed frame (the server down
+        included) is an error result and the stream goes on."""
+        from cseg.runtime.stream import stream as stream_frames  # stdlib + cseg only: no ONNX Runtime session made
+
+        if bgr is None:
+            bgr = hasattr(frames, "read")
+        check_bgr(bgr)
+        return stream_frames(lambda frame: self.apply(rule, frame, bgr=bgr), frames, budget_ms=budget_ms, drop=drop)
+
+    def ready(self) -> bool:
+        """Whether the server is up with both models loaded (a server answers before its models are)."""
+        return self._call(lambda client: all(client.is_model_ready(m) for m in (contract.SEGMENT, contract.APPLY)))
+
+    def statistics(self, model: str | None = None) -> dict:
+        """Triton's inference statistics (request and batch counts per model) as a dict."""
+        return self._call(lambda client: client.get_inference_statistics(model_name=model or "", as_json=True))
+
+    def close(self) -> None:
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # --- the wire ---------------------------------------------------------------------------------------------------
+
+    def _connect(self):
+        with self._lock:
+            if self._client is None:
+                import tritonclient.grpc as grpcclient
+
+                self._client = grpcclient.InferenceServerClient(self.url)
+            return self._client
+
+    def _call(self, request):
+        from tritonclient.utils import InferenceServerException
+
+        client = self._connect()
+        try:
+            return request(client)
+        except InferenceServerException as exc:
+            status = str(exc.status() or "")
+            if "INVALID_ARGUMENT" in status:  # Triton's own checks (dtype, shape, rank): the caller's input
+                raise InvalidInputError(f"cseg server {self.url} refused the request: {exc.message()}") from None
+            self._drop(client)  # down, timed out, or cut off mid-request: the next call connects afresh
+            what = {"UNAVAILABLE": "is unavailable", "DEADLINE_EXCEEDED": f"did not answer within {self.timeout_s} s"}
+            reason = next((text for key, text in what.items() if key in status), "failed")
+            raise ServerError(f"cseg server {self.url} {reason}: {exc.message()} ({status or 'no status'})") from None
+
+    def _drop(self, client) -> None:
+        with self._lock:
+            if self._client is client:
+                self._client = None
+        try:
+            client.close()
+        except Exception:  # closing a broken channel may fail too; the channel is discarded either way
+            pass
+
+    def _infer(self, model: str, arrays: dict[str, np.ndarray]) -> list[Segmentation]:
+        import tritonclient.grpc as grpcclient
+
+        specs = {spec.name: spec for spec in contract.INPUTS[model]}
+        inputs = []
+        for name, value in arrays.items():
+            tensor = grpcclient.InferInput(name, [1, *value.shape], specs[name].triton_dtype)
+            tensor.set_data_from_numpy(value[None])
+            inputs.append(tensor)
+        outputs = [grpcclient.InferRequestedOutput(name) for name in contract.OUTPUT_NAMES]
+        result = self._call(lambda client: client.infer(model, inputs, outputs=outputs, client_timeout=self.timeout_s))
+        return decode(result.as_numpy)
+
+
+def _pixels(image, bgr: bool) -> np.ndarray:
+    """Any image the local Runtime takes -> contiguous RGB uint8 HxWx3 (what the contract carries)."""
+    check_bgr(bgr)
+    frame = load_frame(image, bgr=bgr)
+    pixels = frame.pixels[..., ::-1] if frame.bgr else frame.pixels
+    return np.ascontiguousarray(pixels)
+
+
+def _raise(error: bytes) -> None:
+    """A server-side error -> the cseg exception class it was (CsegError if the name is not one of cseg's)."""
+    try:
+        payload = json.loads(error)
+        kind, message = payload["type"], payload["message"]
+    except (ValueError, KeyError, TypeError):
+        raise ServerError(f"the server reported an unreadable error: {error[:200]!r}") from None
+    cls = getattr(errors, kind, None)
+    if not (isinstance(cls, type) and issubclass(cls, CsegError)):
+        cls = CsegError
+    raise cls(message)
+
+
+def decode(output) -> list[Segmentation]:
+    """The contract's outputs (`output(name)` -> array with the batch dimension) -> one Segmentation per prompt."""
+    values = {name: output(name) for name in contract.OUTPUT_NAMES}
+    if any(value is None for value in values.values()):
+        missing = [name for name, value in values.items() if value is None]
+        raise ServerError(f"the server's answer lacks outputs {missing}: not a cseg serve server of this version?")
+    if any(value.size == 0 for value in values.values()):  # the contract never sends one (PyTriton cannot)
+        raise ServerError("the server answered with empty tensors (PyTriton with numpy 2 does this: serve from the "
+                          "serving environment, .venv-serve)")  # fmt: skip
+    values = {name: value[0] for name, value in values.items()}  # one request: drop the batch dimension
+    error = bytes(values["error"][0])
+    if error:
+        _raise(error)
+    results = []
+    for k, mask in enumerate(values["mask"]):
+        mine = values["instance_prompt"] == k
+        meta = json.loads(bytes(values["meta"][k]))
+        instances = Instances(values["instance_masks"][mine].astype(bool), values["boxes"][mine].astype(np.float32),
+                              values["scores"][mine].astype(np.float32))  # fmt: skip
+        bbox = tuple(meta["bbox"]) if meta.get("bbox") is not None else None
+        results.append(RemoteSegmentation(
+            mask.astype(bool), instances, float(values["presence"][k]), bytes(values["route"][k]).decode(),
+            meta["route_by"], meta["route_score"], meta["answer"], meta["rule"], meta["think"], bbox, meta["text"],
+            tuple(meta["token_ids"]), meta["timings"], rule_version=meta.get("rule_version"),
+        ))  # fmt: skip
+    return results

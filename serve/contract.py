@@ -1,0 +1,98 @@
+"""The tensor contract of `cseg serve`: model names, tensor names, dtypes and shapes, used by the server
+(cseg.serve.server binds exactly these) and the client (cseg.serve.client builds and reads exactly these).
+
+Both models take one image per request and are configured with max_batch_size > 0, so every tensor below carries a
+leading batch dimension of 1 per request on the wire (Triton's dynamic batcher groups requests; the shapes here are
+without it). A request answers for itself: an error in one request of a batch is that request's `error` output, the
+others are served.
+
+cseg_segment  (Runtime.segment / segment_many: P prompts on one image, one image-encoder pass)
+  in   image            UINT8  [H, W, 3]   RGB pixels (the client turns BGR, paths and PIL images into this)
+  in   prompt           BYTES  [P]         UTF-8 prompts, 1 <= P <= MAX_PROMPTS, each <= MAX_PROMPT_BYTES bytes
+  in   options          BYTES  [1]         JSON object of SegmentOptions fields (route, max_new_tokens, mask_size,
+                                           mask_interpolation, max_length); "{}" for the defaults
+cseg_apply    (Runtime.apply with a rule the server loaded from its --rules folder)
+  in   image            UINT8  [H, W, 3]
+  in   rule_id          BYTES  [1]         the rule file's name without .json
+outputs of both (P = 1 for cseg_apply; N instances over all prompts)
+  out  mask             BOOL   [P, h, w]   semantic masks (h, w: the image size, or options' mask_size)
+  out  instance_masks   BOOL   [N, h, w]
+  out  boxes            FP32   [N, 4]      xyxy, input-image pixels
+  out  scores           FP32   [N]
+  out  instance_prompt  INT32  [N]         which prompt each instance belongs to; -1: a padding row, not an instance
+  out  presence         FP32   [P]
+  out  route            BYTES  [P]         "shortcut" | "full" | "rule"
+  out  meta             BYTES  [P]         JSON: route_by, route_score, answer, rule, think, bbox, text, token_ids,
+                                           timings (ms), rule_version (cseg_apply: sha256 of the rule's files, 16 hex)
+  out  error            BYTES  [1]         "" when served, else JSON {"type": cseg error class name, "message": ...}
+
+PyTriton cannot send a tensor with a zero-sized dimension (its shared-memory copy refuses it), so no output is ever
+empty on the wire: with no instance, one padding row (instance_prompt -1, all zeros) is sent; a failed request's
+tensors are all one-element placeholders beside its `error`. Readers select rows by instance_prompt.
+
+This module imports numpy only: the client side needs neither PyTriton nor the runtime.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+SEGMENT = "cseg_segment"
+APPLY = "cseg_apply"
+MAX_PROMPTS = 16  # prompts per segment request: each is a SAM 3 decoder pass (and maybe a VLM generation)
+MAX_PROMPT_BYTES = 8000  # prompting.MAX_PROMPT_CHARS (2000) characters of up to 4 UTF-8 bytes, checked before decoding
+OPTION_FIELDS = ("route", "max_new_tokens", "mask_size", "mask_interpolation", "max_length")  # bgr: the client's job
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: type  # numpy dtype; bytes tensors are np.bytes_ (Triton BYTES)
+    shape: tuple[int, ...]  # without the batch dimension; -1: any size
+
+    @property
+    def triton_dtype(self) -> str:
+        return {np.uint8: "UINT8", np.bool_: "BOOL", np.float32: "FP32", np.int32: "INT32", np.bytes_: "BYTES"}[
+            self.dtype
+        ]
+
+
+IMAGE = TensorSpec("image", np.uint8, (-1, -1, 3))
+INPUTS = {
+    SEGMENT: (IMAGE, TensorSpec("prompt", np.bytes_, (-1,)), TensorSpec("options", np.bytes_, (1,))),
+    APPLY: (IMAGE, TensorSpec("rule_id", np.bytes_, (1,))),
+}
+OUTPUTS = (
+    TensorSpec("mask", np.bool_, (-1, -1, -1)),
+    TensorSpec("instance_masks", np.bool_, (-1, -1, -1)),
+    TensorSpec("boxes", np.float32, (-1, 4)),
+    TensorSpec("scores", np.float32, (-1,)),
+    TensorSpec("instance_prompt", np.int32, (-1,)),
+    TensorSpec("presence", np.float32, (-1,)),
+    TensorSpec("route", np.bytes_, (-1,)),
+    TensorSpec("meta", np.bytes_, (-1,)),
+    TensorSpec("error", np.bytes_, (1,)),
+)
+OUTPUT_NAMES = tuple(spec.name for spec in OUTPUTS)
+
+
+def error_payload(exc: BaseException) -> bytes:
+    """What a failed request's `error` output holds: the cseg exception's class name and message."""
+    return json.dumps({"type": type(exc).__name__, "message": str(exc)}).encode()
+
+
+def placeholder_outputs(error: bytes) -> dict[str, np.ndarray]:
+    """A failed request's outputs: every tensor present with one element per free dimension (see the padding note
+    above), with its batch dimension, and the error."""
+    out = {}
+    for spec in OUTPUTS:
+        shape = tuple(1 if size == -1 else size for size in spec.shape)
+        out[spec.name] = np.zeros((1, *shape), dtype=object if spec.dtype is np.bytes_ else spec.dtype)
+        if spec.dtype is np.bytes_:
+            out[spec.name][...] = b""
+    out["instance_prompt"][...] = -1
+    out["error"][...] = error
+    return out

@@ -1,0 +1,210 @@
+"""`cseg serve`: a bundle's Runtime behind NVIDIA Triton Inference Server, through PyTriton (the `serve` extra).
+
+Two models, with the tensors of cseg.serve.contract: `cseg_segment` and `cseg_apply`. Triton's dynamic batcher groups
+concurrent requests (many cameras) into one call of the infer function, bounded by a queue of `max_queue` requests
+each waiting at most `queue_timeout_s` (then rejected, not served late). The bundle's sam3_vision graph takes a batch
+of exactly 1 (pixel_values [1, 3, S, S]), so a batch is served by looping over its requests in this process: the
+batcher saves the per-request round trips, not encoder work. Every request answers for itself: a bad one gets its
+`error` output and the rest of its batch is served.
+
+PyTriton's own needs are checked first (`check_environment`): numpy < 2 (PyTriton with numpy 2 answers with empty
+tensors, silently) and the Python backend stub's libpython (LD_LIBRARY_PATH = this interpreter's LIBDIR).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+
+from cseg.errors import CsegError, InvalidInputError
+from cseg.serve import contract
+
+log = logging.getLogger("cseg.serve")
+
+
+def check_environment() -> None:
+    """Refuse numpy 2; point the dynamic loader at this interpreter's libpython before Triton starts.
+
+    Triton's Python backend starts a stub process that loads libpython3.x.so; without LD_LIBRARY_PATH it finds the
+    system's copy (another build) and fails. Setting it in this process's environment is enough: tritonserver and its
+    stubs are started by PyTriton after this, and inherit it (this process has loaded its libpython already).
+    """
+    major = int(np.__version__.split(".")[0])
+    if major >= 2:
+        raise CsegError(
+            f"cseg serve needs numpy<2, this environment has numpy {np.__version__}: PyTriton 0.7 with numpy 2 answers "
+            "with empty tensors. Serve from the serving environment: make serve-env, then .venv-serve/bin/cseg serve"
+        )
+    libdir = sysconfig.get_config_var("LIBDIR")
+    paths = [p for p in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
+    if libdir and libdir not in paths:
+        os.environ["LD_LIBRARY_PATH"] = os.pathsep.join([libdir, *paths])
+
+
+def rule_version(path: Path) -> str:
+    """A rule's version: the sha256 of its JSON and arrays files (16 hex), so a changed rule file is a new version."""
+    digest = hashlib.sha256(path.read_bytes())
+    arrays = path.with_suffix(".npz")
+    if arrays.exists():
+        digest.update(arrays.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def load_rules(folder, manifest: dict) -> dict:
+    """{rule id: (Rule, version)} for every *.json rule in `folder`, each checked against the bundle's SAM 3 weights."""
+    from cseg.runtime.rules import Rule
+
+    if folder is None:
+        return {}
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InvalidInputError(f"--rules {folder}: not a folder of rule files (cseg induce --out DIR/NAME.json)")
+    rules = {}
+    for path in sorted(folder.glob("*.json")):
+        rule = Rule.load(path)
+        rule.check_bundle(manifest)  # a rule for other SAM 3 weights is refused at start, not per request
+        rules[path.stem] = (rule, rule_version(path))
+    return rules
+
+
+class Handlers:
+    """The per-request work of both models on one Runtime; every request is answered, failures as `error`."""
+
+    def __init__(self, runtime, rules: dict):
+        self.runtime, self.rules = runtime, rules
+
+    def segment(self, requests) -> list[dict]:
+        return [self._answer(self._segment, request) for request in requests]
+
+    def apply(self, requests) -> list[dict]:
+        return [self._answer(self._apply, request) for request in requests]
+
+    @staticmethod
+    def _answer(serve, request) -> dict:
+        try:
+            return serve(request)
+        except CsegError as exc:
+            return contract.placeholder_outputs(contract.error_payload(exc))
+        except Exception as exc:  # a bug must not take the model down for the other requests: log it, answer it
+            log.exception("request failed")
+            return contract.placeholder_outputs(contract.error_payload(CsegError(f"server error: {exc!r}")))
+
+    def _segment(self, request) -> dict:
+        from cseg.options import SegmentOptions
+
+        image = _image(request)
+        prompts = [_text(value, "prompt", contract.MAX_PROMPT_BYTES) for value in request["prompt"][0]]
+        if not 1 <= len(prompts) <= contract.MAX_PROMPTS:
+            raise InvalidInputError(f"a request takes 1 to {contract.MAX_PROMPTS} prompts, got {len(prompts)}")
+        options = _json(request["options"][0][0], "options")
+        if not isinstance(options, dict) or not set(options) <= set(contract.OPTION_FIELDS):
+            raise InvalidInputError(f"options must be a JSON object with keys among {contract.OPTION_FIELDS}")
+        if isinstance(options.get("mask_size"), list):  # JSON has no tuples; anything else SegmentOptions refuses
+            options["mask_size"] = tuple(options["mask_size"])
+        results = self.runtime.segment_many(image, prompts, options=SegmentOptions(**options))
+        return _outputs(results)
+
+    def _apply(self, request) -> dict:
+        rule_id = _text(request["rule_id"][0][0], "rule_id", 256)
+        if rule_id not in self.rules:
+            raise InvalidInputError(f"unknown rule {rule_id!r}: this server has {sorted(self.rules) or 'no rules'} "
+                                    "(cseg serve --rules DIR loads DIR/*.json)")  # fmt: skip
+        rule, version = self.rules[rule_id]
+        return _outputs([self.runtime.apply(rule, _image(request))], version)
+
+
+def _image(request) -> np.ndarray:
+    """The request's image (batch dimension dropped); Triton has checked dtype and the channel count already, the
+    runtime checks size and content."""
+    image = request["image"]
+    if image.ndim != 4 or image.shape[0] != 1:
+        raise InvalidInputError(f"image must be one HxWx3 uint8 image per request, got shape {image.shape[1:]}")
+    return image[0]
+
+
+def _text(value, name: str, limit: int) -> str:
+    value = bytes(value)
+    if len(value) > limit:  # checked on bytes, before decoding: a huge prompt costs nothing
+        raise InvalidInputError(f"{name} has {len(value)} bytes, more than the {limit} allowed")
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(f"{name} is not UTF-8: {exc.reason} at byte {exc.start}") from None
+
+
+def _json(value, name: str):
+    try:
+        return json.loads(_text(value, name, 4096))
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(f"{name} is not JSON: {exc}") from None
+
+
+def _outputs(results, version: str | None = None) -> dict:
+    """Segmentations -> the contract's outputs (with the batch dimension of 1)."""
+    instances = [r.instances for r in results]
+    height, width = results[0].mask.shape
+    meta = [{**{key: value for key, value in r.to_json().items() if key in _META}, "timings": r.timings,
+             "rule_version": version} for r in results]  # fmt: skip
+    masks = [i.masks for i in instances]
+    boxes, scores = [i.boxes for i in instances], [i.scores for i in instances]
+    owner = [np.full(len(i), k, np.int32) for k, i in enumerate(instances)]
+    if not any(len(i) for i in instances):  # PyTriton cannot send zero-sized tensors: one padding row (contract)
+        masks, boxes = [np.zeros((1, height, width), bool)], [np.zeros((1, 4), np.float32)]
+        scores, owner = [np.zeros(1, np.float32)], [np.full(1, -1, np.int32)]
+    out = {
+        "mask": np.stack([r.mask for r in results]),
+        "instance_masks": np.concatenate(masks),
+        "boxes": np.concatenate(boxes).astype(np.float32),
+        "scores": np.concatenate(scores).astype(np.float32),
+        "instance_prompt": np.concatenate(owner),
+        "presence": np.array([r.presence for r in results], np.float32),
+        "route": np.array([r.route.encode() for r in results], dtype=object),
+        "meta": np.array([json.dumps(m).encode() for m in meta], dtype=object),
+        "error": np.array([b""], dtype=object),
+    }
+    return {name: value[None] for name, value in out.items()}
+
+
+_META = ("route_by", "route_score", "answer", "rule", "think", "bbox", "text", "token_ids")
+
+
+def serve(bundle, *, rules=None, host: str = "127.0.0.1", http_port: int = 8000, grpc_port: int = 8001,
+          metrics_port: int = 8002, max_batch: int = 8, max_queue: int = 64, queue_timeout_s: float = 30.0,
+          max_delay_ms: float = 2.0, device: str = "auto", ready=None) -> None:  # fmt: skip
+    """Serve `bundle` until interrupted (blocks). `ready(triton)` is called once the models are bound."""
+    check_environment()
+    from pytriton.model_config import DynamicBatcher, ModelConfig, QueuePolicy, Tensor, TimeoutAction
+    from pytriton.triton import DEFAULT_PROTECTED_ENDPOINTS, Triton, TritonConfig, TritonSecurityConfig
+
+    from cseg.runtime import Runtime
+
+    runtime = Runtime.open(bundle, device=device)
+    handlers = Handlers(runtime, load_rules(rules, runtime.manifest))
+    log.info("bundle %s, rules %s", bundle, sorted(handlers.rules))
+    policy = QueuePolicy(timeout_action=TimeoutAction.REJECT, default_timeout_microseconds=int(queue_timeout_s * 1e6),
+                         allow_timeout_override=True, max_queue_size=max_queue)  # fmt: skip
+    batcher = DynamicBatcher(max_queue_delay_microseconds=int(max_delay_ms * 1000), default_queue_policy=policy)
+    config = TritonConfig(http_address=host, http_port=http_port, grpc_address=host, grpc_port=grpc_port,
+                          metrics_port=metrics_port or None, allow_metrics=metrics_port > 0)  # fmt: skip
+
+    # PyTriton guards Triton's management endpoints with a token it generates; statistics (request and batch counts,
+    # what a fleet's monitoring reads) are opened, the rest (model repository, shared memory, ...) stay guarded
+    security = TritonSecurityConfig(restricted_endpoints=[e for e in DEFAULT_PROTECTED_ENDPOINTS if e != "statistics"])
+
+    def tensors(specs):
+        return [Tensor(name=s.name, dtype=s.dtype, shape=s.shape) for s in specs]
+
+    with Triton(config=config, security_config=security) as triton:
+        for name, infer in ((contract.SEGMENT, handlers.segment), (contract.APPLY, handlers.apply)):
+            triton.bind(model_name=name, infer_func=infer, inputs=tensors(contract.INPUTS[name]),
+                        outputs=tensors(contract.OUTPUTS),
+                        config=ModelConfig(max_batch_size=max_batch, batcher=batcher), strict=True)  # fmt: skip
+        if ready is not None:
+            ready(triton)
+        triton.serve()

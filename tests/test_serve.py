@@ -1,0 +1,274 @@
+"""`cseg serve` (Triton through PyTriton) and RemoteRuntime, with real components on loopback.
+
+The server runs in the serving environment (.venv-serve: PyTriton needs numpy<2), started once per module as a
+subprocess on free loopback ports with the tiny bundle; the client runs here (this venv's numpy 2). Every remote
+answer is compared with the local Runtime's on the same bundle: PyTriton with numpy 2 answers with *empty* tensors, so
+"it answered" proves nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cseg.errors import CsegError, InvalidInputError
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVE_PYTHON = ROOT / ".venv-serve" / "bin" / "python"
+START_S = 120  # a loaded 2-core machine: Triton starts in ~3 s alone, the bundle loads in seconds more
+
+pytestmark = pytest.mark.skipif(not SERVE_PYTHON.exists(), reason="no serving environment: run `make serve-env` "
+                                "(.venv-serve, PyTriton with numpy<2); `make test` creates it")  # fmt: skip
+grpcclient = pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] (the test extra) is not installed")
+
+from cseg.serve import contract  # noqa: E402
+from cseg.serve.client import RemoteRuntime, ServerError  # noqa: E402
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+class Server:
+    """`python -m cseg.serve` in .venv-serve, on free loopback ports; its log goes to a file for the failure message."""
+
+    def __init__(self, bundle, rules, log: Path, ports=None):
+        self.bundle, self.rules, self.log = bundle, rules, log
+        self.http, self.grpc, self.metrics = ports or _free_ports(3)
+        self.url = f"127.0.0.1:{self.grpc}"
+        self.process = None
+
+    def start(self) -> "Server":
+        command = [str(SERVE_PYTHON), "-m", "cseg.serve", str(self.bundle), "--rules", str(self.rules),
+                   "--port", str(self.http), "--grpc-port", str(self.grpc), "--metrics-port", str(self.metrics),
+                   "--max-batch", "8", "--max-delay-ms", "20"]  # fmt: skip
+        env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                            start_new_session=True)  # fmt: skip
+        client = grpcclient.InferenceServerClient(self.url)
+        deadline = time.monotonic() + START_S
+        try:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    pytest.fail(f"cseg serve exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
+                try:
+                    if all(client.is_model_ready(m) for m in (contract.SEGMENT, contract.APPLY)):
+                        return self
+                except Exception:  # not listening yet
+                    pass
+                time.sleep(0.25)
+        finally:
+            client.close()
+        self.stop()
+        pytest.fail(f"cseg serve not ready in {START_S} s:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self, sig=signal.SIGTERM) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, sig)  # the session: PyTriton's tritonserver and stubs go with it
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def rules(runtime, photo, tmp_path_factory):
+    from skimage import data
+
+    rule = runtime.induce([(data.coffee(), [[120, 30, 420, 300]])], "the cup", image=photo, max_new_tokens=10)
+    folder = tmp_path_factory.mktemp("rules")
+    rule.save(folder / "cup.json")
+    return folder, rule
+
+
+@pytest.fixture(scope="module")
+def server(tiny_bundle, rules, tmp_path_factory):
+    server = Server(tiny_bundle, rules[0], tmp_path_factory.mktemp("serve") / "server.log").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def remote(server):
+    with RemoteRuntime(server.url, timeout_s=60) as rt:
+        yield rt
+
+
+def _same(remote_result, local_result) -> None:
+    assert remote_result.mask.shape == local_result.mask.shape and remote_result.mask.any() == local_result.mask.any()
+    assert np.array_equal(remote_result.mask, local_result.mask)
+    assert np.array_equal(remote_result.instances.masks, local_result.instances.masks)
+    np.testing.assert_allclose(remote_result.instances.boxes, local_result.instances.boxes, atol=1e-3)
+    np.testing.assert_allclose(remote_result.instances.scores, local_result.instances.scores, atol=1e-5)
+    assert remote_result.presence == pytest.approx(local_result.presence, abs=1e-5)
+    assert (remote_result.route, remote_result.answer, remote_result.token_ids) == (
+        local_result.route, local_result.answer, local_result.token_ids)  # fmt: skip
+
+
+def test_segment_equals_the_local_runtime(remote, runtime, photo):
+    frame = photo[:200, :300]
+    remote_many = remote.segment_many(frame, ["astronaut", "the flag"], route="shortcut")
+    local_many = runtime.segment_many(frame, ["astronaut", "the flag"], route="shortcut")
+    assert len(remote_many) == 2
+    for got, want in zip(remote_many, local_many):
+        assert got.mask.size > 0 and len(got.instances) == len(want.instances)
+        _same(got, want)
+    full = remote.segment(frame, "where is the helmet?", route="full", max_new_tokens=8)
+    _same(full, runtime.segment(frame, "where is the helmet?", route="full", max_new_tokens=8))
+    bgr = remote.segment(np.ascontiguousarray(frame[..., ::-1]), "astronaut", route="shortcut", bgr=True)
+    _same(bgr, local_many[0])
+
+
+def test_apply_equals_the_local_runtime_and_carries_the_rule_version(remote, runtime, rules, photo):
+    got = remote.apply("cup", photo)
+    _same(got, runtime.apply(rules[1], photo))
+    assert got.route == "rule" and len(got.rule_version) == 16
+    streamed = list(remote.stream([photo, photo[:1]], "cup"))  # as Runtime.stream: a bad frame is an error result
+    _same(streamed[0].result, got)
+    assert streamed[1].result is None and "between 2 and" in streamed[1].error
+
+
+def test_fan_in_all_answered_correctly_and_batched(server, runtime, rules, photo):
+    frames = [np.ascontiguousarray(np.roll(photo, 37 * k, axis=1)) for k in range(4)]
+    expected = [runtime.apply(rules[1], frame) for frame in frames]
+    before = _batches(server.url)
+    failures, results = [], {}
+
+    def camera(index: int) -> None:
+        try:
+            with RemoteRuntime(server.url, timeout_s=60) as rt:  # a client per camera: its own channel
+                for round_ in range(2):
+                    results[index, round_] = rt.apply("cup", frames[index % len(frames)])
+        except Exception as exc:  # reported below with the camera's index
+            failures.append((index, repr(exc)))
+
+    threads = [threading.Thread(target=camera, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not failures and len(results) == 12
+    for (index, _), result in results.items():
+        _same(result, expected[index % len(frames)])
+    grown = {size: count - before.get(size, 0) for size, count in _batches(server.url).items()}
+    assert sum(size * count for size, count in grown.items()) == 12  # every request executed once, none lost
+    assert any(size > 1 and count > 0 for size, count in grown.items()), f"no batch formed: {grown}"
+
+
+def _batches(url: str) -> dict[int, int]:
+    """{batch size: executions} of cseg_apply, from Triton's statistics."""
+    with RemoteRuntime(url) as rt:
+        stats = rt.statistics(contract.APPLY)
+    model = stats["model_stats"][0]
+    return {int(b["batch_size"]): int(b["compute_infer"].get("count", 0)) for b in model.get("batch_stats", [])}
+
+
+def test_bad_input_gets_the_cseg_error_and_the_server_keeps_serving(server, remote, photo):
+    with pytest.raises(InvalidInputError, match="unknown rule 'nope'"):
+        remote.apply("nope", photo)
+    with pytest.raises(InvalidInputError, match="prompt is empty"):
+        remote.segment(photo, "   ")  # refused here, before the wire
+    with pytest.raises(InvalidInputError, match="dtype float32"):
+        remote.segment(photo.astype(np.float32), "astronaut")
+    # the same mistakes sent as raw requests: the server's own checks, mapped back to the cseg exception
+    image = np.ascontiguousarray(photo[:64, :64])
+    options = np.array([b"{}"], dtype=object)
+    with pytest.raises(InvalidInputError, match="prompt is empty"):
+        remote._infer(contract.SEGMENT, {"image": image, "prompt": np.array([b" "], dtype=object), "options": options})
+    with pytest.raises(InvalidInputError, match="more than the 8000 allowed"):
+        huge = np.array([b"x" * 9000], dtype=object)
+        remote._infer(contract.SEGMENT, {"image": image, "prompt": huge, "options": options})
+    with pytest.raises(InvalidInputError, match="route must be one of"):
+        bad = np.array([b'{"route": "fast"}'], dtype=object)
+        remote._infer(contract.SEGMENT, {"image": image, "prompt": np.array([b"cat"], dtype=object), "options": bad})
+    with pytest.raises(InvalidInputError, match="image"):
+        remote._infer(contract.APPLY, {"image": np.zeros((1, 1, 3), np.uint8), "rule_id": np.array([b"cup"], object)})
+    raw = grpcclient.InferenceServerClient(server.url)
+    try:
+        wrong = grpcclient.InferInput("image", [1, 8, 8, 3], "FP32")  # Triton's own dtype check
+        wrong.set_data_from_numpy(np.zeros((1, 8, 8, 3), np.float32))
+        rule_id = grpcclient.InferInput("rule_id", [1, 1], "BYTES")
+        rule_id.set_data_from_numpy(np.array([[b"cup"]], dtype=object))
+        with pytest.raises(Exception, match="(?i)data-type|datatype|dtype"):
+            raw.infer(contract.APPLY, [wrong, rule_id])
+    finally:
+        raw.close()
+    assert remote.apply("cup", photo).route == "rule"  # still serving
+
+
+def test_server_down_is_a_clear_error_and_the_client_reconnects(tiny_bundle, rules, photo, runtime, tmp_path):
+    server = Server(tiny_bundle, rules[0], tmp_path / "server.log").start()
+    try:
+        rt = RemoteRuntime(server.url, timeout_s=30)
+        assert rt.apply("cup", photo).route == "rule"
+        server.stop(signal.SIGKILL)
+        with pytest.raises(ServerError, match=f"cseg server {server.url}"):
+            rt.apply("cup", photo)
+        failed = list(rt.stream([photo], "cup"))
+        assert failed[0].result is None and "cseg server" in failed[0].error
+        server.start()  # the same ports: the same client's next call connects afresh
+        _same(rt.apply("cup", photo), runtime.apply(rules[1], photo))
+        rt.close()
+    finally:
+        server.stop()
+
+
+def test_nothing_listening_is_a_server_error():
+    (port,) = _free_ports(1)
+    with pytest.raises(ServerError, match="unavailable"):
+        RemoteRuntime(f"127.0.0.1:{port}", timeout_s=5).segment(np.zeros((8, 8, 3), np.uint8), "cat")
+
+
+def test_numpy_2_is_refused_with_a_clear_message(tmp_path, capsys):
+    from cseg.cli import main
+
+    if int(np.__version__.split(".")[0]) < 2:
+        pytest.skip("this environment has numpy<2: the refusal is for numpy 2")
+    assert main(["serve", str(tmp_path)]) == 2  # refused before the bundle is even read
+    assert "needs numpy<2" in capsys.readouterr().err
+    assert sys.modules.get("pytriton") is None  # refused before PyTriton is imported
+
+
+def test_the_contract_round_trips_instances_and_padding():
+    """Server outputs -> client results without a server: instances go back to their prompt, padding rows vanish."""
+    from cseg.segmentation import Instances, Segmentation
+    from cseg.serve.client import decode
+    from cseg.serve.server import _outputs
+
+    masks = np.zeros((2, 4, 5), bool)
+    masks[0, 1, 1] = masks[1, 2, 3] = True
+    two = Instances(masks, np.array([[0, 0, 2, 2], [1, 1, 4, 3]], np.float32), np.array([0.9, 0.6], np.float32))
+    first = Segmentation(masks.any(0), two, 0.8, "shortcut", answer="a")
+    second = Segmentation(np.zeros((4, 5), bool), Instances.empty(4, 5), 0.1, "full", answer="b", token_ids=(3, 4))
+    wire = _outputs([first, second])
+    assert all(value.size > 0 for value in wire.values())  # PyTriton cannot send a zero-sized tensor
+    got = decode(wire.get)
+    assert [len(r.instances) for r in got] == [2, 0] and got[1].token_ids == (3, 4) and got[1].route == "full"
+    assert np.array_equal(got[0].instances.masks, masks) and got[0].instances.scores.tolist() == pytest.approx([0.9, 0.6])
+    alone = decode(_outputs([second], "v1").get)[0]
+    assert len(alone.instances) == 0 and alone.rule_version == "v1"
+    with pytest.raises(InvalidInputError, match="bad frame"):
+        decode(contract.placeholder_outputs(contract.error_payload(InvalidInputError("bad frame"))).get)
+    with pytest.raises(CsegError, match="boom") as caught:
+        decode(contract.placeholder_outputs(b'{"type": "KeyError", "message": "boom"}').get)
+    assert type(caught.value) is CsegError  # a name that is no cseg error class is never instantiated
+    hollow = {name: value[:, :0] if value.ndim > 1 else value[:0] for name, value in wire.items()}
+    with pytest.raises(ServerError, match="empty tensors"):  # what PyTriton with numpy 2 answers: never a result
+        decode(hollow.get)

@@ -1,0 +1,152 @@
+"""Counting confirmed tracks across a line (or into a zone), each part once.
+
+A track's state against the line is its side: "before" (signed distance < -hysteresis), "past" (> +hysteresis), or
+unchanged while its anchor (the box center) is inside the band between. Box flicker on the line therefore never flips
+it, and a track is counted at most once whatever it does afterwards (a part pushed back and forth is one part; going
+back past the line is reported once as `reverse`).
+
+A part counts when its confirmed track goes from "before" to "past", the crossing point lying on the segment (give
+or take `margin` pixels). A track that is first "past" without ever having been "before" (first seen already past
+the line: missed while crossing, a low frame rate, a line near the image edge) counts only when its track proves the
+crossing: with p0 its first observed anchor at time t0, v its velocity and t_b its `lookback_t` (the time of the frame
+`max_misses + 1` frames before t0), it counts iff v points across the line (v . n > 0) and the back-projected anchor
+p0 - v (t0 - t_b) lies before the line (signed distance < 0) with the crossing point on the segment. Why this cannot
+count a part twice: a track ends only after more than `max_misses` consecutive misses, so a part that lost its track
+and got a new one was last seen by the old track no later than t_b; if the old track had crossed, the part was past the
+line at t_b already and the new track proves nothing (t_b is the stream's first frame when the stream is younger: no
+older track existed). A part on screen at the stream's first frame has no t_b: a crossing nobody saw is not counted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from cseg.errors import InvalidInputError
+from cseg.track.geometry import Line, Zone, _is_number
+from cseg.track.tracker import Observation, Track
+
+
+@dataclass(frozen=True)
+class Crossing:
+    kind: str  # "count" or "reverse"
+    track: Track
+    observation: Observation
+    count: int  # the counter's total for this kind after this crossing
+    proven: bool = False  # counted by the back-projection proof (first seen past the line)
+
+
+class _State:
+    __slots__ = ("side", "last_frame", "before", "counted", "reversed")
+
+    def __init__(self):
+        self.side = 0  # -1 before, +1 past, 0 not yet known
+        self.last_frame = -(2**62)
+        self.before: np.ndarray | None = None  # last anchor seen before the line
+        self.counted = self.reversed = False
+
+
+def new_observations(track: Track, last_frame: int) -> list[Observation]:
+    """The track's observations after frame `last_frame`, oldest first (read from the end: usually one)."""
+    new = []
+    for observation in reversed(track.history):
+        if observation.frame <= last_frame:
+            break
+        new.append(observation)
+    return new[::-1]
+
+
+class LineCounter:
+    def __init__(self, line: Line, *, hysteresis: float = 2.0, margin: float = 0.0):
+        if not isinstance(line, Line):
+            raise InvalidInputError(f"line must be a cseg.track.Line, got {type(line).__name__}")
+        for name, value in (("hysteresis", hysteresis), ("margin", margin)):
+            if not (_is_number(value) and value >= 0):
+                raise InvalidInputError(f"{name} must be a number of pixels >= 0, got {value!r}")
+        self.line, self.hysteresis, self.margin = line, float(hysteresis), float(margin)
+        self.count = self.reversed = 0
+        self._states: dict[int, _State] = {}
+
+    def _crosses(self, a: np.ndarray, b: np.ndarray) -> bool:
+        """Whether the segment a -> b (a before the line, b past it) meets the line on the counted segment."""
+        da, db = self.line.signed_distance(a), self.line.signed_distance(b)
+        point = a + (b - a) * (da / (da - db)) if da != db else b
+        return self.line.within(point, self.margin)
+
+    def proves_crossing(self, track: Track) -> bool:
+        """The back-projection proof above, for a track first seen past the line."""
+        first = track.history[0]
+        if track.lookback_t is None or float(track.velocity @ self.line.normal) <= 0:
+            return False
+        center = np.array(first.center)
+        back = center - track.velocity * (first.t - track.lookback_t)
+        return float(self.line.signed_distance(back)) < 0 and self._crosses(back, center)
+
+    def update(self, tracks: list[Track]) -> list[Crossing]:
+        crossings = []
+        for track in tracks:
+            if not track.confirmed:
+                continue
+            state = self._states.get(track.id)
+            if state is None:
+                state = self._states[track.id] = _State()
+            for observation in new_observations(track, state.last_frame):
+                state.last_frame = observation.frame
+                center = observation.center
+                distance = self.line.distance(center)
+                side = -1 if distance < -self.hysteresis else 1 if distance > self.hysteresis else state.side
+                if side == 1 and state.side != 1 and not state.counted:
+                    proven = state.side == 0
+                    crossed = self.proves_crossing(track) if proven else self._crosses(state.before, np.array(center))
+                    if crossed:
+                        state.counted = True
+                        self.count += 1
+                        crossings.append(Crossing("count", track, observation, self.count, proven))
+                elif side == -1 and state.side == 1 and state.counted and not state.reversed:
+                    state.reversed = True
+                    self.reversed += 1
+                    crossings.append(Crossing("reverse", track, observation, self.reversed))
+                if side == -1:
+                    state.before = np.array(center)
+                state.side = side
+        return crossings
+
+    def end(self, tracks: list[Track]) -> None:
+        for track in tracks:
+            self._states.pop(track.id, None)
+
+
+class ZoneCounter:
+    """Counts each confirmed track once, the first time its anchor is inside the zone; `occupancy` is how many
+    confirmed tracks are inside now."""
+
+    def __init__(self, zone: Zone):
+        if not isinstance(zone, Zone):
+            raise InvalidInputError(f"zone must be a cseg.track.Zone, got {type(zone).__name__}")
+        self.zone = zone
+        self.count = 0
+        self._inside: dict[int, bool] = {}
+        self._counted: set[int] = set()
+
+    @property
+    def occupancy(self) -> int:
+        return sum(self._inside.values())
+
+    def update(self, tracks: list[Track]) -> list[Crossing]:
+        crossings = []
+        for track in tracks:
+            if not track.confirmed:
+                continue
+            inside = self.zone.contains(track.center)
+            self._inside[track.id] = inside
+            if inside and track.id not in self._counted:
+                self._counted.add(track.id)
+                self.count += 1
+                crossings.append(Crossing("count", track, track.last, self.count))
+        return crossings
+
+    def end(self, tracks: list[Track]) -> None:
+        for track in tracks:
+            self._inside.pop(track.id, None)
+            self._counted.discard(track.id)
