@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -95,8 +96,11 @@ def seal(staging: Path, manifest: dict) -> dict:
 
 
 def write(staging: Path, manifest: dict) -> None:
-    """manifest.json, written last: a staging folder that an interruption leaves behind never opens as a bundle."""
-    (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
+    """manifest.json, written last: a staging folder that an interruption leaves behind never opens as a bundle. It
+    appears whole (written beside, then renamed): a manifest.json that exists is a complete one."""
+    partial = staging / f".{MANIFEST_NAME}.partial"
+    partial.write_text(json.dumps(manifest, indent=1) + "\n")
+    os.replace(partial, staging / MANIFEST_NAME)
 
 
 def source(path: Path, patterns=SOURCE_FILES) -> dict:
