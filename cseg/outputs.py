@@ -7,6 +7,7 @@ import functools
 import io
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 from cseg.errors import InvalidInputError
@@ -52,7 +53,9 @@ def _rgb_extensions() -> tuple[str, ...]:
     extensions = []
     for extension, name in sorted(Image.registered_extensions().items()):
         try:
-            Image.new("RGB", (2, 2)).save(io.BytesIO(), name)
+            with warnings.catch_warnings():  # a format's deprecation notice (IM) is not the user's concern here
+                warnings.simplefilter("ignore")
+                Image.new("RGB", (2, 2)).save(io.BytesIO(), name)
         except Exception:  # noqa: BLE001 - each plugin fails in its own way (OSError, ValueError, KeyError)
             continue
         extensions.append(extension)

@@ -247,7 +247,7 @@ def _check_arrays(values: dict, where: str) -> None:
             raise InvalidInputError(f"{where}: {name} holds NaN or infinite values")
         largest = float(np.abs(value).max(initial=0.0))
         if largest > FP16_MAX:
-            raise InvalidInputError(f"{where}: {name} holds {largest:g}, beyond {FP16_MAX:g} (the largest value the "
-                                    "bundle's fp16 engines hold; no concept head produces it): a corrupt rule")  # fmt: skip
+            raise InvalidInputError(f"{where}: {name} holds {largest:g}, beyond {FP16_MAX:g} (the largest value "
+                                    "the bundle's fp16 engines hold; no concept head produces it): a corrupt rule")
     if mask.size == 0 or mask[0, 0] != 1 or not np.isin(mask, (0, 1)).all():
         raise InvalidInputError(f"{where}: text_mask must hold 0/1 with the first token 1")

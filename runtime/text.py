@@ -61,8 +61,8 @@ class ChatTokenizer:
             if expected is not None and got != expected:
                 raise BundleError(f"VLM tokenizer {self.path}: {token} is not {field} {expected} (it is {got}): the "
                                   "bundle's tokenizer and model do not belong together")  # fmt: skip
-        stops = {"generation.pad_token_id": generation["pad_token_id"],
-                 **{f"generation.eos_token_ids[{i}]": t for i, t in enumerate(generation["eos_token_ids"])}}  # fmt: skip
+        stops = {f"generation.eos_token_ids[{i}]": t for i, t in enumerate(generation["eos_token_ids"])}
+        stops["generation.pad_token_id"] = generation["pad_token_id"]
         for field, token in stops.items():
             if self.tokenizer.id_to_token(token) is None:
                 raise BundleError(f"VLM tokenizer {self.path} has no token of id {token} ({field}): the bundle's "

@@ -267,14 +267,16 @@ def test_a_tokenizer_that_does_not_fit_its_graphs_is_refused(tiny_bundle, tmp_pa
     assert recorded["vocab_size"] > 0 and recorded["bos_token_id"] != recorded["eos_token_id"]
     swapped = _replace_file(bundle, manifest, sam3, lambda path: path.write_bytes(originals[vlm]))
     verify_files(bundle, swapped)  # consistent: the hashes cannot tell
-    with pytest.raises(BundleError, match=r"SAM 3 tokenizer \S*tokenizers/sam3/tokenizer.json frames a phrase with ids "
-                                          r"\d+ \.\.\. \d+, but the text encoder was exported for \d+ \.\.\. \d+"):  # fmt: skip
+    framed = (r"SAM 3 tokenizer \S*tokenizers/sam3/tokenizer.json frames a phrase with ids \d+ \.\.\. \d+, but the "
+              r"text encoder was exported for \d+ \.\.\. \d+")
+    with pytest.raises(BundleError, match=framed):
         Runtime.open(bundle)
     (bundle / sam3).write_bytes(originals[sam3])
     rows = recorded["vocab_size"]
     _replace_file(bundle, manifest, sam3, _with_tokens(bundle / sam3, 1))
-    with pytest.raises(BundleError, match=rf"tokenizer \S*sam3/tokenizer.json has token ids up to {rows}, but the "
-                                          rf"embedding it feeds \(model.sam3_text_tokens.vocab_size\) has {rows} rows"):  # fmt: skip
+    too_many = (rf"tokenizer \S*sam3/tokenizer.json has token ids up to {rows}, but the embedding it feeds "
+                rf"\(model.sam3_text_tokens.vocab_size\) has {rows} rows")
+    with pytest.raises(BundleError, match=too_many):
         Runtime.open(bundle)
     (bundle / sam3).write_bytes(originals[sam3])
     rows = manifest["model"]["vocab_size"]
