@@ -1,7 +1,8 @@
 """Calibration data as data: a folder with `calib.jsonl`, one line per sample.
 
     {"image": "images/line_0001.png", "prompt": "scratch on the lid", "demos": [["demo.png", [[x1, y1, x2, y2]]]],
-     "mask": "masks/line_0001.png"}      (demos and mask optional; the mask is the ground truth, for the router)
+     "mask": "masks/line_0001.png"}      (demos and mask optional; the mask is the ground truth, for the router,
+                                          of its image's size)
 
 Paths are relative to the folder and must stay inside it (no `..`, absolute paths or symlinks out).
 `default_set(dir)` writes one from photographs that install with scikit-image (for tests and the demo); point `--calib DIR` at your own factory images for real deployments. The set's sha256
@@ -22,6 +23,7 @@ from PIL import Image
 
 from cseg.errors import InvalidInputError
 from cseg.files import inside, parse_json, read_text, regular_file
+from cseg.images import image_size
 
 INDEX = "calib.jsonl"
 MAX_INDEX_BYTES = 64 << 20  # calib.jsonl: thousands of short lines at most
@@ -86,6 +88,8 @@ def load(root: str | Path) -> CalibrationSet:
             item = CalibrationItem(_file(root, entry["image"], f"{where}: image"), entry["prompt"], demos, mask)
         except (KeyError, TypeError, IndexError, AttributeError) as exc:
             raise InvalidInputError(f"{where} is not a calibration entry ({type(exc).__name__}: {exc})") from None
+        if mask is not None:
+            _check_mask(item, where)
         items.append(item)
     if not items:
         raise InvalidInputError(f"{index} lists no samples")
@@ -95,6 +99,16 @@ def load(root: str | Path) -> CalibrationSet:
 def _file(root: Path, relative, what: str) -> Path:
     """A regular file inside the calibration folder (the set's sha256 reads every file it names: a FIFO would hang)."""
     return regular_file(inside(root, relative, what), what)
+
+
+def _check_mask(item: CalibrationItem, where: str) -> None:
+    """A ground-truth mask has its image's size (from both headers, before any work): the format has no resizing, and
+    one resized to fit would label the router with a mask of some other picture."""
+    image, mask = image_size(item.image, f"{where}: image"), image_size(item.mask, f"{where}: mask")
+    if image != mask:
+        raise InvalidInputError(f"{where}: the mask {item.mask} is {mask[0]}x{mask[1]} but its image {item.image} is "
+                                f"{image[0]}x{image[1]} (width x height); a ground-truth mask must have its image's "
+                                "size")  # fmt: skip
 
 
 def default_set(root: str | Path) -> CalibrationSet:

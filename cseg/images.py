@@ -87,9 +87,11 @@ def load_image(image, *, bgr: bool = False, what: str = "image") -> Image.Image:
     if isinstance(image, (str, os.PathLike)):
         pil = _open(os.fspath(image), what)
     elif isinstance(image, Image.Image):
-        pil = image
         if bgr:
             raise InvalidInputError(f"{what}: bgr=True applies to numpy arrays only, got a PIL image")
+        pil = image
+        with _decoding(what):  # a lazily opened image decodes here: truncated, closed, PIL's limits
+            pil.load()
     elif isinstance(image, (np.ndarray, Frame)):
         return load_frame(image, bgr=bgr, what=what).pil()
     elif image is None:
@@ -131,16 +133,41 @@ def _pixel_limit():
 def _open(path: str, what: str) -> Image.Image:
     if not os.path.isfile(path):
         raise InvalidInputError(f"{what} path {path!r} does not exist or is not a file")
+    with _decoding(f"{what} path {path!r}"), _pixel_limit(), Image.open(path) as opened:
+        _check_size(*opened.size, what)  # from the header: a small file can declare a huge image
+        opened.load()
+        return opened.copy()
+
+
+def image_size(path, what: str = "image") -> tuple[int, int]:
+    """(width, height) of the image file `path` from its header, without decoding the pixels."""
+    if not os.path.isfile(path):
+        raise InvalidInputError(f"{what} path {os.fspath(path)!r} does not exist or is not a file")
+    with _decoding(f"{what} path {os.fspath(path)!r}"), _pixel_limit(), Image.open(path) as opened:
+        return opened.size
+
+
+@contextmanager
+def _decoding(what: str):
+    """PIL's errors while reading a file's header or decoding its pixels, as InvalidInputError saying what is wrong
+    with the image: the one place for paths and for PIL images the caller opened lazily (decoded on first use)."""
     try:
-        with _pixel_limit(), Image.open(path) as opened:
-            _check_size(*opened.size, what)  # from the header: a small file can declare a huge image
-            opened.load()
-            return opened.copy()
+        yield
+    except InvalidInputError:  # our own checks inside (sizes); it is a ValueError too
+        raise
     # PIL refuses a header above twice the raised limit itself, and warns above it (an error where warnings are)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise InvalidInputError(f"{what} path {path!r} declares too many pixels: {exc}") from None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise InvalidInputError(f"{what} path {path!r} is not a readable image: {exc}") from None
+        raise InvalidInputError(f"{what} declares too many pixels: {exc}") from None
+    except UnidentifiedImageError as exc:
+        raise InvalidInputError(f"{what} is not a readable image: {exc}") from None
+    except OSError as exc:  # "image file is truncated", a broken stream, a read error
+        raise InvalidInputError(f"{what} is not a readable image (truncated or corrupt?): {exc}") from None
+    except ValueError as exc:
+        if "closed image" in str(exc):  # PIL's only ValueError for an image whose file was closed before it decoded
+            raise InvalidInputError(f"{what} is a closed PIL image: pass it while it is open, or a copy made then "
+                                    "(image.copy())") from None  # fmt: skip
+        # a PNG text chunk beyond PngImagePlugin.MAX_TEXT_CHUNK, a malformed header field
+        raise InvalidInputError(f"{what} cannot be decoded: {exc}") from None
 
 
 def vlm_image(image: Image.Image) -> Image.Image:

@@ -3,8 +3,11 @@ fails at its start instead, with one line naming the option. Missing parent fold
 
 from __future__ import annotations
 
+import functools
+import io
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 from cseg.errors import InvalidInputError
@@ -27,6 +30,36 @@ def output_file(path: str | None, option: str) -> Path | None:
     except OSError as exc:
         raise InvalidInputError(f"{option} {path} cannot be written: {exc.strerror}") from None
     return target
+
+
+def output_image(path: str | None, option: str) -> Path | None:
+    """output_file for an RGB image PIL writes (an overlay): PIL picks the format from the extension, so one it cannot
+    write RGB in (.xyz, .xbm, .h5) is refused here, listing those it can, rather than after the work that made it."""
+    target = output_file(path, option)
+    if target is not None and target.suffix.lower() not in _rgb_extensions():
+        suffix = target.suffix or "(no extension)"
+        raise InvalidInputError(f"{option} {path}: PIL cannot write an RGB image as {suffix!r}; name a file ending in "
+                                f"one of {' '.join(_rgb_extensions())}")  # fmt: skip
+    return target
+
+
+@functools.cache
+def _rgb_extensions() -> tuple[str, ...]:
+    """The extensions of every format this PIL saves an RGB image in: tried on a 2x2 image, since some registered
+    savers are stubs (HDF5, GRIB) or take other modes only (XBM, MSP)."""
+    from PIL import Image
+
+    Image.init()  # registers every plugin
+    extensions = []
+    for extension, name in sorted(Image.registered_extensions().items()):
+        try:
+            with warnings.catch_warnings():  # a format's deprecation notice (IM) is not the user's concern here
+                warnings.simplefilter("ignore")
+                Image.new("RGB", (2, 2)).save(io.BytesIO(), name)
+        except Exception:  # noqa: BLE001 - each plugin fails in its own way (OSError, ValueError, KeyError)
+            continue
+        extensions.append(extension)
+    return tuple(extensions)
 
 
 def output_folder(path: str | None, option: str) -> Path | None:

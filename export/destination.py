@@ -9,11 +9,14 @@ the next export to the same destination.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import glob
 import json
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 from cseg.bundle.schema import BUNDLE_FORMAT, MANIFEST_NAME
@@ -77,11 +80,39 @@ def _alive(pid: int) -> bool:
 
 
 def replace(staging: Path, target: Path) -> None:
-    """Move the finished `staging` to `target`, retiring a bundle already there (checked by check_destination)."""
+    """Move the finished `staging` to `target`, retiring a bundle already there (checked by check_destination).
+
+    A process killed at any point (SIGKILL included) leaves `target` absent or a complete bundle: the old one or the
+    new one. Without a bundle there, one rename. Over one (`--force`), the two directories are exchanged in one
+    system call where the OS has it (Linux renameat2 RENAME_EXCHANGE), so the old bundle stays at `target` until the
+    new one is; two renames took it away first, and a kill between them left no bundle at all (and the next export
+    removed both hidden siblings). The retired bundle, now in `staging`'s place, is removed last; a kill before that
+    leaves it for the next export to remove (remove_stale)."""
     if not target.exists():
         os.rename(staging, target)
         return
-    retired = staging_dir(target, "old")
+    if _exchange(staging, target):
+        shutil.rmtree(staging, ignore_errors=True)
+        return
+    retired = staging_dir(target, "old")  # elsewhere: a short window without a bundle at `target`
     os.rename(target, retired)
     os.rename(staging, target)
     shutil.rmtree(retired, ignore_errors=True)
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two directories atomically (Linux renameat2 with RENAME_EXCHANGE); False where the C library, kernel or
+    file system has no such call (then nothing happened)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)  # glibc >= 2.28
+    if renameat2 is None:
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_cwd, exchange = -100, 2  # AT_FDCWD, RENAME_EXCHANGE (linux/fcntl.h)
+    if renameat2(at_cwd, os.fsencode(first), at_cwd, os.fsencode(second), exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # not offered here: fall back to two renames
+        return False
+    raise OSError(code, os.strerror(code), str(second))

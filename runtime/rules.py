@@ -40,6 +40,9 @@ MAX_ARRAYS_BYTES = 16 << 20  # the npz, uncompressed: [1, Q, 256] and [1, 32, 25
 # The arrays and their dtype and rank; their shapes are checked against the bundle's sam3_decoder inputs at apply.
 _ARRAYS = {"concept_tokens": ("float32", 3), "text_features": ("float32", 3), "text_mask": ("int64", 2)}
 _TEXTS = ("bundle", "question", "answer", "rule", "think", "text", "created")
+# The largest finite float16: a GPU target's fp16 engines turn anything beyond it into inf, and no concept head or
+# text encoder produces such values (they are LayerNorm'd activations), so a larger one is a corrupt or hostile rule.
+FP16_MAX = 65504.0
 
 
 def rule_path(path) -> Path:
@@ -240,7 +243,8 @@ _NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.form
 
 
 def _check_arrays(values: dict, where: str) -> None:
-    """dtype, rank, batch 1, agreeing sizes, finite features, a 0/1 text mask that starts with a token."""
+    """dtype, rank, batch 1, agreeing sizes, finite features within fp16's range, a 0/1 text mask that starts with a
+    token."""
     for name, (dtype, ndim) in _ARRAYS.items():
         value = values[name]
         if not isinstance(value, np.ndarray) or value.dtype != dtype or value.ndim != ndim or value.shape[0] != 1:
@@ -250,7 +254,12 @@ def _check_arrays(values: dict, where: str) -> None:
     if concept.shape[2] != features.shape[2] or mask.shape[1] != features.shape[1]:
         raise InvalidInputError(f"{where}: concept_tokens {list(concept.shape)}, text_features "
                                 f"{list(features.shape)} and text_mask {list(mask.shape)} disagree")  # fmt: skip
-    if not (np.isfinite(concept).all() and np.isfinite(features).all()):
-        raise InvalidInputError(f"{where}: concept_tokens or text_features hold NaN or infinite values")
+    for name, value in (("concept_tokens", concept), ("text_features", features)):
+        if not np.isfinite(value).all():
+            raise InvalidInputError(f"{where}: {name} holds NaN or infinite values")
+        largest = float(np.abs(value).max(initial=0.0))
+        if largest > FP16_MAX:
+            raise InvalidInputError(f"{where}: {name} holds {largest:g}, beyond {FP16_MAX:g} (the largest value "
+                                    "the bundle's fp16 engines hold; no concept head produces it): a corrupt rule")
     if mask.size == 0 or mask[0, 0] != 1 or not np.isin(mask, (0, 1)).all():
         raise InvalidInputError(f"{where}: text_mask must hold 0/1 with the first token 1")

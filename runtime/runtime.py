@@ -34,7 +34,7 @@ from cseg.runtime.onnxruntime.graph import OrtGraph, check_session, session_opti
 from cseg.runtime.router import Router
 from cseg.runtime.rules import Rule, bundle_id
 from cseg.runtime.stream import stream as stream_frames
-from cseg.runtime.text import IMAGE_PAD, ChatTokenizer, Sam3Tokenizer
+from cseg.runtime.text import ChatTokenizer, Sam3Tokenizer
 from cseg.runtime.vlm_inputs import image_patches, rope_positions, vision_inputs
 from cseg.segmentation import Instances, Segmentation
 
@@ -69,13 +69,11 @@ class Runtime:
         if not self.rule_only:
             tokenizers = manifest["tokenizers"]
             self.chat = ChatTokenizer(bundle / tokenizers["vlm"]["tokenizer.json"])
-            image_token = self.model["image_token_id"]
-            if self.chat.tokenizer.token_to_id(IMAGE_PAD) != image_token:
-                raise BundleError(f"the VLM tokenizer's {IMAGE_PAD} is not model.image_token_id {image_token}: the "
-                                  "bundle's tokenizer and model do not belong together")  # fmt: skip
             clip = tokenizers["sam3"]
             config = bundle / clip["tokenizer_config.json"] if "tokenizer_config.json" in clip else None
             self.sam3_tokenizer = Sam3Tokenizer(bundle / clip["tokenizer.json"], config, self.model["sam3_text_length"])
+            for tokenizer in (self.chat, self.sam3_tokenizer):  # what the graphs need of them (ids, vocabulary)
+                tokenizer.check(manifest)
             self.decoder = decoder or HostDecoder.from_manifest(graphs["vlm_decoder"], manifest)
         self.backend = "tensorrt" if request_lock is not None else "onnxruntime"
         # TensorRT: one set of device buffers and one KV cache, so requests take turns; ONNX Runtime runs them together

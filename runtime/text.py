@@ -21,10 +21,22 @@ def _load(path: Path) -> Tokenizer:
         raise BundleError(f"tokenizer {path} cannot be read ({exc}); the bundle is corrupt, export it again") from None
 
 
+def _check_fits(tokenizer: Tokenizer, path: Path, rows: int, field: str) -> None:
+    """Every id the tokenizer can produce must index the embedding it feeds: the sha256 check cannot see a tokenizer
+    swapped for another model's with the manifest's hashes rewritten, but a vocabulary too large for the graph can
+    be seen (ids past the table: an error in the graph, or garbage features)."""
+    size = max(tokenizer.get_vocab(with_added_tokens=True).values(), default=-1) + 1
+    if size > rows:
+        raise BundleError(f"tokenizer {path} has token ids up to {size - 1}, but the embedding it feeds ({field}) has "
+                          f"{rows} rows: the bundle's tokenizer and model do not belong together (another model's "
+                          "tokenizer?); export the bundle again")  # fmt: skip
+
+
 class ChatTokenizer:
     """The VLM tokenizer: prompt text with image placeholders expanded, and decoding of the completion."""
 
     def __init__(self, path: Path):
+        self.path = path
         self.tokenizer = _load(path)  # the template's text: its control tokens are meant
         # The user's text: special tokens typed into it stay plain text (no injected turns or image slots). A second
         # tokenizer rather than toggling the flag per call, because requests run on several threads.
@@ -33,6 +45,28 @@ class ChatTokenizer:
         for tokenizer in (self.tokenizer, self.plain):
             tokenizer.no_padding()
             tokenizer.no_truncation()
+
+    def check(self, manifest: dict) -> None:
+        """The vocabulary fits the decoder's embedding and the special tokens the runtime places or stops at have the
+        manifest's ids (BundleError naming the file and the mismatch)."""
+        model, generation = manifest["model"], manifest["generation"]
+        _check_fits(self.tokenizer, self.path, model["vocab_size"], "model.vocab_size")
+        for token, field, expected in (
+            (IMAGE_PAD, "model.image_token_id", model["image_token_id"]),
+            ("<|im_end|>", "generation.im_end_token_id", generation.get("im_end_token_id")),
+            ("<|vision_start|>", "model.vision_start_token_id", model.get("vision_start_token_id")),
+            ("<|vision_end|>", "model.vision_end_token_id", model.get("vision_end_token_id")),
+        ):  # fmt: skip
+            got = self.tokenizer.token_to_id(token)
+            if expected is not None and got != expected:
+                raise BundleError(f"VLM tokenizer {self.path}: {token} is not {field} {expected} (it is {got}): the "
+                                  "bundle's tokenizer and model do not belong together")  # fmt: skip
+        stops = {f"generation.eos_token_ids[{i}]": t for i, t in enumerate(generation["eos_token_ids"])}
+        stops["generation.pad_token_id"] = generation["pad_token_id"]
+        for field, token in stops.items():
+            if self.tokenizer.id_to_token(token) is None:
+                raise BundleError(f"VLM tokenizer {self.path} has no token of id {token} ({field}): the bundle's "
+                                  "tokenizer and model do not belong together")  # fmt: skip
 
     def encode_prompt(self, problem: str, tokens_per_image: list[int],
                       question: str = "") -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
@@ -58,6 +92,7 @@ class Sam3Tokenizer:
     """SAM 3's CLIP tokenizer: every phrase becomes exactly `length` ids plus the attention mask (1 = token)."""
 
     def __init__(self, path: Path, config_path: Path | None, length: int):
+        self.path = path
         self.tokenizer = _load(path)
         config = read_bundle_json(config_path) if config_path else {}
         if not isinstance(config, dict):
@@ -71,6 +106,22 @@ class Sam3Tokenizer:
         # Phrases are user text (the question) or generated text: <|startoftext|>/<|endoftext|> in them stay plain
         # text; the post-processor still adds the real ones around the phrase.
         self.tokenizer.encode_special_tokens = True
+
+    def check(self, manifest: dict) -> None:
+        """Against what the export recorded of SAM 3's text encoder (`model.sam3_text_tokens`; bundles from before it
+        record nothing): the vocabulary fits its embedding, and a phrase is framed by its start and end tokens."""
+        recorded = manifest["model"].get("sam3_text_tokens")
+        if recorded is None:
+            return
+        _check_fits(self.tokenizer, self.path, recorded["vocab_size"], "model.sam3_text_tokens.vocab_size")
+        ids, mask = self.encode("a")
+        framed = (int(ids[0, 0]), int(ids[0, mask.sum() - 1]))
+        expected = (recorded["bos_token_id"], recorded["eos_token_id"])
+        if framed != expected:
+            raise BundleError(f"SAM 3 tokenizer {self.path} frames a phrase with ids {framed[0]} ... {framed[1]}, but "
+                              f"the text encoder was exported for {expected[0]} ... {expected[1]} "
+                              "(model.sam3_text_tokens bos/eos_token_id): the bundle's tokenizer and model do not "
+                              "belong together (the VLM's tokenizer in SAM 3's place?)")  # fmt: skip
 
     def encode(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         encoding = self.tokenizer.encode(text)

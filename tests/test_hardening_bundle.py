@@ -1,7 +1,11 @@
 """Regression tests of issue 19 (bundles): what `--force` may replace, leftovers of interrupted exports, file
 integrity at open. The manifest's types and ranges and the CLI's output paths: test_hardening_bundle_manifest.py."""
 
+import builtins
+import contextlib
 import copy
+import errno
+import io
 import json
 import os
 import shutil
@@ -226,3 +230,117 @@ def test_bundle_id_comes_from_the_verified_file_hashes_external_data_included(ti
     other = copy.deepcopy(weights)
     other["files"]["graphs/sam3_vision.onnx.data"] = "2" * 64
     assert len({bundle_id(manifest), bundle_id(weights), bundle_id(other)}) == 3
+
+
+# --- issue 29 item 5: what the graphs need of the tokenizers; files the user may not read ------------------------
+
+
+def _replace_file(bundle, manifest, relative, write) -> dict:
+    """Change a bundle file with `write(path)` and rewrite its sha256 in a copy of the manifest (a consistent swap)."""
+    write(bundle / relative)
+    changed = copy.deepcopy(manifest)
+    changed["files"][relative] = file_sha256(bundle / relative)
+    write_manifest(bundle, changed)
+    return changed
+
+
+def _with_tokens(source, count: int):
+    """A writer: the tokenizer of `source` with `count` added tokens (ids past its vocabulary)."""
+    from tokenizers import Tokenizer
+
+    def write(path):
+        tokenizer = Tokenizer.from_file(str(source))
+        tokenizer.add_tokens([f"<extra_{i}>" for i in range(count)])
+        tokenizer.save(str(path))
+
+    return write
+
+
+def test_a_tokenizer_that_does_not_fit_its_graphs_is_refused(tiny_bundle, tmp_path):
+    """A tokenizer swapped for another (hashes rewritten to match) passed the sha256 check and served: now its
+    vocabulary is checked against the embedding it feeds and its special-token ids against the manifest's."""
+    bundle = copy_bundle(tiny_bundle, tmp_path)
+    manifest = read_manifest(bundle)
+    vlm, sam3 = "tokenizers/vlm/tokenizer.json", "tokenizers/sam3/tokenizer.json"
+    originals = {path: (bundle / path).read_bytes() for path in (vlm, sam3)}
+    recorded = manifest["model"]["sam3_text_tokens"]  # recorded at export
+    assert recorded["vocab_size"] > 0 and recorded["bos_token_id"] != recorded["eos_token_id"]
+    swapped = _replace_file(bundle, manifest, sam3, lambda path: path.write_bytes(originals[vlm]))
+    verify_files(bundle, swapped)  # consistent: the hashes cannot tell
+    framed = (r"SAM 3 tokenizer \S*tokenizers/sam3/tokenizer.json frames a phrase with ids \d+ \.\.\. \d+, but the "
+              r"text encoder was exported for \d+ \.\.\. \d+")
+    with pytest.raises(BundleError, match=framed):
+        Runtime.open(bundle)
+    (bundle / sam3).write_bytes(originals[sam3])
+    rows = recorded["vocab_size"]
+    _replace_file(bundle, manifest, sam3, _with_tokens(bundle / sam3, 1))
+    too_many = (rf"tokenizer \S*sam3/tokenizer.json has token ids up to {rows}, but the embedding it feeds "
+                rf"\(model.sam3_text_tokens.vocab_size\) has {rows} rows")
+    with pytest.raises(BundleError, match=too_many):
+        Runtime.open(bundle)
+    (bundle / sam3).write_bytes(originals[sam3])
+    rows = manifest["model"]["vocab_size"]
+    _replace_file(bundle, manifest, vlm, _with_tokens(bundle / vlm, rows))
+    with pytest.raises(BundleError, match=r"vlm/tokenizer.json has token ids up to \d+, but the embedding it feeds "
+                                          rf"\(model.vocab_size\) has {rows} rows"):  # fmt: skip
+        Runtime.open(bundle)
+    (bundle / vlm).write_bytes(originals[vlm])
+    generation = manifest["generation"]
+    other = copy.deepcopy(manifest)
+    other["generation"]["im_end_token_id"] = generation["pad_token_id"]
+    write_manifest(bundle, other)
+    with pytest.raises(BundleError, match=rf"VLM tokenizer \S*vlm/tokenizer.json: <\|im_end\|> is not "
+                                          rf"generation.im_end_token_id {generation['pad_token_id']} \(it is "
+                                          rf"{generation['im_end_token_id']}\)"):  # fmt: skip
+        Runtime.open(bundle)
+    write_manifest(bundle, manifest)
+    Runtime.open(bundle)  # the original opens
+
+
+@contextlib.contextmanager
+def _unreadable(monkeypatch, denied):
+    """`denied` (a file, or a folder and everything in it) as a user without read permission meets it: EACCES.
+    chmod where tests run as another user; as root (who reads everything) the OS calls the loaders use, patched."""
+    if os.geteuid() != 0:
+        mode = denied.stat().st_mode
+        denied.chmod(0)
+        try:
+            yield
+        finally:
+            denied.chmod(mode)
+        return
+
+    def blocked(path, opening: bool) -> bool:
+        if isinstance(path, int):
+            return False
+        path = os.path.abspath(os.fsdecode(path))
+        return (opening and path == str(denied)) or path.startswith(str(denied) + os.sep)
+
+    def deny(real, opening):
+        def call(path, *args, **kwargs):
+            if blocked(path, opening):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fsdecode(path))
+            return real(path, *args, **kwargs)
+
+        return call
+
+    with monkeypatch.context() as patch:
+        for module, name, opening in ((builtins, "open", True), (io, "open", True), (os, "open", True),
+                                      (os, "stat", False)):  # fmt: skip
+            patch.setattr(module, name, deny(getattr(module, name), opening))
+        yield
+
+
+def test_bundle_files_the_user_may_not_read_are_bundle_errors(tiny_bundle, tmp_path, monkeypatch):
+    """A bundle folder or one graph file without read permission came out as a builtin PermissionError."""
+    bundle = copy_bundle(tiny_bundle, tmp_path)
+    graph = "graphs/sam3_decoder.onnx"
+    for denied, verify, message in (
+        (bundle / graph, True, rf"bundle file {graph} cannot be read \(Permission denied\)"),
+        (bundle / graph, False, rf"bundle file {graph} cannot be read \(Permission denied\)"),  # not hashed: opened
+        (bundle / "tokenizers/vlm", False, r"bundle file tokenizers/vlm/\S+ cannot be read \(Permission denied\)"),
+        (bundle, True, rf"bundle {bundle} cannot be read \(Permission denied: \S*manifest.json\)"),
+    ):  # fmt: skip
+        with _unreadable(monkeypatch, denied), pytest.raises(BundleError, match=message):
+            Runtime.open(bundle, verify=verify)
+    Runtime.open(bundle)

@@ -196,6 +196,36 @@ def _cli_cases(tmp_path):
         (["make-checkpoint", "--out", "/proc/cseg-checkpoint"], "--out .* cannot be written into"),
         (["export", "--model", str(nowhere), "--sam3", str(nowhere), "--out", "/proc/cseg/bundle"],
          "cannot create the bundle"),
+        *_issue29_cli_cases(tmp_path, nowhere),
+    ]  # fmt: skip
+
+
+def _issue29_cli_cases(tmp_path, nowhere):
+    """Issue 29 item 5: an overlay extension PIL cannot write was a traceback after the work; WORK/masks or
+    WORK/worst being a file a FileExistsError after it; a ground-truth mask of another size than its image was
+    resized silently by fit-router. All refused before the work (here: before the missing bundle is opened)."""
+    from PIL import Image
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "masks").write_text("not a folder")
+    worst = tmp_path / "work2"
+    worst.mkdir()
+    (worst / "worst").write_text("not a folder")
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    Image.new("RGB", (64, 48)).save(calib / "a.png")
+    Image.new("L", (7, 300)).save(calib / "m.png")
+    (calib / "calib.jsonl").write_text('{"image": "a.png", "prompt": "cup"}\n'
+                                       '{"image": "a.png", "prompt": "cup", "mask": "m.png"}\n')  # fmt: skip
+    evaluate = ["eval", "--bundle", str(nowhere), "--data", str(nowhere), "--format", "folder"]
+    return [
+        (["segment", "--bundle", str(nowhere), "sample:astronaut", "cup", "--out", str(tmp_path / "x.xyz")],
+         r"--out .*x\.xyz: PIL cannot write an RGB image as '\.xyz'; name a file ending in one of .*\.jpg .*\.png"),
+        (evaluate + ["--work", str(work)], r"--save-masks .*work/masks is a file"),
+        (evaluate + ["--work", str(worst)], r"--worst's overlay folder .*work2/worst is a file"),
+        (["calib", "fit-router", "--bundle", str(nowhere), "--calib", str(calib), "--max-iou-loss", "0.1"],
+         r"calib\.jsonl line 2: the mask .*m\.png is 7x300 but its image .*a\.png is 64x48"),
     ]  # fmt: skip
 
 

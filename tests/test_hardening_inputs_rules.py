@@ -78,6 +78,9 @@ def test_rule_json_is_validated_at_load(hand_rule, tmp_path, edit, message):
     ({"concept_tokens": np.zeros((1, 8, 256), np.float64)}, "float64"),
     ({"text_features": np.zeros((32, 64), np.float32)}, "3 axes"),
     ({"concept_tokens": np.full((1, 8, 256), np.nan, np.float32)}, "NaN"),
+    # issue 29 item 5: finite but beyond fp16 (1e30 loaded and applied, a garbage mask); named with its field
+    ({"concept_tokens": np.full((1, 8, 256), 1e30, np.float32)}, r"r\.json: concept_tokens holds 1e\+30, beyond 65504"),
+    ({"text_features": np.full((1, 32, 256), -7e4, np.float32)}, "text_features holds 70000, beyond 65504"),
     ({"text_mask": np.full((1, 32), 7, np.int64)}, "0/1"),
     ({"text_mask": np.ones((1, 5), np.int64)}, "disagree"),
     ({"extra": np.zeros(3)}, "expected"),

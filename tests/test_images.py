@@ -4,7 +4,7 @@ import warnings
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from cseg import images, prompting
 from cseg.errors import InvalidInputError
@@ -137,3 +137,55 @@ def test_demonstration_episode_withholds_the_top_left_box():
 def test_bad_demonstrations_are_refused(demos, message):
     with pytest.raises(InvalidInputError, match=message):
         images.check_demos(demos)
+
+
+def _png_with_late_text(image: Image.Image, size: int) -> bytes:
+    """A PNG whose zTXt chunk of `size` bytes (compressed to a few KB) follows the pixel data, so PIL reads it only
+    when it decodes: the image opens lazily and fails at load()."""
+    import io
+    import struct
+    import zlib
+
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    data = buffer.getvalue()
+    body = b"comment\0\0" + zlib.compress(b"a" * size)
+    chunk = struct.pack(">I", len(body)) + b"zTXt" + body + struct.pack(">I", zlib.crc32(b"zTXt" + body))
+    end = data.rindex(b"IEND") - 4
+    return data[:end] + chunk + data[end:]
+
+
+def test_lazily_opened_truncated_closed_and_text_bomb_images_are_refused(tmp_path):
+    """Issue 29 item 5: PIL's own errors (OSError of a truncated file met at decode, ValueError of a closed image or
+    of a text chunk above PngImagePlugin.MAX_TEXT_CHUNK) came out raw; they are InvalidInputError from one place."""
+    pixels = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 48, 3), np.uint8))
+    for suffix in ("png", "jpeg"):
+        whole = tmp_path / f"whole.{suffix}"
+        pixels.save(whole)
+        cut = tmp_path / f"cut.{suffix}"
+        cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+        with pytest.raises(InvalidInputError, match="image is not a readable image .*truncated"):
+            images.load_image(Image.open(cut))  # opened lazily by the caller: the header is fine, the data is not
+        with pytest.raises(InvalidInputError, match="cut.* is not a readable image .*truncated"):
+            images.load_frame(str(cut))
+    closed = Image.open(tmp_path / "whole.png")
+    closed.close()
+    with pytest.raises(InvalidInputError, match="image is a closed PIL image"):
+        images.load_frame(closed)
+    loaded = Image.open(tmp_path / "whole.png")
+    loaded.load()
+    loaded.close()
+    with pytest.raises(InvalidInputError, match="demos.0. image is a closed PIL image"):
+        images.check_demos([(loaded, [])])
+    bomb = tmp_path / "text.png"
+    bomb.write_bytes(_png_with_late_text(pixels, 20 << 20))
+    for given in (bomb, Image.open(bomb)):
+        with pytest.raises(InvalidInputError, match="cannot be decoded: .*MAX_TEXT_CHUNK"):
+            images.load_image(given)
+    early = tmp_path / "early.png"  # the text chunk before the pixels: PIL refuses it while reading the header
+    info = PngImagePlugin.PngInfo()
+    info.add_text("comment", "a" * (20 << 20), zip=True)
+    pixels.save(early, pnginfo=info)
+    with pytest.raises(InvalidInputError, match="early.png' cannot be decoded: .*MAX_TEXT_CHUNK"):
+        images.load_image(early)
+    assert images.load_image(Image.open(tmp_path / "whole.png")).size == (48, 64)  # a good lazy image still loads

@@ -80,7 +80,8 @@ _MODEL = _object({
     "sam3_text_length": _int(1, 1024),
     "vision": _object({"patch_size": _int(1, 1024), "spatial_merge_size": _int(1, 64),
                        "window_size": _int(1, 1 << 20)}, {"temporal_patch_size": _int(1, 64)}),
-})
+}, {"sam3_text_tokens": _object({"vocab_size": _int(1, 10_000_000), "bos_token_id": _TOKEN,
+                                 "eos_token_id": _TOKEN})})  # the SAM 3 tokenizer check (runtime/text.py); optional
 _SAM3_PREPROCESSING = _object({"size": _int(1, 16384)}, {"mean": _number(-1e3, 1e3), "std": _number(0, 1e3, above=True)})
 _PREPROCESSING = _object({
     "vlm": _object({
@@ -298,6 +299,11 @@ def _check_sizes(manifest: dict) -> None:
     for field, token in ids.items():
         if token >= model["vocab_size"]:
             raise BundleError(f"manifest.json: {field} = {token} is outside the vocabulary of {model['vocab_size']}")
+    text = model.get("sam3_text_tokens", {})
+    for field in ("bos_token_id", "eos_token_id"):
+        if field in text and text[field] >= text["vocab_size"]:
+            raise BundleError(f"manifest.json: model.sam3_text_tokens.{field} = {text[field]} is outside its "
+                              f"vocabulary of {text['vocab_size']}")  # fmt: skip
 
 
 def _finite(text: str) -> float:
@@ -309,9 +315,14 @@ def _finite(text: str) -> float:
 
 def read_manifest(bundle: str | Path) -> dict:
     path = Path(bundle) / MANIFEST_NAME
-    if not Path(bundle).is_dir():
+    try:  # is_dir/is_file raise on EACCES (a folder this user may not read), not return False
+        folder, manifest = Path(bundle).is_dir(), path.is_file()
+    except OSError as exc:
+        raise BundleError(f"bundle {bundle} cannot be read ({exc.strerror or exc}: {exc.filename}); give this user "
+                          "read permission on the bundle folder") from None  # fmt: skip
+    if not folder:
         raise BundleError(f"bundle {bundle} is not a directory; pass the folder cseg-export wrote")
-    if not path.is_file():
+    if not manifest:
         raise BundleError(f"{bundle} has no {MANIFEST_NAME}: not a bundle, or an export that did not finish")
     manifest = read_bundle_json(path)
     validate_manifest(manifest)

@@ -51,12 +51,20 @@ def verify_files(bundle: str | Path, manifest: dict, *, hashes: bool = True) -> 
         path = root / relative
         try:
             regular = stat.S_ISREG(path.stat().st_mode)
-        except OSError:
+            digest = None
+            if regular and hashes:
+                digest = file_sha256(path)
+            elif regular:  # opened even unhashed: ONNX Runtime and tokenizers would refuse it later in their own words
+                open(path, "rb").close()
+        except (FileNotFoundError, NotADirectoryError):
             regular = False
+        except OSError as exc:  # permissions (EACCES), an I/O error: the file is there but cannot be read
+            raise BundleError(f"bundle file {relative} cannot be read ({exc.strerror or exc}); give this user read "
+                              "permission on the bundle's files") from None  # fmt: skip
         if not regular:
             raise BundleError(f"bundle file {relative} is missing (or not a regular file); copy the whole bundle "
                               "directory or export again")  # fmt: skip
-        if hashes and file_sha256(path) != expected:
+        if hashes and digest != expected:
             raise BundleError(f"bundle file {relative} does not match its sha256 in manifest.json (changed or corrupt)")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -75,7 +76,7 @@ def new_manifest(sam3, *, full: bool, target: str, precision: str, session: dict
 def add_reasoner(manifest: dict, staging: Path, vlm, sam3, grid, *, max_length: int, text_length: int) -> None:
     """What a full bundle holds beyond a rule-only one: the VLM's and SAM 3's tokenizers and settings."""
     manifest["source"]["conceptseg"] = source(vlm.path)
-    manifest["model"] = {**_model_section(vlm, text_length), **manifest["model"]}
+    manifest["model"] = {**_model_section(vlm, text_length), **manifest["model"], "sam3_text_tokens": _sam3_text(sam3)}
     manifest["preprocessing"]["vlm"] = _vlm_preprocessing(vlm, grid)
     manifest["prompt"] = template()
     manifest["generation"] = _generation(vlm, max_length)
@@ -95,8 +96,11 @@ def seal(staging: Path, manifest: dict) -> dict:
 
 
 def write(staging: Path, manifest: dict) -> None:
-    """manifest.json, written last: a staging folder that an interruption leaves behind never opens as a bundle."""
-    (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
+    """manifest.json, written last: a staging folder that an interruption leaves behind never opens as a bundle. It
+    appears whole (written beside, then renamed): a manifest.json that exists is a complete one."""
+    partial = staging / f".{MANIFEST_NAME}.partial"
+    partial.write_text(json.dumps(manifest, indent=1) + "\n")
+    os.replace(partial, staging / MANIFEST_NAME)
 
 
 def source(path: Path, patterns=SOURCE_FILES) -> dict:
@@ -142,6 +146,17 @@ def _model_section(vlm, text_length: int) -> dict:
             "out_hidden_size": vision.out_hidden_size,
         },
         "sam3_text_length": text_length,
+    }
+
+
+def _sam3_text(sam3) -> dict:
+    """What SAM 3's text encoder graph takes from its tokenizer: ids below its embedding's rows, a phrase framed by
+    the start and end tokens it was trained with. The runtime checks the bundle's tokenizer against it (a swapped
+    tokenizer with rewritten hashes passes the sha256 check, not this one)."""
+    return {
+        "vocab_size": sam3.model.config.text_config.vocab_size,
+        "bos_token_id": sam3.tokenizer.bos_token_id,
+        "eos_token_id": sam3.tokenizer.eos_token_id,
     }
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from cseg.errors import InvalidInputError
-from cseg.outputs import output_file, output_folder
+from cseg.outputs import output_file, output_folder, output_image
 from cseg.options import ROUTE_CHOICES
 
 DEVICE_HELP = ("auto: ONNX Runtime for cpu bundles, TensorRT engines for GPU targets; cpu: any bundle's ONNX graphs on "
@@ -79,8 +79,9 @@ def parse_boxes(text: str | None) -> list[list[float]]:
 
 
 class OutputArgs:
-    """Files and folders a subcommand writes: declared as (flag, "file" | "folder", argparse keywords); parse()
-    checks every given one can be written before any work, so a run cannot fail only when it saves its result."""
+    """Files and folders a subcommand writes: declared as (flag, "file" | "image" | "folder", argparse keywords);
+    parse() checks every given one can be written before any work, so a run cannot fail only when it saves its
+    result (an "image" also needs an extension PIL can write)."""
 
     def __init__(self, *outputs: tuple[str, str, dict]):
         self.outputs = outputs
@@ -92,7 +93,7 @@ class OutputArgs:
     def parse(self, args) -> None:
         for flag, kind, _ in self.outputs:
             value = getattr(args, flag.lstrip("-").replace("-", "_"))
-            (output_file if kind == "file" else output_folder)(value, flag)
+            {"file": output_file, "image": output_image, "folder": output_folder}[kind](value, flag)
 
 
 def at_least(args, minimum: int, *flags: str) -> None:

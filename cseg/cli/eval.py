@@ -7,6 +7,7 @@ from pathlib import Path
 
 from cseg.cli.args import BundleArgs, GenerationArgs, OutputArgs, add_groups, at_least
 from cseg.errors import InvalidInputError
+from cseg.outputs import output_folder
 
 OUTPUTS = OutputArgs(
     ("--work", "folder", {"default": "cseg-eval-work", "help": "per-sample results and masks (resume from here)"}),
@@ -44,7 +45,11 @@ def run_eval(args) -> int:
     at_least(args, 1, "--limit")
     if args.worst < 0:
         raise InvalidInputError("--worst must be 0 (no overlays) or a positive number of samples")
+    # the work folder's own outputs are as much outputs as the flags: WORK/masks a file was FileExistsError at the end
+    args.save_masks = args.save_masks or str(Path(args.work) / "masks")
     OUTPUTS.parse(args)
+    if args.worst:
+        output_folder(str(Path(args.work) / "worst"), "--worst's overlay folder")
     if args.protocol == "research" and args.format not in ("conceptseg", "reasonseg"):
         raise InvalidInputError(f"--protocol research exists for conceptseg and reasonseg, not {args.format}")
     options = {"data": str(Path(args.data).resolve()), "format": args.format, "split": args.split,
@@ -54,7 +59,7 @@ def run_eval(args) -> int:
     samples = samples[: args.limit] if args.limit else samples
     runtime = BundleArgs().parse(args)
     work = Path(args.work)
-    masks = Path(args.save_masks) if args.save_masks else work / "masks"
+    masks = Path(args.save_masks)
     metric_mode = args.metrics or ("research" if args.protocol == "research" else "toolkit")
     records = evaluate.evaluate(runtime, samples, work, masks, route=args.route, max_new_tokens=args.max_new_tokens,
                                 metric_mode=metric_mode, options=options, fresh=args.fresh)  # fmt: skip

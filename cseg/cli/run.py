@@ -12,7 +12,7 @@ from cseg.cli.track_args import TrackArgs
 from cseg.errors import InvalidInputError
 
 SEGMENT_BUNDLE = BundleArgs(required=False, help="bundle directory written by cseg export (torch-free runtime)")
-SEGMENT_OUT = OutputArgs(("--out", "file", {"help": "write the overlay PNG here"}))
+SEGMENT_OUT = OutputArgs(("--out", "image", {"help": "write the overlay PNG here"}))
 INDUCE_OUT = OutputArgs(("--out", "file", {"required": True,
                                            "help": "rule file to write (JSON, with its arrays in a .npz beside it)"}))  # fmt: skip
 WATCH_OUT = OutputArgs(("--out", "folder", {"help": "write overlays here"}),
