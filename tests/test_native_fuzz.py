@@ -29,8 +29,9 @@ from hypothesis import strategies as st
 from oracles import resize_bicubic, resize_bilinear, torch_resize_uint8
 
 from cseg.errors import InvalidInputError
-from cseg.images import SAM3_MEAN, SAM3_STD, load_frame, sam3_pixels
+from cseg.images import SAM3_MEAN, SAM3_STD, load_frame
 from cseg.runtime import native
+from cseg.runtime.preprocess import sam3_pixels
 
 settings.register_profile("cseg-native", max_examples=60, deadline=None, derandomize=True, database=None,
                           suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
