@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from cseg.cli.args import at_least
+from cseg.cli.args import DEVICE_HELP, at_least
 
 DEFAULTS = {"http_port": 8000, "grpc_port": 8001, "metrics_port": 8002, "max_batch": 8, "max_queue": 64}
 
@@ -20,7 +20,7 @@ def register(sub) -> None:
     parser = sub.add_parser("serve", help="serve a bundle with Triton Inference Server (gRPC/HTTP, many clients)")
     parser.add_argument("bundle", help="bundle directory written by cseg export")
     parser.add_argument("--rules", help="folder of rule files (NAME.json + NAME.npz): cseg_apply serves them as NAME")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "tensorrt"])
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "tensorrt"], help=DEVICE_HELP)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=DEFAULTS["http_port"], help="HTTP port (KServe v2 protocol)")
     parser.add_argument("--grpc-port", type=int, default=DEFAULTS["grpc_port"], help="gRPC port (RemoteRuntime)")
