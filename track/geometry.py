@@ -41,6 +41,15 @@ def unit_direction(direction, what: str = "direction") -> np.ndarray:
     return vector / np.linalg.norm(vector)
 
 
+def box_ious(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(len(a), len(b)) IoU of xyxy boxes."""
+    low = np.maximum(a[:, None, :2], b[None, :, :2])
+    high = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(high - low, 0, None), axis=2)
+    area = lambda r: (r[:, 2] - r[:, 0]) * (r[:, 3] - r[:, 1])  # noqa: E731
+    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
+
+
 def _points(values, count: int, what: str) -> np.ndarray:
     try:
         array = np.asarray(values, dtype=np.float64)

@@ -23,17 +23,10 @@ import numpy as np
 
 from cseg.errors import InvalidInputError
 from cseg.track.detections import Detections
+from cseg.track.geometry import box_ious
 
 HISTORY = 64  # observations kept per track: a part crosses the camera's field in far fewer frames
 DUPLICATE_IOU = 0.5  # an unmatched detection overlapping a matched one this much is the same part: no new track
-
-
-def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    low = np.maximum(box[:2], boxes[:, :2])
-    high = np.minimum(box[2:], boxes[:, 2:])
-    inter = np.prod(np.clip(high - low, 0, None), axis=1)
-    area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])  # noqa: E731
-    return inter / np.maximum(area(box) + area(boxes) - inter, 1e-9)
 
 
 @dataclass(frozen=True)
@@ -136,7 +129,7 @@ class Tracker:
         lookback = self._times[0] if self._times else None  # max_misses + 1 frames back, or the stream's first
         taken = detections.boxes[[j for _, j in matches]]
         for j in new:
-            if len(taken) and _iou(detections.boxes[j], taken).max() >= DUPLICATE_IOU:  # the same part twice
+            if len(taken) and box_ious(detections.boxes[j][None], taken).max() >= DUPLICATE_IOU:  # the same part
                 continue
             track = self._start(detections, j, t, lookback)
             seen.append(track)
