@@ -127,6 +127,38 @@ def test_a_hidden_part_coasts_with_the_belt_and_keeps_its_id():
     assert ids(0.0) == {1, 2}
 
 
+
+def test_a_false_positive_on_a_part_does_not_take_its_track():
+    """Replayed from the sweep (0.1 part lengths per frame, seed 0, frames 547-548): a confirmed part, a false
+    positive on its upper half that starts a new track, then the part beside a second false positive on its lower
+    left. A plain assignment must pair both tracks: the part's track with the second false positive and the new
+    track with the part (both inside their gates, cheaper than the one good pair plus a pair outside any gate): an
+    ID switch. Priced leftovers and the box overlap in the cost keep the part on its track."""
+    def frame(*boxes):
+        return Detections(np.array(boxes, np.float32), np.full(len(boxes), 0.9, np.float32), SIZE)
+
+    tracker = BeltTracker("right", speed=5.6)
+    for i in range(5):  # the part, 56 x 40, moving 5.6 px per frame: confirmed
+        x = 6.3 + 5.6 * (i - 4)
+        tracker.update(frame([x, 102.1, x + 56.4, 142.1]), float(i))
+    tracker.update(frame([12.0, 102.5, 68.3, 142.0], [17.8, 97.1, 54.6, 121.7]), 5.0)  # + a fragment: a new track
+    part = next(track for track in tracker.tracks if track.confirmed)
+    tracker.update(frame([17.5, 103.3, 77.0, 140.4], [9.0, 121.2, 46.4, 148.5]), 6.0)
+    assert part.misses == 0 and part.last.box[0] == pytest.approx(17.5)
+
+
+def test_the_speed_vote_sees_through_a_touching_pair():
+    """Over several frames the belt's true speed lines up every part's detections; a stopped belt only the
+    coincidences of a touching pair (the next part lands where the last one was). SpeedVotes.peak finds the belt."""
+    from cseg.track.belt_speed import SpeedVotes
+
+    votes = SpeedVotes(np.array([1.0, 0.0]), gate=0.5, cross_gate=0.5)
+    for i in range(6):  # 60 px parts moving 60 px per frame; parts 0 and 1 touch (pitch 60), then gaps of 90-150
+        starts = np.array([0.0, -60.0, -150.0, -300.0, -420.0]) + 60 * i
+        votes.remember(boxes_at(*[(s + 30, 120) for s in starts if 0 <= s + 30 <= 640]), float(i))
+    speed, support = votes.peak(fastest=200.0)
+    assert abs(speed - 60) < 5 and support > votes.support(0.0)[0]
+
 def test_reverse_is_reported_once_and_does_not_recount():
     monitor = LineMonitor(Line(320, 0, 320, 240, "right"), tracker=BeltTracker("right", speed=40.0, gate=1.5))
     xs = [240, 280, 330, 370, 330, 280, 330, 370]

@@ -54,12 +54,13 @@ class SpeedVotes:
         return self._votes
 
     def support(self, speeds) -> np.ndarray:
-        """For each speed, how many pairs it explains (distance within the tolerance of speed x elapsed)."""
+        """For each speed, how many pairs it explains (distance strictly within the tolerance of speed x elapsed: a
+        speed halfway between two others must not collect both sets of votes)."""
         distance, elapsed, tolerance = self.votes()
         speeds = np.atleast_1d(np.asarray(speeds, np.float64))
         if not len(distance):
             return np.zeros(len(speeds), int)
-        return (np.abs(distance[None] - speeds[:, None] * elapsed[None]) <= tolerance[None]).sum(axis=1)
+        return (np.abs(distance[None] - speeds[:, None] * elapsed[None]) < tolerance[None]).sum(axis=1)
 
     def speeds(self) -> np.ndarray:
         """The speed each pair proposes (>= 0): candidates for a vote."""
