@@ -129,7 +129,10 @@ def publish_rule(url: str, rule: Rule | str | Path, *, version: str | None = Non
         if not connected.wait(timeout):
             raise RuleFeedError(f"MQTT broker {redact(url)} did not accept the connection in {timeout:g} s")
         info = client.publish(target.path, payload, qos=1, retain=True)
-        info.wait_for_publish(timeout)
+        try:
+            info.wait_for_publish(timeout)
+        except (RuntimeError, ValueError):  # paho: the message could not be queued (the connection dropped)
+            pass
         if not info.is_published():
             raise RuleFeedError(f"MQTT broker {redact(url)} did not acknowledge the rule in {timeout:g} s")
     finally:
