@@ -161,9 +161,9 @@ class RuleFeed:
 
     paho's network thread receives and checks each message (a rule is kilobytes: milliseconds); the loop calls
     `rule()` before each frame and gets the rule in force, never blocking on the network. `initial`: a local rule
-    (checked against the bundle) in force until a valid message arrives. Problems go to `report` (default: the
-    "cseg.rules" logger), with the switches to a new version; problems also go into `problems` (the last 100); `stats()` counts them. Pass a feed wherever
-    Runtime.stream / Runtime.track take a rule."""
+    (checked against the bundle) in force until a valid message arrives. Problems and each switch to a new version go
+    to `report` (default: the "cseg.rules" logger); problems also into `problems` (the last 100), counted by
+    `stats()`. Pass a feed wherever Runtime.stream / Runtime.track take a rule."""
 
     def __init__(self, url: str, manifest: dict, *, initial: Rule | None = None, initial_version: str | None = None,
                  report=None, keepalive: int = 10, reconnect: tuple[float, float] = (0.2, 2.0)):  # fmt: skip

@@ -6,6 +6,7 @@ refused everywhere, corrupt messages reported with the last good rule kept, a br
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import threading
 import time
@@ -14,7 +15,8 @@ import numpy as np
 import pytest
 
 from cseg.errors import InvalidInputError
-from cseg.runtime.rule_feed import RuleFeed, RuleFeedError, decode_message, encode_message, parse_rules_url, publish_rule
+from cseg.runtime.rule_feed import (RuleFeed, RuleFeedError, decode_message, encode_message, parse_rules_url,
+                                    publish_rule)
 from cseg.runtime.rules import Rule, bundle_id
 from test_track_sinks import broker, free_port, wait_for  # noqa: F401 - broker is the mosquitto fixture
 
@@ -65,16 +67,21 @@ def corrupt_payloads(manifest) -> dict[str, tuple[bytes, str]]:
     blob = base64.b64decode(message["arrays"])
     wrong_sha = {**message, "sha256": "0" * 64}
     truncated = {**message, "arrays": base64.b64encode(blob[: len(blob) // 2]).decode()}
-    import hashlib
 
     # truncated arrays whose envelope is re-signed: the sha256 passes, the npz check does not
     resigned = {**truncated, "sha256": hashlib.sha256(message["rule"].encode() + blob[: len(blob) // 2]).hexdigest()}
+    # and with the rule JSON's own arrays sha256 re-signed too: the npz reader refuses it
+    meta = json.loads(message["rule"])
+    meta["arrays"]["sha256"] = hashlib.sha256(blob[: len(blob) // 2]).hexdigest()
+    text = json.dumps(meta)
+    deep = {**truncated, "rule": text, "sha256": hashlib.sha256(text.encode() + blob[: len(blob) // 2]).hexdigest()}
     weights = {**message, "sam3_weights": OTHER_WEIGHTS}
     return {
         "bad json": (b"{not json", "is not JSON"),
         "wrong sha256": (json.dumps(wrong_sha).encode(), "do not match its sha256"),
         "truncated arrays": (json.dumps(truncated).encode(), "do not match its sha256"),
-        "truncated arrays, re-signed": (json.dumps(resigned).encode(), "cannot be read as npz"),
+        "truncated arrays, re-signed": (json.dumps(resigned).encode(), "rule.npz does not match its sha256"),
+        "truncated arrays, all re-signed": (json.dumps(deep).encode(), "cannot be read as npz"),
         "envelope weights": (json.dumps(weights).encode(), "its sam3_weights is not the rule's own"),
         "not a rule message": (b'{"hello": 1}', "is not a cseg rule message"),
         "bad base64": (json.dumps({**message, "arrays": "@@@"}).encode(), "is not base64"),
@@ -264,7 +271,8 @@ def test_cli_watch_takes_a_new_version_mid_run(rule_only_bundle, manifest, broke
     err = capsys.readouterr().err
     assert "refused: this rule was induced for SAM 3 weights" in err and "'sha256' must be 64" in err
     assert "now applying rule version v2 (was v1)" in err and "Traceback" not in err
-    assert "rules: version v2 at the end, 2 received and applied, 1 refused (other SAM 3 weights or shapes), 1 corrupt" in err
+    assert ("rules: version v2 at the end, 2 received and applied, 1 refused (other SAM 3 weights or shapes), "
+            "1 corrupt") in err
 
 
 def test_cli_bad_inputs(rule_only_bundle, manifest, broker, tmp_path, capsys):  # noqa: F811
