@@ -307,3 +307,38 @@ def test_cli_bad_inputs(rule_only_bundle, manifest, broker, tmp_path, capsys):  
     assert "published rule version" in capsys.readouterr().out
     with RuleFeed(f"mqtt://127.0.0.1:{broker.port}/r", manifest) as feed:
         assert feed.wait(5).answer == "local"
+
+
+def test_runtime_track_events_name_the_rule_in_force(rule_only_bundle, manifest, broker, monkeypatch):  # noqa: F811
+    """Runtime.track with a RuleFeed: the conveyor's known instances in place of the model's; v2 is published halfway,
+    so the count events before it name v1 and those after it v2 (id and version), in that order."""
+    from cseg.runtime import Runtime
+    from cseg.track import LineMonitor, rule_identity
+    from cseg.track.synthetic import Conveyor, ConveyorSpec
+    from test_track_runtime import SPEC, conveyor_apply
+
+    conveyor = Conveyor(ConveyorSpec(**SPEC))
+    url = f"mqtt://127.0.0.1:{broker.port}/rules"
+    first, second = make_rule(manifest, "v1"), make_rule(manifest, "v2", queries=5)
+    publish_rule(url, first, version="v1")
+    apply, half = conveyor_apply(conveyor), len(conveyor) // 2
+
+    def switching(self, rule, frame, *, bgr=False):
+        if frame == half:
+            publish_rule(url, second, version="v2")
+            wait_for(lambda: feed.version == "v2", 5, "v2 at the feed")
+        return apply(self, rule, frame)
+
+    monkeypatch.setattr(Runtime, "apply", switching)
+    runtime = Runtime.open(rule_only_bundle, verify=False)
+    with RuleFeed(url, manifest, report=lambda line: None) as feed:
+        feed.wait(10)
+        monitor = LineMonitor(conveyor.line)
+        run = runtime.track(list(range(len(conveyor))), feed, monitor, times=conveyor.times.tolist())
+        events = [(tracked.result.index, e) for tracked in run for e in tracked.events]
+    counts = [(index, e.rule_id, e.rule_version) for index, e in events if e.kind == "count"]
+    assert len(counts) == 6
+    ids = {"v1": rule_identity(first)[0], "v2": rule_identity(second)[0]}
+    assert all((rule_id, version) == (ids["v1"], "v1") if index <= half else (ids["v2"], "v2")
+               for index, rule_id, version in counts)  # fmt: skip
+    assert {version for _, _, version in counts} == {"v1", "v2"}
