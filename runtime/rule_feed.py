@@ -100,7 +100,10 @@ def decode_message(payload: bytes, where: str = "rule message") -> tuple[Rule, s
         blob = base64.b64decode(message["arrays"], validate=True)
     except (binascii.Error, ValueError) as exc:
         raise InvalidInputError(f"{where}: 'arrays' is not base64: {exc}") from None
-    text = message["rule"].encode("utf-8")
+    try:
+        text = message["rule"].encode("utf-8")
+    except UnicodeEncodeError as exc:  # JSON may escape a lone surrogate ("\\ud800"), which no UTF-8 rule file holds
+        raise InvalidInputError(f"{where}: 'rule' is not valid text: {exc}") from None
     if digest(text, blob) != signed:
         raise InvalidInputError(f"{where} (version {version}): the rule and arrays do not match its sha256 "
                                 "(truncated, altered or corrupt)")  # fmt: skip
@@ -284,6 +287,10 @@ class RuleFeed:
         except InvalidInputError as exc:
             self.corrupt += 1
             self._problem(f"{exc}{keeps}")
+            return
+        except Exception as exc:  # noqa: BLE001 - whatever a message does, paho's thread (and the feed) must go on
+            self.corrupt += 1
+            self._problem(f"rule message on {self.url} could not be read ({type(exc).__name__}: {exc}){keeps}")
             return
         if self._current is not None and version == self._current[1]:
             return  # a repeat (QoS 1 is at least once; the retained copy again after a reconnect)

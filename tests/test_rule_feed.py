@@ -85,6 +85,7 @@ def corrupt_payloads(manifest) -> dict[str, tuple[bytes, str]]:
         "envelope weights": (json.dumps(weights).encode(), "its sam3_weights is not the rule's own"),
         "not a rule message": (b'{"hello": 1}', "is not a cseg rule message"),
         "bad base64": (json.dumps({**message, "arrays": "@@@"}).encode(), "is not base64"),
+        "lone surrogate": (json.dumps({**message, "rule": "\ud800"}).encode(), "'rule' is not valid text"),
     }
 
 
