@@ -35,6 +35,7 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from cseg.errors import BundleError, CsegError, InvalidInputError
 from cseg.runtime.rules import MAX_ARRAYS_BYTES, MAX_RULE_BYTES, Rule, rule_files
@@ -121,8 +122,14 @@ def publish_rule(url: str, rule: Rule | str | Path, *, version: str | None = Non
     target = parse_rules_url(url)
     payload, header = encode_message(rule, version)
     client, mqtt = mqtt_client(target, "cseg-publish", (0.2, 1.0))
-    connected = threading.Event()
-    client.on_connect = lambda c, u, f, reason, p=None: reason.is_failure or connected.set()
+    connected, refused = threading.Event(), []
+
+    def on_connect(client, userdata, flags, reason, properties=None):
+        if reason.is_failure:  # e.g. bad credentials: said at once, not after the timeout
+            refused.append(str(reason))
+        connected.set()
+
+    client.on_connect = on_connect
     try:
         client.connect(target.host, target.port, keepalive=10)
     except (OSError, ValueError) as exc:
@@ -131,6 +138,8 @@ def publish_rule(url: str, rule: Rule | str | Path, *, version: str | None = Non
     try:
         if not connected.wait(timeout):
             raise RuleFeedError(f"MQTT broker {redact(url)} did not accept the connection in {timeout:g} s")
+        if refused:
+            raise RuleFeedError(f"MQTT broker {redact(url)} refused the connection: {refused[0]}")
         info = client.publish(target.path, payload, qos=1, retain=True)
         try:
             info.wait_for_publish(timeout)
@@ -154,9 +163,12 @@ def parse_rules_url(url: str):
 
 
 def redact(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    head, sep, tail = url.rpartition("@")
-    return f"{head.split('://')[0]}://***@{tail}" if sep else url
+    """The URL with its password (if any) as ***, for messages and logs."""
+    parts = urlsplit(url)
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    return urlunsplit(parts._replace(netloc=f"{userinfo.split(':')[0]}:***@{hostport}"))
 
 
 class RuleFeed:
@@ -260,7 +272,9 @@ class RuleFeed:
 
     def _on_connect(self, client, userdata, flags, reason, properties=None):
         if reason.is_failure:
-            self._problem(f"MQTT broker {self.url} refused the connection: {reason}")
+            text = f"MQTT broker {self.url} refused the connection: {reason}"
+            if text != self.last_error:  # paho retries with its back-off: said once, not at every try
+                self._problem(text)
             return
         client.subscribe(self.topic, qos=1)  # again on every reconnect: the retained rule comes with it
         self._connected.set()

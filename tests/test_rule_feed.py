@@ -122,6 +122,14 @@ def test_malformed_urls_are_refused_naming_the_feed(url, says):
     assert "rules feed" in str(info.value)
 
 
+def test_urls_in_messages_hide_the_password():
+    from cseg.runtime.rule_feed import redact
+
+    assert redact("mqtt://line3:s3cret@broker:1883/plant/rules") == "mqtt://line3:***@broker:1883/plant/rules"
+    assert redact("mqtt://line3@broker/a@b") == "mqtt://line3@broker/a@b"
+    assert redact("mqtt://broker:1883/a@b") == "mqtt://broker:1883/a@b"
+
+
 def test_unreachable_broker_is_a_clear_error(manifest):
     url = f"mqtt://127.0.0.1:{free_port()}/plant/rules"
     with pytest.raises(RuleFeedError, match="not reached"):
@@ -343,3 +351,25 @@ def test_runtime_track_events_name_the_rule_in_force(rule_only_bundle, manifest,
     assert all((rule_id, version) == (ids["v1"], "v1") if index <= half else (ids["v2"], "v2")
                for index, rule_id, version in counts)  # fmt: skip
     assert {version for _, _, version in counts} == {"v1", "v2"}
+
+
+def test_a_broker_that_refuses_the_client_is_said_at_once(manifest, tmp_path):
+    from test_track_sinks import MOSQUITTO, Broker
+
+    if MOSQUITTO is None:
+        pytest.skip("the mosquitto binary is missing (make install adds it where apt-get exists)")
+    closed = Broker(tmp_path)
+    closed.config.write_text(f"listener {closed.port} 127.0.0.1\nallow_anonymous false\npersistence false\n")
+    closed.start()
+    url = f"mqtt://line3:wrong@127.0.0.1:{closed.port}/rules"
+    try:
+        started = time.monotonic()
+        with pytest.raises(RuleFeedError, match=r"mqtt://line3:\*\*\*@127.* refused the connection: Not authorized"):
+            publish_rule(url, make_rule(manifest, "a"), timeout=10)
+        assert time.monotonic() - started < 5
+        reports: list[str] = []
+        with RuleFeed(url, manifest, report=reports.append) as feed:
+            wait_for(lambda: any("refused the connection" in r for r in reports), 5, "the refusal reported")
+            assert "wrong" not in " ".join(reports)
+    finally:
+        closed.kill()
