@@ -1,4 +1,4 @@
-"""N events through the MQTT sink (a mosquitto started here) and the OPC UA sink; what arrived, lost, repeated.
+"""N events through the MQTT sink (a mosquitto started here: start_mosquitto, also used by rule_fanout.py) and the OPC UA sink; what arrived, lost, repeated.
 
     .venv/bin/python benchmarks/sink_throughput.py [--events 10000]     (also: conveyor.py --sinks N)
 """
@@ -31,6 +31,19 @@ def _wait(check, timeout: float) -> bool:
     return False
 
 
+def start_mosquitto():
+    """(a mosquitto process on 127.0.0.1, its port), or (None, None) without the binary; the caller kills it."""
+    binary = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin")
+    if binary is None:
+        return None, None
+    port = _free_port()
+    config = Path(tempfile.mkdtemp()) / "mosquitto.conf"
+    config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\n")
+    broker = subprocess.Popen([binary, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait(lambda: socket.socket().connect_ex(("127.0.0.1", port)) == 0, 10)
+    return broker, port
+
+
 def _events(count: int):
     from cseg.track import Event
 
@@ -44,15 +57,10 @@ def mqtt_throughput(count: int) -> dict:
     from cseg.track import Event
     from cseg.track.sinks.mqtt import MqttSink
 
-    binary = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin")
-    if binary is None:
+    broker, port = start_mosquitto()
+    if broker is None:
         return {"skipped": "no mosquitto binary"}
-    port = _free_port()
-    config = Path(tempfile.mkdtemp()) / "mosquitto.conf"
-    config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\n")
-    broker = subprocess.Popen([binary, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait(lambda: socket.socket().connect_ex(("127.0.0.1", port)) == 0, 10)
         received = []
         subscriber = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
         subscribed = []

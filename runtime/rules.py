@@ -32,7 +32,7 @@ import numpy as np
 import cseg
 from cseg.bundle.schema import rule_only
 from cseg.errors import BundleError, InvalidInputError
-from cseg.files import read_bytes, read_json
+from cseg.files import parse_json, read_bytes
 
 RULE_FORMAT = 2  # 2: bound to the SAM 3 weights (sam3_weights, num_queries, concept_dtype); 1: to one bundle
 MAX_RULE_BYTES = 4 << 20  # the JSON: the texts of one completion (max_length tokens at most) and its token ids
@@ -82,12 +82,19 @@ class Rule:
 
     def save(self, path: str | Path) -> Path:
         """Write the rule's JSON (see rule_path) and its arrays beside it as `<name>.npz`; returns the JSON path."""
-        _check_arrays(self._arrays(), "rule")
         path = rule_path(path)
+        arrays = path.with_suffix(".npz")
+        text, blob = self.to_bytes(arrays.name)
+        arrays.write_bytes(blob)
+        path.write_bytes(text)
+        return path
+
+    def to_bytes(self, arrays_name: str = "rule.npz") -> tuple[bytes, bytes]:
+        """The rule's JSON (naming its arrays file `arrays_name`) and its npz: what save() writes and a rule message
+        on MQTT carries (cseg.runtime.rule_feed)."""
+        _check_arrays(self._arrays(), "rule")
         buffer = io.BytesIO()
         np.savez(buffer, **self._arrays())
-        arrays = path.with_suffix(".npz")
-        arrays.write_bytes(buffer.getvalue())
         meta = {
             "format": RULE_FORMAT,
             "cseg_version": cseg.__version__,
@@ -102,29 +109,34 @@ class Rule:
             "think": self.think,
             "text": self.text,
             "token_ids": list(self.token_ids),
-            "arrays": {"file": arrays.name, "sha256": hashlib.sha256(buffer.getvalue()).hexdigest()},
+            "arrays": {"file": arrays_name, "sha256": hashlib.sha256(buffer.getvalue()).hexdigest()},
         }
-        path.write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-        return path
+        return (json.dumps(meta, indent=1, ensure_ascii=False) + "\n").encode("utf-8"), buffer.getvalue()
 
     @classmethod
     def load(cls, path: str | Path) -> "Rule":
         """Read a rule written by save() (same path); anything malformed is refused with InvalidInputError."""
-        path = rule_path(path)
-        meta = read_json(path, "rule", MAX_RULE_BYTES)
-        _check_meta(meta, path)
-        name = meta["arrays"]["file"]
-        if Path(name).name != name or name in ("", ".", ".."):  # the arrays live beside the rule, nowhere else
-            raise InvalidInputError(f"rule {path}: its arrays file {name!r} must be a file name beside the rule")
-        arrays = path.parent / name
-        blob = read_bytes(arrays, f"rule {path}: its arrays file", MAX_ARRAYS_BYTES)
+        return cls.from_bytes(*rule_files(path), where=f"rule {rule_path(path)}")
+
+    @classmethod
+    def from_bytes(cls, text: bytes, blob: bytes, where: str = "rule") -> "Rule":
+        """A rule from its JSON and npz bytes (to_bytes, or a rule file's and its arrays'), checked as load() checks
+        a file: `where` names the source in the errors."""
+        if len(text) > MAX_RULE_BYTES or len(blob) > MAX_ARRAYS_BYTES:
+            raise InvalidInputError(f"{where} is larger than the {MAX_RULE_BYTES} + {MAX_ARRAYS_BYTES} bytes allowed")
+        try:
+            decoded = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidInputError(f"{where} is not UTF-8 text: {exc}") from None
+        meta = parse_json(decoded, where)
+        _check_meta(meta, where)
         if hashlib.sha256(blob).hexdigest() != meta["arrays"]["sha256"]:
-            raise InvalidInputError(f"rule {path}: {arrays.name} does not match its sha256 (changed or corrupt)")
-        values = _read_arrays(blob, f"rule {path}: {arrays.name}")
-        _check_arrays(values, f"rule {path}")
+            raise InvalidInputError(f"{where}: {meta['arrays']['file']} does not match its sha256 (changed or corrupt)")
+        values = _read_arrays(blob, f"{where}: {meta['arrays']['file']}")
+        _check_arrays(values, where)
         concept = values["concept_tokens"]
         if meta["format"] >= 2 and [meta["num_queries"], meta["concept_dtype"]] != [concept.shape[1], concept.dtype.name]:
-            raise InvalidInputError(f"rule {path} says {meta['num_queries']} concept tokens of {meta['concept_dtype']}, "
+            raise InvalidInputError(f"{where} says {meta['num_queries']} concept tokens of {meta['concept_dtype']}, "
                                     f"its arrays hold {concept.shape[1]} of {concept.dtype}")  # fmt: skip
         return cls(
             question=meta["question"], answer=meta["answer"], rule=meta["rule"], think=meta["think"],
@@ -177,6 +189,21 @@ class Rule:
         return {name: getattr(self, name) for name in _ARRAYS}
 
 
+def rule_files(path) -> tuple[bytes, bytes]:
+    """The bytes of a rule file and of its arrays file beside it (Rule.from_bytes checks them)."""
+    path = rule_path(path)
+    text = read_bytes(path, "rule", MAX_RULE_BYTES)
+    try:
+        meta = parse_json(text.decode("utf-8"), f"rule {path}")
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(f"rule {path} is not UTF-8 text: {exc}") from None
+    _check_meta(meta, f"rule {path}")  # before its arrays file is looked for: a wrong file says so first
+    name = meta["arrays"]["file"]
+    if Path(name).name != name or name in ("", ".", ".."):  # the arrays live beside the rule, nowhere else
+        raise InvalidInputError(f"rule {path}: its arrays file {name!r} must be a file name beside the rule")
+    return text, read_bytes(path.parent / name, f"rule {path}: its arrays file", MAX_ARRAYS_BYTES)
+
+
 def concept_bounds(manifest: dict) -> tuple[int, int]:
     """How many concept tokens the bundle's sam3_decoder takes (its manifest's axis bounds, which TensorRT's profile
     follows): 0..Q on a full bundle, 0..32 (or Q, if more) on a rule-only one, whatever model induces its rules."""
@@ -185,24 +212,24 @@ def concept_bounds(manifest: dict) -> tuple[int, int]:
     return int(low), int(high)
 
 
-def _check_meta(meta, path: Path) -> None:
+def _check_meta(meta, where: str) -> None:
     if not isinstance(meta, dict) or type(meta.get("format")) is not int or meta["format"] not in (1, RULE_FORMAT):
-        raise InvalidInputError(f"rule {path} is not a cseg rule file of format 1 or {RULE_FORMAT}")
+        raise InvalidInputError(f"{where} is not a cseg rule file of format 1 or {RULE_FORMAT}")
     for key in _TEXTS:
         if not isinstance(meta.get(key), str):
-            raise InvalidInputError(f"rule {path}: {key!r} is missing or not a string")
+            raise InvalidInputError(f"{where}: {key!r} is missing or not a string")
     if meta["format"] >= 2:
         weights = meta.get("sam3_weights")
         if not (weights is None or isinstance(weights, str) and re.fullmatch("[0-9a-f]{64}", weights)):
-            raise InvalidInputError(f"rule {path}: 'sam3_weights' must be a sha256 (hex) or null")
+            raise InvalidInputError(f"{where}: 'sam3_weights' must be a sha256 (hex) or null")
         if type(meta.get("num_queries")) is not int or not isinstance(meta.get("concept_dtype"), str):
-            raise InvalidInputError(f"rule {path}: 'num_queries' (integer) or 'concept_dtype' (string) is missing")
+            raise InvalidInputError(f"{where}: 'num_queries' (integer) or 'concept_dtype' (string) is missing")
     ids = meta.get("token_ids")
     if not isinstance(ids, list) or not all(type(i) is int and i >= 0 for i in ids):
-        raise InvalidInputError(f"rule {path}: 'token_ids' must be a list of non-negative integers")
+        raise InvalidInputError(f"{where}: 'token_ids' must be a list of non-negative integers")
     arrays = meta.get("arrays")
     if not (isinstance(arrays, dict) and isinstance(arrays.get("file"), str) and isinstance(arrays.get("sha256"), str)):
-        raise InvalidInputError(f"rule {path}: 'arrays' must name its npz file and sha256")
+        raise InvalidInputError(f"{where}: 'arrays' must name its npz file and sha256")
 
 
 def _read_arrays(blob: bytes, where: str) -> dict[str, np.ndarray]:

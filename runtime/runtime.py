@@ -226,12 +226,14 @@ class Runtime:
         FrameResult(index, result, error, latency_ms, dropped_before, over_budget). A bad frame gives an error
         result and the stream goes on. drop: "none" (every frame, in order), "oldest" (stay live) or None: "none"
         for a finite sequence, "oldest" for an iterator or capture. OpenCV captures deliver BGR: bgr defaults to
-        True for them."""
-        _check_rule(rule, self.manifest)
+        True for them. rule: a Rule, or a cseg.runtime.rule_feed.RuleFeed (rules pushed over MQTT): each frame then
+        takes the feed's rule in force when it is processed."""
+        current = rule_source(rule, self.manifest)
         if bgr is None:
             bgr = hasattr(frames, "read")
         check_bgr(bgr)
-        return stream_frames(lambda frame: self.apply(rule, frame, bgr=bgr), frames, budget_ms=budget_ms, drop=drop)
+        return stream_frames(lambda frame: self.apply(current(), frame, bgr=bgr), frames, budget_ms=budget_ms,
+                             drop=drop)  # fmt: skip
 
     def track(self, frames, rule: Rule, monitor=None, *, line=None, defect_rule: Rule | None = None,
               min_overlap: float = 0.02, times=None, budget_ms: float | None = None, drop: str | None = None,
@@ -341,6 +343,17 @@ class Runtime:
         patches, grid = image_patches(image, self.prep["vlm"])
         feed = {"pixel_values": patches, **vision_inputs([grid], self.model["vision"])}
         return grid, self.graphs["vlm_vision"].run(feed)["image_embeds"]
+
+
+def rule_source(rule, manifest: dict):
+    """() -> the rule for the next frame: a Rule (checked once here), or a RuleFeed's rule in force (each checked
+    against the feed's bundle on arrival; Runtime.apply checks it against this one)."""
+    from cseg.runtime.rule_feed import RuleFeed
+
+    if isinstance(rule, RuleFeed):
+        return rule.rule
+    _check_rule(rule, manifest)
+    return lambda: rule
 
 
 def _check_rule(rule, manifest: dict) -> None:

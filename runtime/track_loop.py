@@ -105,7 +105,9 @@ class TrackRun:
 
 def track(runtime, frames, rule, monitor, *, line, defect_rule, min_overlap: float, times, budget_ms, drop,
           bgr) -> TrackRun:  # fmt: skip
-    from cseg.runtime.runtime import _check_rule
+    from cseg.options import check_bgr
+    from cseg.runtime.rule_feed import RuleFeed
+    from cseg.runtime.runtime import _check_rule, rule_source
     from cseg.track import Line, LineMonitor, defects_by_overlap, rule_identity
 
     if monitor is None:
@@ -117,22 +119,26 @@ def track(runtime, frames, rule, monitor, *, line, defect_rule, min_overlap: flo
         raise InvalidInputError("give Runtime.track monitor= or line=, not both (a monitor has its own line)")
     if not isinstance(monitor, LineMonitor):
         raise InvalidInputError(f"monitor must be a cseg.track.LineMonitor, got {type(monitor).__name__}")
-    _check_rule(rule, runtime.manifest)
+    current = rule_source(rule, runtime.manifest)
     if not monitor.rule_id:
-        monitor.rule_id, monitor.rule_version = rule_identity(rule)
+        monitor.rule_id, monitor.rule_version = rule_identity(current())
+        if isinstance(rule, RuleFeed):  # events name the rule in force: its id, and the version the feed gives it
+            current = _following(current, rule, monitor)
     time_of = clock(times)
+    bgr = hasattr(frames, "read") if bgr is None else bgr
+    check_bgr(bgr)
     if defect_rule is None:
-        return TrackRun(runtime.stream(frames, rule, budget_ms=budget_ms, drop=drop, bgr=bgr), monitor, time_of)
+        return TrackRun(stream(lambda frame: runtime.apply(current(), frame, bgr=bgr), frames, budget_ms=budget_ms,
+                               drop=drop), monitor, time_of)  # fmt: skip
     _check_rule(defect_rule, runtime.manifest)
     if isinstance(min_overlap, bool) or not isinstance(min_overlap, (int, float)) or not 0 < min_overlap <= 1:
         raise InvalidInputError(f"min_overlap must be a fraction in (0, 1], got {min_overlap!r}")
     if monitor.judge is None:
         raise InvalidInputError("a defect rule needs a monitor with defects= (a cseg.track.DefectRule: k of n frames)")
-    bgr = hasattr(frames, "read") if bgr is None else bgr
     flags: dict[int, np.ndarray] = {}  # id(part segmentation) -> its instances' defect flags, until the loop takes them
 
     def apply(frame):
-        parts, defects = runtime.apply_many([rule, defect_rule], frame, bgr=bgr)
+        parts, defects = runtime.apply_many([current(), defect_rule], frame, bgr=bgr)
         flags[id(parts)] = defects_by_overlap(parts, defects, min_overlap)
         return parts
 
@@ -140,3 +146,16 @@ def track(runtime, frames, rule, monitor, *, line, defect_rule, min_overlap: flo
         return flags.pop(id(item.result), None) if item.result is not None else None
 
     return TrackRun(stream(apply, frames, budget_ms=budget_ms, drop=drop), monitor, time_of, defects_of)
+
+
+def _following(current, feed, monitor):
+    """current() that also moves the monitor's rule identity to each new rule the feed puts in force."""
+    from cseg.track import rule_identity
+
+    def rule_now():
+        rule = current()
+        if feed.in_use != monitor.rule_version:
+            monitor.rule_id, monitor.rule_version = rule_identity(rule)[0], feed.in_use
+        return rule
+
+    return rule_now

@@ -63,9 +63,14 @@ def watch(runtime, rule, source: str, *, out: str | None, jsonl: str | None, bud
           fps: float | None = None) -> dict:  # fmt: skip
     """The loop of `cseg watch`. With `monitor` (a cseg.track.LineMonitor: `--track`) it runs Runtime.track: each
     record gains the frame's track ids and events, overlays show track ids and the line, and the summary the counts.
+    `rule` may be a RuleFeed (`--rules mqtt://...`): each record then names the rule version applied to its frame
+    (the stream applies in this thread, so the feed's `in_use` is the yielded frame's), the summary the feed's stats.
     """
     from cseg.images import load_image
     from cseg.overlay import overlay
+    from cseg.runtime.rule_feed import RuleFeed
+
+    feed = rule if isinstance(rule, RuleFeed) else None
 
     frames, bgr = open_source(source)
     if out:
@@ -95,10 +100,13 @@ def watch(runtime, rule, source: str, *, out: str | None, jsonl: str | None, bud
                               presence=round(result.presence, 4),
                               timings={k: round(v, 2) for k, v in result.timings.items()})  # fmt: skip
                 if out and item.index % every == 0:
-                    picture = overlay(load_image(item.frame, bgr=bgr), result, rule.answer or rule.question)
+                    shown = rule if feed is None else feed.rule()
+                    picture = overlay(load_image(item.frame, bgr=bgr), result, shown.answer or shown.question)
                     if monitor is not None:
                         picture = draw_tracks(picture, monitor.tracker.tracks, monitor.counter.line, monitor.counts)
                     picture.save(Path(out) / f"frame_{item.index:06d}.png")
+            if feed is not None:
+                record["rule_version"] = feed.in_use
             if monitor is not None:
                 record.update(track_ids=tracked.track_ids.tolist(), events=[e.to_dict() for e in tracked.events])
             print(json.dumps(record), file=log, flush=True)
@@ -120,4 +128,6 @@ def watch(runtime, rule, source: str, *, out: str | None, jsonl: str | None, bud
     summary = {"frames": len(latencies) + errors, "errors": errors, "dropped": dropped}
     if monitor is not None:
         summary["track"] = items.summary(flush_s=0.0)
+    if feed is not None:
+        summary["rules"] = feed.stats()
     return summary

@@ -20,7 +20,28 @@ import uuid
 
 from cseg.errors import InvalidInputError
 from cseg.track.sinks.base import QueuedSink, SinkError
-from cseg.track.sinks.urls import parse_sink_url
+from cseg.track.sinks.urls import SinkUrl, parse_sink_url
+
+
+def mqtt_client(target: SinkUrl, name: str, reconnect: tuple[float, float]):
+    """(a paho 2.x client for an mqtt:// or mqtts:// target, paho.mqtt.client): MQTT 3.1.1, a unique client id
+    starting with `name`, credentials from the URL else CSEG_MQTT_USERNAME / CSEG_MQTT_PASSWORD, TLS for mqtts://
+    (CA file from CSEG_MQTT_CA, else the system's), paho's reconnect back-off bounded by `reconnect` (first, longest
+    wait in seconds). Shared by the events sink and the rules feed (cseg.runtime.rule_feed)."""
+    try:
+        import paho.mqtt.client as mqtt
+    except ImportError as exc:
+        raise ImportError("MQTT needs paho-mqtt: pip install 'cseg[line]'") from exc
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{name}-{uuid.uuid4().hex[:8]}",
+                         protocol=mqtt.MQTTv311)  # fmt: skip
+    username = target.username if target.username is not None else os.environ.get("CSEG_MQTT_USERNAME")
+    password = target.password if target.password is not None else os.environ.get("CSEG_MQTT_PASSWORD")
+    if username is not None:
+        client.username_pw_set(username, password)
+    if target.scheme == "mqtts":
+        client.tls_set(ca_certs=os.environ.get("CSEG_MQTT_CA") or None)
+    client.reconnect_delay_set(*reconnect)
+    return client, mqtt
 
 
 class MqttSink(QueuedSink):
@@ -29,26 +50,13 @@ class MqttSink(QueuedSink):
         target = parse_sink_url(url)
         if not target.scheme.startswith("mqtt"):
             raise InvalidInputError(f"MqttSink needs an mqtt:// or mqtts:// URL, got {url!r}")
-        try:
-            import paho.mqtt.client as mqtt
-        except ImportError as exc:
-            raise ImportError("the MQTT sink needs paho-mqtt: pip install 'cseg[line]'") from exc
         super().__init__(url, queue_size)
-        self._mqtt = mqtt
+        client, self._mqtt = mqtt_client(target, f"cseg-{station}", reconnect)
         self.events_topic = f"{target.path}/{station}/events"
         self.count_topic = f"{target.path}/{station}/count"
         self.published = self.acked = 0  # messages handed to paho (events and retained counts) / PUBACKs received
         self._connected = threading.Event()
         self._lock = threading.Lock()
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"cseg-{station}-{uuid.uuid4().hex[:8]}",
-                             protocol=mqtt.MQTTv311)  # fmt: skip
-        username = target.username if target.username is not None else os.environ.get("CSEG_MQTT_USERNAME")
-        password = target.password if target.password is not None else os.environ.get("CSEG_MQTT_PASSWORD")
-        if username is not None:
-            client.username_pw_set(username, password)
-        if target.scheme == "mqtts":
-            client.tls_set(ca_certs=os.environ.get("CSEG_MQTT_CA") or None)
-        client.reconnect_delay_set(*reconnect)
         client.max_queued_messages_set(queue_size)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect

@@ -21,34 +21,35 @@ class SinkUrl:
     password: str | None = None
 
 
-def parse_sink_url(url: str) -> SinkUrl:
+def parse_sink_url(url: str, what: str = "events sink") -> SinkUrl:
+    """`what` names the URL's role in the errors (cseg watch --rules parses its feed's URL here too)."""
     if not isinstance(url, str) or not url.strip():
-        raise InvalidInputError(f"events sink {url!r} is not a URL or a file path")
+        raise InvalidInputError(f"{what} {url!r} is not a URL or a file path")
     if url.startswith("file:"):
         return SinkUrl("file", path=url[len("file:"):].removeprefix("//"))
     if "://" not in url:
         return SinkUrl("file", path=url)
     scheme = url.split("://", 1)[0].lower()
     if scheme not in DEFAULT_PORTS:
-        raise InvalidInputError(f"events sink {url!r}: scheme {scheme!r} is not one of mqtt://, mqtts://, opc.tcp:// "
+        raise InvalidInputError(f"{what} {url!r}: scheme {scheme!r} is not one of mqtt://, mqtts://, opc.tcp:// "
                                 "(or give a file path)")  # fmt: skip
     if scheme.startswith("mqtt") and ("#" in url or "+" in url.split("@")[-1]):
-        raise InvalidInputError(f"events sink {url!r}: the topic may not hold wildcards (+, #)")
+        raise InvalidInputError(f"{what} {url!r}: the topic may not hold wildcards (+, #)")
     parts = urlsplit(url)
     try:
         port = parts.port or DEFAULT_PORTS[scheme]
     except ValueError:
-        raise InvalidInputError(f"events sink {url!r}: the port is not a number in 1-65535") from None
+        raise InvalidInputError(f"{what} {url!r}: the port is not a number in 1-65535") from None
     if not parts.hostname:
-        raise InvalidInputError(f"events sink {url!r} names no host")
+        raise InvalidInputError(f"{what} {url!r} names no host")
     if parts.query or parts.fragment:
-        raise InvalidInputError(f"events sink {url!r}: no ?query or #fragment is understood here")
+        raise InvalidInputError(f"{what} {url!r}: no ?query or #fragment is understood here")
     path = parts.path.strip("/")
     if scheme.startswith("mqtt"):
         if not path:
-            raise InvalidInputError(f"events sink {url!r} names no topic: mqtt://host:port/plant/line1")
+            raise InvalidInputError(f"{what} {url!r} names no topic: mqtt://host:port/plant/line1")
         if "//" in path:
-            raise InvalidInputError(f"events sink {url!r}: the topic may not hold empty levels (//)")
+            raise InvalidInputError(f"{what} {url!r}: the topic may not hold empty levels (//)")
     username = unquote(parts.username) if parts.username is not None else None
     password = unquote(parts.password) if parts.password is not None else None
     return SinkUrl(scheme, parts.hostname, port, path, username, password)
