@@ -37,7 +37,7 @@ demo: $(STAMP)
 	$(BIN)/cseg segment --bundle $(OUT)/bundle sample:astronaut "astronaut" --out $(OUT)/overlay.png --json
 
 test: $(STAMP) $(SERVE_STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 # The native module under ASan + UBSan, fuzzed (scripts/sanitize.sh: its own build in build-asan/; ~7 min)
 sanitize: $(STAMP)

@@ -4,6 +4,7 @@ paho subscriber, and an asyncua client of the OPC UA sink's server. Every wait i
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
 import shutil
 import socket
@@ -37,10 +38,14 @@ def wait_for(check, timeout: float, what: str):
 class Broker:
     """mosquitto on 127.0.0.1:port with a config of its own (no persistence: a restart forgets everything)."""
 
-    def __init__(self, tmp_path):
+    def __init__(self, tmp_path, tls: tuple | None = None):
         self.port = free_port()
         self.config = tmp_path / "mosquitto.conf"
-        self.config.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true", "persistence false"]
+        if tls is not None:  # (ca, certificate, key) files: this listener speaks TLS only. Started as root,
+            # mosquitto drops to its own user, which cannot read pytest's private tmp folders: stay this user
+            lines += [f"cafile {tls[0]}", f"certfile {tls[1]}", f"keyfile {tls[2]}", f"user {getpass.getuser()}"]
+        self.config.write_text("\n".join(lines) + "\n")
         self.process = None
 
     def start(self):
@@ -72,12 +77,14 @@ def broker(tmp_path):
 class Subscriber:
     """A paho client that (re)subscribes on every connect and keeps what arrives."""
 
-    def __init__(self, port: int, base: str):
+    def __init__(self, port: int, base: str, ca: str | None = None):
         import paho.mqtt.client as mqtt
 
         self.events, self.counts, self.subscribed = [], [], threading.Event()
         self.base = base
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+        if ca is not None:
+            self.client.tls_set(ca_certs=ca)
         self.client.reconnect_delay_set(0.05, 0.2)
         self.client.on_connect = lambda c, u, f, r, p=None: c.subscribe(f"{base}/#", qos=1)
         self.client.on_subscribe = lambda *args: self.subscribed.set()
@@ -155,6 +162,66 @@ def test_mqtt_broker_killed_mid_run_counts_stay_right_and_loss_is_reported(broke
     finally:
         sink.close(timeout=2)
         subscriber.close()
+
+
+def make_certificates(folder) -> tuple[str, str, str]:
+    """A throwaway CA and a server certificate for 127.0.0.1 signed by it (openssl, EC keys: fast)."""
+    def run(*args):
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True, timeout=60)
+
+    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    run("req", "-x509", *key, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=cseg test CA")
+    run("req", *key, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
+    (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out",
+        "server.crt", "-days", "2", "-extfile", "san.ext")  # fmt: skip
+    return tuple(str(folder / name) for name in ("ca.crt", "server.crt", "server.key"))
+
+
+def test_mqtts_events_arrive_over_tls_and_a_wrong_ca_is_refused_by_name(tmp_path, monkeypatch):
+    """mqtts:// against a mosquitto TLS listener with a throwaway CA: with CSEG_MQTT_CA every event arrives once;
+    a CA file that is missing or not a certificate is named, not an ssl traceback; a CA that did not sign the
+    broker's certificate never connects, and what the sink could not deliver is counted."""
+    from cseg.errors import InvalidInputError
+    from cseg.track.sinks.mqtt import MqttSink
+
+    if MOSQUITTO is None or shutil.which("openssl") is None:
+        pytest.skip("needs the mosquitto and openssl binaries")
+    ca, certificate, key = make_certificates(tmp_path)
+    broker = Broker(tmp_path, tls=(ca, certificate, key))
+    broker.start()
+    url = f"mqtts://127.0.0.1:{broker.port}/plant"
+    try:
+        monkeypatch.setenv("CSEG_MQTT_CA", ca)
+        subscriber = Subscriber(broker.port, "plant/st", ca=ca)
+        sink = MqttSink(url, station="st", queue_size=100)
+        try:
+            sink.wait_connected(10)
+            wait_for(subscriber.subscribed.is_set, 10, "the TLS subscription")
+            for seq in range(1, 51):
+                sink.send(*count_event(seq))
+            wait_for(lambda: len(subscriber.events) >= 50, 10, "50 events over TLS")
+            assert sorted(subscriber.events) == list(range(1, 51))
+            assert sink.close()["dropped"] == 0
+        finally:
+            subscriber.close()
+
+        for bad, words in ((tmp_path / "missing.crt", "no such file"), (tmp_path / "san.ext", "not a PEM CA")):
+            monkeypatch.setenv("CSEG_MQTT_CA", str(bad))
+            with pytest.raises(InvalidInputError, match=words):
+                MqttSink(url, station="st")
+
+        other = tmp_path / "other"
+        other.mkdir()
+        monkeypatch.setenv("CSEG_MQTT_CA", make_certificates(other)[0])  # a CA that did not sign the broker's
+        sink = MqttSink(url, station="st", queue_size=100, reconnect=(0.2, 0.5))
+        for seq in range(1, 6):
+            sink.send(*count_event(seq))
+        time.sleep(1.0)  # handshakes fail meanwhile
+        assert not sink.stats()["connected"]
+        assert sink.close(timeout=0.5)["dropped"] == 5  # nothing delivered, all of it reported lost
+    finally:
+        broker.kill()
 
 
 def test_mqtt_unreachable_broker_never_blocks_and_counts_the_loss():

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import threading
 import uuid
 
@@ -39,7 +40,13 @@ def mqtt_client(target: SinkUrl, name: str, reconnect: tuple[float, float]):
     if username is not None:
         client.username_pw_set(username, password)
     if target.scheme == "mqtts":
-        client.tls_set(ca_certs=os.environ.get("CSEG_MQTT_CA") or None)
+        ca = os.environ.get("CSEG_MQTT_CA") or None
+        if ca is not None and not os.path.isfile(ca):  # else ssl's FileNotFoundError names no variable
+            raise InvalidInputError(f"CSEG_MQTT_CA={ca!r}: no such file (the CA certificate that signed the broker's)")
+        try:
+            client.tls_set(ca_certs=ca)
+        except ssl.SSLError as exc:
+            raise InvalidInputError(f"CSEG_MQTT_CA={ca!r} is not a PEM CA certificate: {exc}") from None
     client.reconnect_delay_set(*reconnect)
     return client, mqtt
 
