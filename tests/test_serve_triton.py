@@ -151,7 +151,7 @@ def test_python_backend_models_induce_then_apply_through_the_rules_folder(tiny_b
     assert got.rule_version == answer["rule_version"][0].decode() and np.array_equal(got.mask, local.mask)
     assert got.presence == pytest.approx(local.presence, abs=1e-5)
     unknown = {**frame, "rule_id": Tensor("rule_id", np.array([[b"nope"]], object))}
-    assert b"unknown rule 'nope'" in apply.execute([unknown])[0]["error"][0]
+    assert b"unknown rule 'nope'" in apply.execute([unknown])[0]["error"][0, 0]
 
 
 def test_induce_on_a_rule_only_bundle_is_a_bundle_error(rule_only_bundle, photo):
