@@ -207,7 +207,8 @@ def test_remote_track_equals_the_local_track(remote, runtime, rules, photo):
     frames = [np.ascontiguousarray(np.roll(photo, 60 * k, axis=1)) for k in range(4)] + [photo[:1]]
 
     def tracked(rt, rule):
-        monitor = LineMonitor(Line(width / 2, 0, width / 2, height, "right"), rule_id="cup", source="test")
+        monitor = LineMonitor(Line(width / 2, 0, width / 2, height, "right"), rule_id="cup", rule_version="1",
+                              source="test")  # fmt: skip
         run = rt.track(frames, rule, monitor, times=[0.0, 0.5, 1.0, 1.5, 2.0])
         return list(run), run.final_events
 
