@@ -166,7 +166,7 @@ class RemoteRuntime:
         return stream_frames(lambda frame: self.apply(rule, frame, bgr=bgr), frames, budget_ms=budget_ms, drop=drop)
 
     def ready(self) -> bool:
-        """Whether the server is up with both models loaded (a server answers before its models are)."""
+        """Whether the server is up with every model loaded (a server answers before its models are)."""
         return self._call(lambda client: all(client.is_model_ready(m) for m in contract.MODELS))
 
     def statistics(self, model: str | None = None) -> dict:
