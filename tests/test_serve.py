@@ -168,8 +168,6 @@ def test_induce_keeps_the_rule_for_apply_and_a_new_induction_is_a_new_version(se
 
 
 def test_induce_bad_input_is_the_cseg_error(remote, photo):
-    from cseg.errors import InvalidInputError
-
     with pytest.raises(InvalidInputError, match="rule_id must be"):
         remote.induce([(photo, None)], "the cup", rule_id="../escape")  # refused here, before the wire
     with pytest.raises(InvalidInputError, match="at most 4"):

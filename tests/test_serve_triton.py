@@ -29,7 +29,7 @@ def _configs(repo) -> dict:
     return {path.parent.name: text_format.Parse(path.read_text(), pb.ModelConfig()) for path in repo.glob("*/config.pbtxt")}
 
 
-def _tensors(config, batched: bool):
+def _tensors(config):
     return [[(t.name, pb.DataType.Name(t.data_type), list(t.dims)) for t in tensors]
             for tensors in (config.input, config.output)]  # fmt: skip
 
@@ -49,7 +49,7 @@ def test_export_triton_writes_configs_that_match_the_graphs(tiny_bundle, session
         assert (config.max_batch_size > 0) == batched and config.HasField("dynamic_batching") == batched
         want = [[(v.name, ORT_TYPES[v.type], [d if isinstance(d, int) else -1 for d in v.shape[batched:]])
                  for v in values] for values in (session.get_inputs(), session.get_outputs())]  # fmt: skip
-        assert _tensors(config, batched) == want, key
+        assert _tensors(config) == want, key
     assert configs["sam3_vision"].max_batch_size == 0  # one image per run: explicit dims, no dynamic batching
     assert list(configs["sam3_vision"].input[0].dims)[0] == 1
     for model in contract.MODELS:
