@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from cseg.errors import InvalidInputError
+from cseg.options import check_bgr
 from cseg.runtime.stream import FrameResult, stream
 
 
@@ -105,47 +106,26 @@ class TrackRun:
 
 def track(runtime, frames, rule, monitor, *, line, defect_rule, min_overlap: float, times, budget_ms, drop,
           bgr) -> TrackRun:  # fmt: skip
-    from cseg.options import check_bgr
+    """Runtime.track: the loop below with this process's Runtime doing each frame's work. `rule` is a Rule or a
+    RuleFeed (cseg.runtime.rule_feed): then each frame takes the rule in force, and events name its version."""
     from cseg.runtime.rule_feed import RuleFeed
     from cseg.runtime.runtime import _check_rule, rule_source
-    from cseg.track import Line, LineMonitor, defects_by_overlap, rule_identity
+    from cseg.track import rule_identity
 
-    if monitor is None:
-        if not isinstance(line, Line):
-            raise InvalidInputError("Runtime.track needs monitor= (a cseg.track.LineMonitor) or line= (a "
-                                    f"cseg.track.Line), got line={line!r}")  # fmt: skip
-        monitor = LineMonitor(line)
-    elif line is not None:
-        raise InvalidInputError("give Runtime.track monitor= or line=, not both (a monitor has its own line)")
-    if not isinstance(monitor, LineMonitor):
-        raise InvalidInputError(f"monitor must be a cseg.track.LineMonitor, got {type(monitor).__name__}")
     current = rule_source(rule, runtime.manifest)
+    if defect_rule is not None:
+        _check_rule(defect_rule, runtime.manifest)
+    bgr = hasattr(frames, "read") if bgr is None else bgr
+    check_bgr(bgr)
+    monitor = line_monitor(monitor, line)
     if not monitor.rule_id:
         monitor.rule_id, monitor.rule_version = rule_identity(current())
         if isinstance(rule, RuleFeed):  # events name the rule in force: its id, and the version the feed gives it
             current = _following(current, rule, monitor)
-    time_of = clock(times)
-    bgr = hasattr(frames, "read") if bgr is None else bgr
-    check_bgr(bgr)
-    if defect_rule is None:
-        return TrackRun(stream(lambda frame: runtime.apply(current(), frame, bgr=bgr), frames, budget_ms=budget_ms,
-                               drop=drop), monitor, time_of)  # fmt: skip
-    _check_rule(defect_rule, runtime.manifest)
-    if isinstance(min_overlap, bool) or not isinstance(min_overlap, (int, float)) or not 0 < min_overlap <= 1:
-        raise InvalidInputError(f"min_overlap must be a fraction in (0, 1], got {min_overlap!r}")
-    if monitor.judge is None:
-        raise InvalidInputError("a defect rule needs a monitor with defects= (a cseg.track.DefectRule: k of n frames)")
-    flags: dict[int, np.ndarray] = {}  # id(part segmentation) -> its instances' defect flags, until the loop takes them
-
-    def apply(frame):
-        parts, defects = runtime.apply_many([current(), defect_rule], frame, bgr=bgr)
-        flags[id(parts)] = defects_by_overlap(parts, defects, min_overlap)
-        return parts
-
-    def defects_of(item: FrameResult):
-        return flags.pop(id(item.result), None) if item.result is not None else None
-
-    return TrackRun(stream(apply, frames, budget_ms=budget_ms, drop=drop), monitor, time_of, defects_of)
+    pair = None if defect_rule is None else lambda frame: runtime.apply_many([current(), defect_rule], frame, bgr=bgr)
+    return track_frames(lambda frame: runtime.apply(current(), frame, bgr=bgr), frames, monitor, line=None,
+                        pair=pair, min_overlap=min_overlap, times=times, budget_ms=budget_ms, drop=drop,
+                        identity=lambda: rule_identity(current()))  # fmt: skip
 
 
 def _following(current, feed, monitor):
@@ -159,3 +139,49 @@ def _following(current, feed, monitor):
         return rule
 
     return rule_now
+
+
+def line_monitor(monitor, line):
+    """The monitor a track loop reports to: the one given, or a LineMonitor on `line` (exactly one of them)."""
+    from cseg.track import Line, LineMonitor
+
+    if monitor is None:
+        if not isinstance(line, Line):
+            raise InvalidInputError("Runtime.track needs monitor= (a cseg.track.LineMonitor) or line= (a "
+                                    f"cseg.track.Line), got line={line!r}")  # fmt: skip
+        monitor = LineMonitor(line)
+    elif line is not None:
+        raise InvalidInputError("give Runtime.track monitor= or line=, not both (a monitor has its own line)")
+    if not isinstance(monitor, LineMonitor):
+        raise InvalidInputError(f"monitor must be a cseg.track.LineMonitor, got {type(monitor).__name__}")
+    return monitor
+
+
+def track_frames(apply, frames, monitor, *, line, pair, min_overlap: float, times, budget_ms, drop,
+                 identity) -> TrackRun:  # fmt: skip
+    """The track loop on any per-frame work, so a RemoteRuntime (cseg.serve.client) runs the same loop as a local
+    Runtime: `apply(frame)` -> the part rule's Segmentation; with a defect rule, `pair(frame)` -> (parts, defects)
+    Segmentations of one frame. `identity()` -> (rule id, version) for a monitor that has no rule id yet."""
+    from cseg.track import defects_by_overlap
+
+    monitor = line_monitor(monitor, line)
+    if not monitor.rule_id:
+        monitor.rule_id, monitor.rule_version = identity()
+    time_of = clock(times)
+    if pair is None:
+        return TrackRun(stream(apply, frames, budget_ms=budget_ms, drop=drop), monitor, time_of)
+    if isinstance(min_overlap, bool) or not isinstance(min_overlap, (int, float)) or not 0 < min_overlap <= 1:
+        raise InvalidInputError(f"min_overlap must be a fraction in (0, 1], got {min_overlap!r}")
+    if monitor.judge is None:
+        raise InvalidInputError("a defect rule needs a monitor with defects= (a cseg.track.DefectRule: k of n frames)")
+    flags: dict[int, np.ndarray] = {}  # id(part segmentation) -> its instances' defect flags, until the loop takes them
+
+    def apply_pair(frame):
+        parts, defects = pair(frame)
+        flags[id(parts)] = defects_by_overlap(parts, defects, min_overlap)
+        return parts
+
+    def defects_of(item: FrameResult):
+        return flags.pop(id(item.result), None) if item.result is not None else None
+
+    return TrackRun(stream(apply_pair, frames, budget_ms=budget_ms, drop=drop), monitor, time_of, defects_of)

@@ -4,6 +4,8 @@
     rt = RemoteRuntime("127.0.0.1:8001")            # was: rt = Runtime.open("bundle/")
     result = rt.segment(frame, "scratch on the lid")
     result = rt.apply("lid-scratch", frame)        # a rule the server loaded from its --rules folder, by id
+    rule = rt.induce([(demo, boxes)], "scratches?", rule_id="lid-scratch")  # the server keeps it: rt.apply(rule, ...)
+    for tracked in rt.track(frames, rule, line=Line(...)): ...      # Runtime.track's loop, frames served remotely
 
 Results are cseg Segmentations (apply's carry the server's rule version). The inputs are checked here where that is
 cheap (image, prompt, options: the same checks and messages as a local Runtime), and an error the server reports
@@ -21,14 +23,25 @@ import numpy as np
 
 from cseg import errors, prompting
 from cseg.errors import CsegError, InvalidInputError
-from cseg.images import load_frame
-from cseg.options import SegmentOptions, check_bgr
+from cseg.images import Episode, check_demos, load_frame
+from cseg.options import SegmentOptions, check_bgr, check_options
 from cseg.segmentation import Instances, Segmentation
 from cseg.serve import contract
 
 
 class ServerError(CsegError, ConnectionError):
     """The server cannot be reached, timed out, or refused the request for a reason of its own (queue full)."""
+
+
+@dataclass(frozen=True)
+class RemoteRule:
+    """A rule the server induced and keeps: `id` (what cseg_apply takes), `version` (what its results carry) and the
+    rule itself (`rule`: a cseg Rule, loaded from the files the server saved; `rule.save(path)` sends it to an edge
+    device's rule-only bundle). RemoteRuntime.apply/stream/track take it in place of the id."""
+
+    id: str
+    version: str
+    rule: "cseg.runtime.rules.Rule"  # noqa: F821 - imported where loaded: the client module stays light
 
 
 @dataclass(frozen=True)
@@ -75,27 +88,86 @@ class RemoteRuntime:
         }
         return self._infer(contract.SEGMENT, inputs)
 
+    def induce(self, demos, question: str, image=None, *, max_new_tokens: int | None = None, bgr: bool = False,
+               rule_id: str | None = None) -> RemoteRule:  # fmt: skip
+        """As Runtime.induce, reasoned on the server, which keeps the rule (in its --rules folder when it has one) for
+        apply/stream/track by id. `rule_id` names it (replacing a rule of that id: a new version); None: the rule's
+        content hash. demos: up to 4 (image, boxes) pairs as for Runtime.induce (not an Episode)."""
+        from cseg.serve.induce import check_rule_id
+
+        check_options("full", max_new_tokens, bgr)
+        question = prompting.check_prompt(question)
+        if isinstance(demos, Episode):
+            raise InvalidInputError("RemoteRuntime.induce takes (image, boxes) demonstrations, not an Episode")
+        checked = check_demos(demos)
+        if not checked:
+            raise InvalidInputError("induce() needs at least one (image, boxes) demonstration")
+        if rule_id is not None:
+            check_rule_id(rule_id)
+        target = _pixels(demos[0][0] if image is None else image, bgr if image is not None else False)
+        pixels = [np.asarray(demo.convert("RGB"), np.uint8) for demo, _ in checked]
+        boxes = [(k, box) for k, (_, demo_boxes) in enumerate(checked) for box in demo_boxes]
+        boxes = boxes or [(-1, (0.0, 0.0, 0.0, 0.0))]  # PyTriton cannot carry a zero-sized tensor: a padding row
+        inputs = {
+            "image": target,
+            "question": np.array([question.encode()], dtype=object),
+            "demo_images": np.array([p.tobytes() for p in pixels], dtype=object),
+            "demo_sizes": np.array([p.shape[:2] for p in pixels], np.int32),
+            "demo_boxes": np.array([box for _, box in boxes], np.float32),
+            "demo_box_index": np.array([k for k, _ in boxes], np.int32),
+            "options": np.array([json.dumps({"max_new_tokens": max_new_tokens, "rule_id": rule_id}).encode()], object),
+        }
+        return decode_rule(self._send(contract.INDUCE, inputs, contract.INDUCE_OUTPUTS, batched=False).as_numpy)
+
     def apply(self, rule, frame, *, bgr: bool = False) -> Segmentation:
-        """Apply the server's rule `rule` (its id: the rule file's name without .json) to `frame`."""
-        if not isinstance(rule, str) or not rule:
-            raise InvalidInputError(f"rule must be the id of a rule the server loaded (a str), got {rule!r}")
+        """Apply the server's rule `rule` (a RemoteRule, or its id: the rule file's name without .json) to `frame`."""
+        rule = _rule_id(rule)
         check_bgr(bgr)
         inputs = {"image": _pixels(frame, bgr), "rule_id": np.array([rule.encode()], dtype=object)}
         return self._infer(contract.APPLY, inputs)[0]
+
+    def track(self, frames, rule, monitor=None, *, line=None, defect_rule=None, min_overlap: float = 0.02, times=None,
+              budget_ms: float | None = None, drop: str | None = None, bgr: bool | None = None):  # fmt: skip
+        """As Runtime.track (the same loop: cseg.runtime.track_loop), each frame applied on the server. The rules are
+        the server's (RemoteRule or id); the monitor's rule id and version default to the server's id and the
+        RemoteRule's version (an id alone: the version of the first frame served). A defect rule costs a second
+        request per frame (the contract applies one rule per request: two image encodings on the server)."""
+        from cseg.runtime.track_loop import track_frames  # stdlib + cseg only: no ONNX Runtime session made
+
+        rule_id, defect_id = _rule_id(rule), None if defect_rule is None else _rule_id(defect_rule)
+        bgr = hasattr(frames, "read") if bgr is None else bgr
+        check_bgr(bgr)
+        version = rule.version if isinstance(rule, RemoteRule) else ""
+        run = None
+
+        def apply(frame):
+            result = self.apply(rule_id, frame, bgr=bgr)
+            if run is not None and not run.monitor.rule_version:  # an id alone: the server names the version
+                run.monitor.rule_version = result.rule_version or ""
+            return result
+
+        def pair(frame):
+            return apply(frame), self.apply(defect_id, frame, bgr=bgr)
+
+        run = track_frames(apply, frames, monitor, line=line, pair=None if defect_id is None else pair,
+                           min_overlap=min_overlap, times=times, budget_ms=budget_ms, drop=drop,
+                           identity=lambda: (rule_id, version))  # fmt: skip
+        return run
 
     def stream(self, frames, rule, *, budget_ms: float | None = None, drop: str | None = None, bgr: bool | None = None):
         """As Runtime.stream: FrameResults of `rule` applied to every frame; a failed frame (the server down
         included) is an error result and the stream goes on."""
         from cseg.runtime.stream import stream as stream_frames  # stdlib + cseg only: no ONNX Runtime session made
 
+        rule = _rule_id(rule)
         if bgr is None:
             bgr = hasattr(frames, "read")
         check_bgr(bgr)
         return stream_frames(lambda frame: self.apply(rule, frame, bgr=bgr), frames, budget_ms=budget_ms, drop=drop)
 
     def ready(self) -> bool:
-        """Whether the server is up with both models loaded (a server answers before its models are)."""
-        return self._call(lambda client: all(client.is_model_ready(m) for m in (contract.SEGMENT, contract.APPLY)))
+        """Whether the server is up with every model loaded (a server answers before its models are)."""
+        return self._call(lambda client: all(client.is_model_ready(m) for m in contract.MODELS))
 
     def statistics(self, model: str | None = None) -> dict:
         """Triton's inference statistics (request and batch counts per model) as a dict."""
@@ -148,17 +220,21 @@ class RemoteRuntime:
             pass
 
     def _infer(self, model: str, arrays: dict[str, np.ndarray]) -> list[Segmentation]:
+        return decode(self._send(model, arrays, contract.OUTPUTS).as_numpy)
+
+    def _send(self, model: str, arrays: dict[str, np.ndarray], outputs, *, batched: bool = True):
+        """One request to `model`; `batched`: the model has a batch dimension (a request is a batch of 1)."""
         import tritonclient.grpc as grpcclient
 
         specs = {spec.name: spec for spec in contract.INPUTS[model]}
         inputs = []
         for name, value in arrays.items():
-            tensor = grpcclient.InferInput(name, [1, *value.shape], specs[name].triton_dtype)
-            tensor.set_data_from_numpy(value[None])
+            value = value[None] if batched else value
+            tensor = grpcclient.InferInput(name, list(value.shape), specs[name].triton_dtype)
+            tensor.set_data_from_numpy(value)
             inputs.append(tensor)
-        outputs = [grpcclient.InferRequestedOutput(name) for name in contract.OUTPUT_NAMES]
-        result = self._call(lambda client: client.infer(model, inputs, outputs=outputs, client_timeout=self.timeout_s))
-        return decode(result.as_numpy)
+        wanted = [grpcclient.InferRequestedOutput(spec.name) for spec in outputs]
+        return self._call(lambda client: client.infer(model, inputs, outputs=wanted, client_timeout=self.timeout_s))
 
 
 def _pixels(image, bgr: bool) -> np.ndarray:
@@ -167,6 +243,43 @@ def _pixels(image, bgr: bool) -> np.ndarray:
     frame = load_frame(image, bgr=bgr)
     pixels = frame.pixels[..., ::-1] if frame.bgr else frame.pixels
     return np.ascontiguousarray(pixels)
+
+
+def _rule_id(rule) -> str:
+    if isinstance(rule, RemoteRule):
+        return rule.id
+    if not isinstance(rule, str) or not rule:
+        raise InvalidInputError(f"rule must be a RemoteRule or the id of a rule the server has (a str), got {rule!r}")
+    return rule
+
+
+def decode_rule(output) -> RemoteRule:
+    """cseg_induce's outputs -> a RemoteRule; the rule's files are loaded with Rule.load's checks."""
+    import tempfile
+    from pathlib import Path
+
+    from cseg.runtime.rules import Rule
+
+    values = {spec.name: output(spec.name) for spec in contract.INDUCE_OUTPUTS}
+    if any(value is None or value.size == 0 for value in values.values()):
+        raise ServerError("the server's induce answer lacks outputs (not a cseg serve server of this version, or "
+                          "PyTriton with numpy 2: serve from .venv-serve)")  # fmt: skip
+    error = bytes(values["error"][0])
+    if error:
+        _raise(error)
+    rule_id, version = bytes(values["rule_id"][0]).decode(), bytes(values["rule_version"][0]).decode()
+    text, arrays = (bytes(blob) for blob in values["rule_files"])
+    try:
+        name = json.loads(text)["arrays"]["file"]  # the JSON names its arrays file; Rule.load checks the rest
+    except (ValueError, KeyError, TypeError):
+        raise ServerError(f"the server's induced rule {rule_id!r} is not a cseg rule file") from None
+    if not isinstance(name, str) or Path(name).name != name or name in ("", ".", "..") or name == "rule.json":
+        raise ServerError(f"the server's induced rule names its arrays {name!r}: not a file name beside the rule")
+    with tempfile.TemporaryDirectory(prefix="cseg-rule-") as scratch:
+        path = Path(scratch) / "rule.json"
+        (path.parent / name).write_bytes(arrays)
+        path.write_bytes(text)
+        return RemoteRule(rule_id, version, Rule.load(path))
 
 
 def _raise(error: bytes) -> None:

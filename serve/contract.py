@@ -1,10 +1,10 @@
 """The tensor contract of `cseg serve`: model names, tensor names, dtypes and shapes, used by the server
 (cseg.serve.server binds exactly these) and the client (cseg.serve.client builds and reads exactly these).
 
-Both models take one image per request and are configured with max_batch_size > 0, so every tensor below carries a
-leading batch dimension of 1 per request on the wire (Triton's dynamic batcher groups requests; the shapes here are
-without it). A request answers for itself: an error in one request of a batch is that request's `error` output, the
-others are served.
+cseg_segment and cseg_apply take one image per request and are configured with max_batch_size > 0, so every tensor
+below carries a leading batch dimension of 1 per request on the wire (Triton's dynamic batcher groups requests; the
+shapes here are without it). A request answers for itself: an error in one request of a batch is that request's
+`error` output, the others are served.
 
 cseg_segment  (Runtime.segment / segment_many: P prompts on one image, one image-encoder pass)
   in   image            UINT8  [H, W, 3]   RGB pixels (the client turns BGR, paths and PIL images into this)
@@ -26,6 +26,32 @@ outputs of both (P = 1 for cseg_apply; N instances over all prompts)
                                            timings (ms), rule_version (cseg_apply: sha256 of the rule's files, 16 hex)
   out  error            BYTES  [1]         "" when served, else JSON {"type": cseg error class name, "message": ...}
 
+cseg_induce   (Runtime.induce: reason once over demonstrations; the server keeps the rule for cseg_apply)
+  Not batched (max_batch_size 0: a generation per request, and demonstrations differ in shape): the shapes below
+  are the wire's, without a batch dimension.
+  in   image            UINT8  [H, W, 3]   the target the model reasons about (the client sends the first
+                                           demonstration's image when the caller gives none, as Runtime.induce)
+  in   question         BYTES  [1]         UTF-8, <= MAX_PROMPT_BYTES bytes
+  in   demo_images      BYTES  [D]         each demonstration's RGB pixels, raw row-major HxWx3 bytes, 1 <= D <= 4
+                                           (demonstrations differ in size: one tensor cannot hold them as UINT8)
+  in   demo_sizes       INT32  [D, 2]      (height, width) of each demonstration
+  in   demo_boxes       FP32   [B, 4]      xyxy boxes, in their demonstration's pixels
+  in   demo_box_index   INT32  [B]         which demonstration each box belongs to; -1: a padding row (a request
+                                           without any box sends one)
+  in   options          BYTES  [1]         JSON: {"max_new_tokens": int or null, "rule_id": str or null}; rule_id
+                                           names the rule (letters, digits, . _ -; an id the server has already is
+                                           replaced: a new version), null: the rule's content hash
+                                           (cseg.track.rule_identity)
+  out  rule_id          BYTES  [1]         what cseg_apply takes to apply the rule
+  out  rule_version     BYTES  [1]         as cseg_apply reports it (sha256 of the rule's files, 16 hex)
+  out  rule_files       BYTES  [2]         the rule's JSON and its npz, as Rule.save wrote them into the server's
+                                           --rules folder (RemoteRuntime.induce loads them into a cseg Rule: the
+                                           same rule can go to an edge device's rule-only bundle)
+  out  error            BYTES  [1]         as above
+A server without --rules keeps induced rules in memory (gone at restart); with it, each is saved there as
+RULE_ID.json + RULE_ID.npz, the files `cseg serve --rules` loads at start. A rule-only bundle has no reasoner:
+cseg_induce answers it with a BundleError.
+
 PyTriton cannot send a tensor with a zero-sized dimension (its shared-memory copy refuses it), so no output is ever
 empty on the wire: with no instance, one padding row (instance_prompt -1, all zeros) is sent; a failed request's
 tensors are all one-element placeholders beside its `error`. Readers select rows by instance_prompt.
@@ -42,6 +68,9 @@ import numpy as np
 
 SEGMENT = "cseg_segment"
 APPLY = "cseg_apply"
+INDUCE = "cseg_induce"
+MODELS = (SEGMENT, APPLY, INDUCE)
+MAX_DEMOS = 4  # cseg.images.MAX_DEMOS: the research mosaic has 2x2 tiles
 MAX_PROMPTS = 16  # prompts per segment request: each is a SAM 3 decoder pass (and maybe a VLM generation)
 MAX_PROMPT_BYTES = 8000  # prompting.MAX_PROMPT_CHARS (2000) characters of up to 4 UTF-8 bytes, checked before decoding
 OPTION_FIELDS = ("route", "max_new_tokens", "mask_size", "mask_interpolation", "max_length")  # bgr: the client's job
@@ -64,6 +93,9 @@ IMAGE = TensorSpec("image", np.uint8, (-1, -1, 3))
 INPUTS = {
     SEGMENT: (IMAGE, TensorSpec("prompt", np.bytes_, (-1,)), TensorSpec("options", np.bytes_, (1,))),
     APPLY: (IMAGE, TensorSpec("rule_id", np.bytes_, (1,))),
+    INDUCE: (IMAGE, TensorSpec("question", np.bytes_, (1,)), TensorSpec("demo_images", np.bytes_, (-1,)),
+             TensorSpec("demo_sizes", np.int32, (-1, 2)), TensorSpec("demo_boxes", np.float32, (-1, 4)),
+             TensorSpec("demo_box_index", np.int32, (-1,)), TensorSpec("options", np.bytes_, (1,))),
 }
 OUTPUTS = (
     TensorSpec("mask", np.bool_, (-1, -1, -1)),
@@ -77,6 +109,12 @@ OUTPUTS = (
     TensorSpec("error", np.bytes_, (1,)),
 )
 OUTPUT_NAMES = tuple(spec.name for spec in OUTPUTS)
+INDUCE_OUTPUTS = (
+    TensorSpec("rule_id", np.bytes_, (1,)),
+    TensorSpec("rule_version", np.bytes_, (1,)),
+    TensorSpec("rule_files", np.bytes_, (2,)),
+    TensorSpec("error", np.bytes_, (1,)),
+)
 
 
 def error_payload(exc: BaseException) -> bytes:
@@ -84,15 +122,17 @@ def error_payload(exc: BaseException) -> bytes:
     return json.dumps({"type": type(exc).__name__, "message": str(exc)}).encode()
 
 
-def placeholder_outputs(error: bytes) -> dict[str, np.ndarray]:
+def placeholder_outputs(error: bytes, outputs=OUTPUTS, *, batched: bool = True) -> dict[str, np.ndarray]:
     """A failed request's outputs: every tensor present with one element per free dimension (see the padding note
-    above), with its batch dimension, and the error."""
+    above), with its batch dimension unless the model is not batched (cseg_induce), and the error."""
     out = {}
-    for spec in OUTPUTS:
+    for spec in outputs:
         shape = tuple(1 if size == -1 else size for size in spec.shape)
-        out[spec.name] = np.zeros((1, *shape), dtype=object if spec.dtype is np.bytes_ else spec.dtype)
+        dtype = object if spec.dtype is np.bytes_ else spec.dtype
+        out[spec.name] = np.zeros((1, *shape) if batched else shape, dtype=dtype)
         if spec.dtype is np.bytes_:
             out[spec.name][...] = b""
-    out["instance_prompt"][...] = -1
+    if "instance_prompt" in out:
+        out["instance_prompt"][...] = -1
     out["error"][...] = error
     return out

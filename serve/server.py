@@ -1,6 +1,7 @@
 """`cseg serve`: a bundle's Runtime behind NVIDIA Triton Inference Server, through PyTriton (the `serve` extra).
 
-Two models, with the tensors of cseg.serve.contract: `cseg_segment` and `cseg_apply`. Triton's dynamic batcher groups
+Three models, with the tensors of cseg.serve.contract: `cseg_segment`, `cseg_apply` and `cseg_induce` (its handler:
+cseg.serve.induce). Triton's dynamic batcher groups
 concurrent requests (many cameras) into one call of the infer function, bounded by a queue of `max_queue` requests
 each waiting at most `queue_timeout_s` (then rejected, not served late). The bundle's sam3_vision graph takes a batch
 of exactly 1 (pixel_values [1, 3, S, S]), so a batch is served by looping over its requests in this process: the
@@ -183,6 +184,8 @@ def serve(bundle, *, rules=None, host: str = "127.0.0.1", http_port: int = 8000,
     from pytriton.triton import DEFAULT_PROTECTED_ENDPOINTS, Triton, TritonConfig, TritonSecurityConfig
 
     from cseg.runtime import Runtime
+    from cseg.serve.induce import Inducer
+    from cseg.serve.induce import bind as bind_induce
 
     runtime = Runtime.open(bundle, device=device)
     handlers = Handlers(runtime, load_rules(rules, runtime.manifest))
@@ -205,6 +208,7 @@ def serve(bundle, *, rules=None, host: str = "127.0.0.1", http_port: int = 8000,
             triton.bind(model_name=name, infer_func=infer, inputs=tensors(contract.INPUTS[name]),
                         outputs=tensors(contract.OUTPUTS),
                         config=ModelConfig(max_batch_size=max_batch, batcher=batcher), strict=True)  # fmt: skip
+        bind_induce(triton, Inducer(runtime, handlers.rules, rules), tensors)  # cseg.serve.induce
         if ready is not None:
             ready(triton)
         triton.serve()

@@ -68,7 +68,7 @@ class Server:
                 if self.process.poll() is not None:
                     pytest.fail(f"cseg serve exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
                 try:
-                    if all(client.is_model_ready(m) for m in (contract.SEGMENT, contract.APPLY)):
+                    if all(client.is_model_ready(m) for m in contract.MODELS):
                         return self
                 except Exception:  # not listening yet
                     pass
@@ -143,6 +143,89 @@ def test_apply_equals_the_local_runtime_and_carries_the_rule_version(remote, run
     streamed = list(remote.stream([photo, photo[:1]], "cup"))  # as Runtime.stream: a bad frame is an error result
     _same(streamed[0].result, got)
     assert streamed[1].result is None and "between 2 and" in streamed[1].error
+
+
+def test_induce_keeps_the_rule_for_apply_and_a_new_induction_is_a_new_version(server, remote, runtime, rules, photo):
+    from skimage import data
+
+    demos = [(data.coffee(), [[120, 30, 420, 300]])]
+    got = remote.induce(demos, "the cup", image=photo, max_new_tokens=10, rule_id="cup-remote")
+    want = runtime.induce(demos, "the cup", image=photo, max_new_tokens=10)
+    assert got.id == "cup-remote" and len(got.version) == 16 and (rules[0] / "cup-remote.json").is_file()
+    assert (got.rule.answer, got.rule.token_ids) == (want.answer, want.token_ids)
+    np.testing.assert_allclose(got.rule.concept_tokens, want.concept_tokens, atol=1e-5)
+    applied = remote.apply(got, photo)  # the server keeps it: apply by the RemoteRule (or its id)
+    assert applied.rule_version == got.version
+    _same(applied, runtime.apply(want, photo))
+    _same(runtime.apply(got.rule, photo), applied)  # the rule sent back is the rule: it applies locally the same
+    again = remote.induce([(data.coffee(), [[120, 30, 420, 300], [10, 10, 60, 60]])], "the mug", image=photo,
+                          max_new_tokens=6, rule_id="cup-remote")  # fmt: skip
+    assert again.version != got.version and remote.apply("cup-remote", photo).rule_version == again.version
+    named = remote.induce([(data.coffee(), None)], "the cup", max_new_tokens=4)  # no box, no target, no id
+    from cseg.track import rule_identity
+
+    assert named.id == rule_identity(named.rule)[0] and remote.apply(named.id, photo).route == "rule"
+
+
+def test_induce_bad_input_is_the_cseg_error(remote, photo):
+    with pytest.raises(InvalidInputError, match="rule_id must be"):
+        remote.induce([(photo, None)], "the cup", rule_id="../escape")  # refused here, before the wire
+    with pytest.raises(InvalidInputError, match="at most 4"):
+        remote.induce([(photo, None)] * 5, "the cup")
+    image = np.ascontiguousarray(photo[:32, :32])
+    raw = {"image": image, "question": np.array([b"the cup"], object),
+           "demo_images": np.array([image.tobytes()], object), "demo_sizes": np.array([[32, 31]], np.int32),
+           "demo_boxes": np.zeros((1, 4), np.float32), "demo_box_index": np.array([-1], np.int32),
+           "options": np.array([b"{}"], object)}  # fmt: skip
+
+    def send(**changed):
+        from cseg.serve.client import decode_rule
+
+        sent = {**raw, **changed}
+        return decode_rule(remote._send(contract.INDUCE, sent, contract.INDUCE_OUTPUTS, batched=False).as_numpy)
+
+    with pytest.raises(InvalidInputError, match=r"demo_images\[0\] has 3072 bytes, not the 32x31x3"):
+        send()
+    with pytest.raises(InvalidInputError, match="rule_id must be"):
+        send(demo_sizes=np.array([[32, 32]], np.int32), options=np.array([b'{"rule_id": "a/b"}'], object))
+    with pytest.raises(InvalidInputError, match="must name a demonstration"):
+        send(demo_sizes=np.array([[32, 32]], np.int32), demo_box_index=np.array([3], np.int32))
+    with pytest.raises(InvalidInputError, match="options must be a JSON object"):
+        send(demo_sizes=np.array([[32, 32]], np.int32), options=np.array([b'{"route": "full"}'], object))
+    assert remote.apply("cup", photo).route == "rule"  # still serving
+
+
+def test_remote_track_equals_the_local_track(remote, runtime, rules, photo):
+    """The same loop (cseg.runtime.track_loop) on remote frames: the same events, track ids and verdicts as local.
+    The tiny random model finds no instance above its threshold on these frames, so this checks the real wire's frame
+    flow, error events and ids; tests/test_track_runtime.py runs the remote loop on known instances."""
+    from cseg.track import Line, LineMonitor
+
+    height, width = photo.shape[:2]
+    frames = [np.ascontiguousarray(np.roll(photo, 60 * k, axis=1)) for k in range(3)] + [photo[:1]]
+
+    def tracked(rt, rule):
+        monitor = LineMonitor(Line(width / 2, 0, width / 2, height, "right"), rule_id="cup", rule_version="1",
+                              source="test")  # fmt: skip
+        run = rt.track(frames, rule, monitor, times=[0.0, 0.5, 1.0, 1.5])
+        return list(run), run.final_events
+
+    def plain(events):
+        return [{k: v for k, v in e.to_dict().items() if k != "wall_time"} for e in events]
+
+    remote_frames, remote_final = tracked(remote, "cup")
+    local_frames, local_final = tracked(runtime, rules[1])
+    assert len(remote_frames) == len(local_frames) == 4
+    for got, want in zip(remote_frames, local_frames):
+        assert (got.result.index, got.t) == (want.result.index, want.t)
+        assert (got.result.error is None) == (want.result.error is None)
+        assert np.array_equal(got.track_ids, want.track_ids)
+        assert plain(got.events) == plain(want.events)
+    assert "between 2 and" in remote_frames[3].events[0].error  # the bad frame: an error event, the loop went on
+    assert plain(remote_final) == plain(local_final)
+    run = remote.track(frames[:1], "cup", line=Line(width / 2, 0, width / 2, height, "right"))
+    list(run)
+    assert run.monitor.rule_id == "cup" and len(run.monitor.rule_version) == 16  # the server's id and version
 
 
 def test_fan_in_all_answered_correctly_and_batched(server, runtime, rules, photo):

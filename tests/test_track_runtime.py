@@ -140,6 +140,48 @@ def test_runtime_track_counts_ids_and_one_defect_event_per_part(runtime, monkeyp
         tracked.result.result.to_supervision(tracker_ids=[1] * (len(tracked.track_ids) + 1))
 
 
+def test_remote_track_runs_the_local_loop(runtime, monkeypatch):
+    """RemoteRuntime.track is Runtime.track's loop with the frames applied remotely: given the same per-frame results
+    (the conveyor's known instances in place of both the server's and the local model's), the same events, track ids
+    and defect verdicts; the defect rule goes as a second request per frame (tests/test_serve.py checks the wire)."""
+    from cseg.serve.client import RemoteRuntime
+
+    conveyor = Conveyor(ConveyorSpec(**SPEC, defective=0.5))
+    apply = conveyor_apply(conveyor)
+    sent = []
+
+    def remote_apply(self, rule, frame, *, bgr=False):
+        sent.append(rule)
+        if rule == "defects":
+            return defect_segmentation(conveyor.frame(frame_index(frame)))
+        return apply(self, rule, frame)
+
+    def apply_many(self, rules, frame, *, bgr=False):
+        return [apply(self, rules[0], frame), defect_segmentation(conveyor.frame(frame_index(frame)))]
+
+    monkeypatch.setattr(type(runtime), "apply", apply)
+    monkeypatch.setattr(type(runtime), "apply_many", apply_many)
+    monkeypatch.setattr(RemoteRuntime, "apply", remote_apply)
+    rule, frames = make_rule(runtime), [*range(len(conveyor)), None]  # None: a bad frame, an error event
+
+    def events(rt, part_rule, defect_rule):
+        monitor = LineMonitor(conveyor.line, defects=DefectRule(2, 3), rule_id="parts", rule_version="1")
+        run = rt.track(frames, part_rule, monitor, defect_rule=defect_rule, times=[*conveyor.times.tolist(), 99.0])
+        tracked = list(run)
+        plain = [{k: v for k, v in e.to_dict().items() if k != "wall_time"} for t in tracked for e in t.events]
+        return plain + [e.to_dict() | {"wall_time": None} for e in run.final_events], [t.track_ids for t in tracked]
+
+    remote_events, remote_ids = events(RemoteRuntime("127.0.0.1:1"), "parts", "defects")
+    local_events, local_ids = events(runtime, rule, rule)
+    assert [e["kind"] for e in remote_events].count("count") > 0 and any(e["kind"] == "defect" for e in remote_events)
+    assert any(e["kind"] == "error" and e["frame"] == len(conveyor) for e in remote_events)
+    assert [{**e, "wall_time": None} for e in remote_events] == [{**e, "wall_time": None} for e in local_events]
+    assert all(np.array_equal(a, b) for a, b in zip(remote_ids, local_ids)) and len(remote_ids) == len(frames)
+    assert (sent.count("parts"), sent.count("defects")) == (len(conveyor) + 1, len(conveyor))  # two per good frame
+    with pytest.raises(InvalidInputError, match="RemoteRule or the id"):
+        RemoteRuntime("127.0.0.1:1").track([], rule, line=conveyor.line)  # a local Rule is not the server's
+
+
 def conveyor_folder(tmp_path, conveyor) -> Path:
     folder = tmp_path / "frames"
     folder.mkdir()

@@ -5,6 +5,10 @@
     # clients: cseg.serve.client.RemoteRuntime("127.0.0.1:8001")
 
 Binds 127.0.0.1 unless --host says otherwise (the server has no authentication: expose it deliberately).
+
+`cseg export-triton BUNDLE REPO`: the same bundle as a model repository for a stock tritonserver / DeepStream
+nvinferserver (cseg.serve.triton_repo: the SAM 3 graphs as onnxruntime / tensorrt_plan models, the request flow as
+Python-backend models).
 """
 
 from __future__ import annotations
@@ -35,6 +39,18 @@ def register(sub) -> None:
                         help="how long the batcher waits for more requests to group")  # fmt: skip
     parser.set_defaults(run=serve)
 
+    repo = sub.add_parser("export-triton", help="write a Triton model repository (stock tritonserver, DeepStream)")
+    repo.add_argument("bundle", help="bundle directory written by cseg export")
+    repo.add_argument("repo", help="model repository folder to write (refused if it exists, unless --force)")
+    repo.add_argument("--rules", help="rules folder the Python-backend models share (adds cseg_induce, which saves "
+                      "its rules there for cseg_apply)")  # fmt: skip
+    repo.add_argument("--device", default="auto", choices=["auto", "cpu", "tensorrt"],
+                      help="device the Python-backend models open the bundle with (as cseg serve --device)")
+    repo.add_argument("--max-batch", type=int, default=DEFAULTS["max_batch"],
+                      help="max_batch_size of the models that batch (graphs with a dynamic batch axis, the flow)")
+    repo.add_argument("--force", action="store_true", help="replace a repository this command wrote before")
+    repo.set_defaults(run=export_triton)
+
 
 def serve(args) -> int:
     from cseg.errors import InvalidInputError
@@ -55,4 +71,17 @@ def serve(args) -> int:
                metrics_port=args.metrics_port, max_batch=args.max_batch, max_queue=args.max_queue,
                queue_timeout_s=args.queue_timeout_s, max_delay_ms=args.max_delay_ms, device=args.device,
                ready=ready)  # fmt: skip
+    return 0
+
+
+def export_triton(args) -> int:
+    from cseg.serve.triton_repo import export_repository
+
+    at_least(args, 1, "--max-batch")
+    summary = export_repository(args.bundle, args.repo, rules=args.rules, force=args.force, max_batch=args.max_batch,
+                                device=args.device)  # fmt: skip
+    for name, model in summary.items():
+        print(f"{name}: {model['backend']}, max_batch_size {model['max_batch_size']}, {model['instance_kind']}")
+    print(f"wrote {args.repo} ({len(summary)} models; every config.pbtxt parsed as Triton's ModelConfig and checked "
+          "against its ONNX graph); serve it with: tritonserver --model-repository " + str(args.repo))
     return 0

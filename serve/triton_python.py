@@ -1,0 +1,87 @@
+"""The Python-backend model of a repository written by `cseg export-triton` (its model.py imports this class), for a
+stock tritonserver: each of cseg_segment / cseg_apply / cseg_induce opens the bundle's cseg Runtime in its own stub
+process and answers with the request handlers `cseg serve` uses (cseg.serve.server.Handlers, cseg.serve.induce), so
+the tensors are cseg.serve.contract's and RemoteRuntime is the client.
+
+Under Triton the models are separate processes: cseg_induce saves each rule into the repository's rules folder and
+cseg_apply reads that folder again when a rule file changes (FolderRules), which is how an induced rule reaches it.
+Not run on a stock tritonserver here: the tests drive this class with a stand-in for triton_python_backend_utils.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from cseg.serve import contract
+
+
+class FolderRules(dict):
+    """{rule id: (Rule, version)} of a rules folder, each rule (re)loaded when its files change: another process
+    (cseg_induce's) writes them."""
+
+    def __init__(self, folder, manifest: dict):
+        super().__init__()
+        self.folder, self.manifest, self._stamps = Path(folder), manifest, {}
+
+    def _refresh(self, rule_id) -> None:
+        from cseg.runtime.rules import Rule
+        from cseg.serve.server import rule_version
+
+        if not isinstance(rule_id, str) or "/" in rule_id or rule_id.startswith("."):
+            return
+        path = self.folder / f"{rule_id}.json"
+        try:
+            stamp = tuple((p.stat().st_mtime_ns, p.stat().st_size) for p in (path, path.with_suffix(".npz")))
+        except OSError:
+            return
+        if self._stamps.get(rule_id) != stamp:
+            rule = Rule.load(path)
+            rule.check_bundle(self.manifest)
+            super().__setitem__(rule_id, (rule, rule_version(path)))
+            self._stamps[rule_id] = stamp
+
+    def __contains__(self, rule_id) -> bool:
+        self._refresh(rule_id)
+        return super().__contains__(rule_id)
+
+    def __getitem__(self, rule_id):
+        self._refresh(rule_id)
+        return super().__getitem__(rule_id)
+
+
+class TritonPythonModel:
+    def initialize(self, args) -> None:
+        from cseg.runtime import Runtime
+        from cseg.serve.induce import Inducer
+        from cseg.serve.server import Handlers
+
+        config = json.loads(args["model_config"])
+        parameters = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
+        self.model = config["name"]
+        runtime = Runtime.open(parameters["bundle"], device=parameters.get("device") or "auto")
+        folder = parameters.get("rules") or None
+        rules = FolderRules(folder, runtime.manifest) if folder else {}
+        handlers = Handlers(runtime, rules)
+        self.infer = {contract.SEGMENT: handlers.segment, contract.APPLY: handlers.apply,
+                      contract.INDUCE: Inducer(runtime, rules, folder).induce}[self.model]  # fmt: skip
+        self.inputs = contract.INPUTS[self.model]
+        self.outputs = contract.INDUCE_OUTPUTS if self.model == contract.INDUCE else contract.OUTPUTS
+
+    def execute(self, requests) -> list:
+        import triton_python_backend_utils as pb_utils
+
+        def tensor(request, name):
+            found = pb_utils.get_input_tensor_by_name(request, name)
+            return None if found is None else found.as_numpy()
+
+        answers = self.infer([{spec.name: tensor(request, spec.name) for spec in self.inputs} for request in requests])
+        return [pb_utils.InferenceResponse(output_tensors=[
+            pb_utils.Tensor(spec.name, np.asarray(answer[spec.name], dtype=object if spec.dtype is np.bytes_ else
+                                                  spec.dtype)) for spec in self.outputs])
+                for answer in answers]  # fmt: skip
+
+    def finalize(self) -> None:
+        self.infer = None
