@@ -2,10 +2,16 @@
 
 Two models, with the tensors of cseg.serve.contract: `cseg_segment` and `cseg_apply`. Triton's dynamic batcher groups
 concurrent requests (many cameras) into one call of the infer function, bounded by a queue of `max_queue` requests
-each waiting at most `queue_timeout_s` (then rejected, not served late). The bundle's sam3_vision graph takes a batch
-of exactly 1 (pixel_values [1, 3, S, S]), so a batch is served by looping over its requests in this process: the
-batcher saves the per-request round trips, not encoder work. Every request answers for itself: a bad one gets its
-`error` output and the rest of its batch is served.
+each waiting at most `queue_timeout_s` (then rejected, not served late). Every request answers for itself: a bad one
+gets its `error` output and the rest of its batch is served.
+
+How a batch is served: the bundle's graphs take a batch of exactly 1, and on a CPU a batched encoder would not gain
+anyway (benchmarks/batch_gain.py measured per-frame time flat or worse at batch 2-8 with ONNX Runtime on 2 cores), so
+a batch's requests run one after another. Throughput comes from overlap instead: each model has `instances` model
+instances (PyTriton runs each in its own thread, with its own Triton backend stub), so while one instance runs a
+graph (ONNX Runtime releases the GIL) another moves its batch's tensors through Triton's shared memory, decodes,
+pre- and post-processes (the native kernels release the GIL too). ONNX Runtime's intra-op threads per run are
+`threads` (0: one per core), so two instances do not fight over the cores with a pool each (README's table).
 
 PyTriton's own needs are checked first (`check_environment`): numpy < 2 (PyTriton with numpy 2 answers with empty
 tensors, silently) and the Python backend stub's libpython (LD_LIBRARY_PATH = this interpreter's LIBDIR).
@@ -171,20 +177,26 @@ def _outputs(results, version: str | None = None) -> dict:
     return {name: value[None] for name, value in out.items()}
 
 
+# Two instances overlap one batch's graph runs with another's host work and transfers; the measured best on 2 cores
+# (README, "Serving many cameras"). A TensorRT runtime serialises its requests (one set of device buffers) whatever.
+INSTANCES, THREADS = 2, 0
+
 _META = ("route_by", "route_score", "answer", "rule", "think", "bbox", "text", "token_ids")
 
 
 def serve(bundle, *, rules=None, host: str = "127.0.0.1", http_port: int = 8000, grpc_port: int = 8001,
           metrics_port: int = 8002, max_batch: int = 8, max_queue: int = 64, queue_timeout_s: float = 30.0,
-          max_delay_ms: float = 2.0, device: str = "auto", ready=None) -> None:  # fmt: skip
-    """Serve `bundle` until interrupted (blocks). `ready(triton)` is called once the models are bound."""
+          max_delay_ms: float = 2.0, device: str = "auto", instances: int = INSTANCES, threads: int = THREADS,
+          ready=None) -> None:  # fmt: skip
+    """Serve `bundle` until interrupted (blocks). `ready(triton)` is called once the models are bound.
+    instances: model instances per model (batches served at once); threads: ONNX Runtime intra-op threads (0: auto)."""
     check_environment()
     from pytriton.model_config import DynamicBatcher, ModelConfig, QueuePolicy, Tensor, TimeoutAction
     from pytriton.triton import DEFAULT_PROTECTED_ENDPOINTS, Triton, TritonConfig, TritonSecurityConfig
 
     from cseg.runtime import Runtime
 
-    runtime = Runtime.open(bundle, device=device)
+    runtime = Runtime.open(bundle, device=device, session={"intra_op_num_threads": threads} if threads else None)
     handlers = Handlers(runtime, load_rules(rules, runtime.manifest))
     log.info("bundle %s, rules %s", bundle, sorted(handlers.rules))
     policy = QueuePolicy(timeout_action=TimeoutAction.REJECT, default_timeout_microseconds=int(queue_timeout_s * 1e6),
@@ -202,7 +214,8 @@ def serve(bundle, *, rules=None, host: str = "127.0.0.1", http_port: int = 8000,
 
     with Triton(config=config, security_config=security) as triton:
         for name, infer in ((contract.SEGMENT, handlers.segment), (contract.APPLY, handlers.apply)):
-            triton.bind(model_name=name, infer_func=infer, inputs=tensors(contract.INPUTS[name]),
+            # the same callable per instance: the Runtime is thread-safe and its sessions take concurrent runs
+            triton.bind(model_name=name, infer_func=[infer] * instances, inputs=tensors(contract.INPUTS[name]),
                         outputs=tensors(contract.OUTPUTS),
                         config=ModelConfig(max_batch_size=max_batch, batcher=batcher), strict=True)  # fmt: skip
         if ready is not None:
