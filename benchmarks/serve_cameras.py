@@ -6,7 +6,8 @@ fail or time out), Triton's batch statistics of cseg_apply, and whether every an
 README, "Serving many cameras: Triton". Not part of the tests.
 
     .venv/bin/python benchmarks/serve_cameras.py BUNDLE RULES_DIR RULE_ID [--cameras 8] [--frames 12]
-        [--instances 2] [--threads 0] [--max-batch 8] [--max-delay-ms 2] [--grpc-port 8011] [--url HOST:PORT]
+        [--instances 2] [--concurrency 2] [--threads 0] [--max-batch 8] [--max-delay-ms 2] [--grpc-port 8011]
+        [--url HOST:PORT] [--json FILE]
 
 Starts `python -m cseg.serve` in .venv-serve on loopback with the given serving settings (or measures --url, a
 running server), then runs one camera alone, then all cameras at once.
@@ -89,9 +90,8 @@ def mismatches(outs: list[dict], expected: list) -> int:
         for index, results in out["answers"].items():
             want = expected[index]
             for got in results:
-                same = (np.array_equal(got.mask, want.mask) and np.array_equal(got.instances.masks, want.instances.masks)
-                        and np.allclose(got.instances.scores, want.instances.scores, atol=1e-5))  # fmt: skip
-                bad += not same
+                same = np.array_equal(got.mask, want.mask) and np.array_equal(got.instances.masks, want.instances.masks)
+                bad += not (same and np.allclose(got.instances.scores, want.instances.scores, atol=1e-5))
     return bad
 
 
@@ -103,6 +103,7 @@ def main() -> None:
     parser.add_argument("--cameras", type=int, default=8)
     parser.add_argument("--frames", type=int, default=12, help="frames per camera (and for the one camera alone)")
     parser.add_argument("--instances", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=2, help="the server's requests run at once")
     parser.add_argument("--threads", type=int, default=0, help="the server's ONNX Runtime intra-op threads")
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--max-delay-ms", type=float, default=2.0)
@@ -110,8 +111,8 @@ def main() -> None:
     parser.add_argument("--url", help="a running cseg serve (host:grpc_port); default: start one")
     parser.add_argument("--json", help="also write the numbers here")
     args = parser.parse_args()
-    settings = ["--instances", str(args.instances), "--threads", str(args.threads), "--max-batch", str(args.max_batch),
-                "--max-delay-ms", str(args.max_delay_ms)]  # fmt: skip
+    flags = ("instances", "concurrency", "threads", "max_batch", "max_delay_ms")
+    settings = [text for flag in flags for text in (f"--{flag.replace('_', '-')}", str(getattr(args, flag)))]
     server = None if args.url else start_server(args.bundle, args.rules, args.grpc_port, settings, "serve_cameras")
     url = args.url or f"127.0.0.1:{args.grpc_port}"
     try:
@@ -127,11 +128,11 @@ def main() -> None:
     local = Runtime.open(args.bundle)
     rule = Rule.load(Path(args.rules) / f"{args.rule_id}.json")
     expected = [local.apply(rule, frame) for frame in frames]
-    batches = {size: count - before.get(size, 0) for size, count in sorted(after.items()) if count > before.get(size, 0)}
+    grown = {size: count - before.get(size, 0) for size, count in sorted(after.items())}
+    batches = {size: count for size, count in grown.items() if count}
     answered = sum(len(o["latencies"]) for o in outs)
     report = {
-        "settings": {"cameras": args.cameras, "frames": args.frames, "instances": args.instances,
-                     "threads": args.threads, "max_batch": args.max_batch, "max_delay_ms": args.max_delay_ms},
+        "settings": {"cameras": args.cameras, "frames": args.frames, **{flag: getattr(args, flag) for flag in flags}},
         "one_camera_fps": len(one["latencies"]) / one_s,
         "one_camera_p50_ms": percentile(one["latencies"], 50),
         "cameras_fps": answered / many_s,

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import sysconfig
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -80,16 +81,25 @@ def load_rules(folder, manifest: dict) -> dict:
 
 
 class Handlers:
-    """The per-request work of both models on one Runtime; every request is answered, failures as `error`."""
+    """The per-request work of both models on one Runtime; every request is answered, failures as `error`.
 
-    def __init__(self, runtime, rules: dict):
+    `concurrency` requests run at once (a pool shared by every model instance, so the cores are never asked for more
+    graph runs than that in all); a batch of one runs on the calling thread."""
+
+    def __init__(self, runtime, rules: dict, concurrency: int = 1):
         self.runtime, self.rules = runtime, rules
+        self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="cseg-request") if concurrency > 1 else None
 
     def segment(self, requests) -> list[dict]:
-        return [self._answer(self._segment, request) for request in requests]
+        return self._serve(self._segment, requests)
 
     def apply(self, requests) -> list[dict]:
-        return [self._answer(self._apply, request) for request in requests]
+        return self._serve(self._apply, requests)
+
+    def _serve(self, serve, requests) -> list[dict]:
+        if self._pool is None or len(requests) == 1:
+            return [self._answer(serve, request) for request in requests]
+        return list(self._pool.map(lambda request: self._answer(serve, request), requests))  # in order
 
     @staticmethod
     def _answer(serve, request) -> dict:
@@ -179,17 +189,18 @@ def _outputs(results, version: str | None = None) -> dict:
 
 # Two instances overlap one batch's graph runs with another's host work and transfers; the measured best on 2 cores
 # (README, "Serving many cameras"). A TensorRT runtime serialises its requests (one set of device buffers) whatever.
-INSTANCES, THREADS = 2, 0
+INSTANCES, CONCURRENCY, THREADS = 2, 2, 0
 
 _META = ("route_by", "route_score", "answer", "rule", "think", "bbox", "text", "token_ids")
 
 
 def serve(bundle, *, rules=None, host: str = "127.0.0.1", http_port: int = 8000, grpc_port: int = 8001,
           metrics_port: int = 8002, max_batch: int = 8, max_queue: int = 64, queue_timeout_s: float = 30.0,
-          max_delay_ms: float = 2.0, device: str = "auto", instances: int = INSTANCES, threads: int = THREADS,
-          ready=None) -> None:  # fmt: skip
+          max_delay_ms: float = 2.0, device: str = "auto", instances: int = INSTANCES, concurrency: int = CONCURRENCY,
+          threads: int = THREADS, ready=None) -> None:  # fmt: skip
     """Serve `bundle` until interrupted (blocks). `ready(triton)` is called once the models are bound.
-    instances: model instances per model (batches served at once); threads: ONNX Runtime intra-op threads (0: auto)."""
+    instances: model instances per model (batches in flight at once); concurrency: requests run at once over all
+    instances; threads: ONNX Runtime intra-op threads per graph run (0: one per core)."""
     check_environment()
     from pytriton.model_config import DynamicBatcher, ModelConfig, QueuePolicy, Tensor, TimeoutAction
     from pytriton.triton import DEFAULT_PROTECTED_ENDPOINTS, Triton, TritonConfig, TritonSecurityConfig
@@ -197,7 +208,7 @@ def serve(bundle, *, rules=None, host: str = "127.0.0.1", http_port: int = 8000,
     from cseg.runtime import Runtime
 
     runtime = Runtime.open(bundle, device=device, session={"intra_op_num_threads": threads} if threads else None)
-    handlers = Handlers(runtime, load_rules(rules, runtime.manifest))
+    handlers = Handlers(runtime, load_rules(rules, runtime.manifest), concurrency)
     log.info("bundle %s, rules %s", bundle, sorted(handlers.rules))
     policy = QueuePolicy(timeout_action=TimeoutAction.REJECT, default_timeout_microseconds=int(queue_timeout_s * 1e6),
                          allow_timeout_override=True, max_queue_size=max_queue)  # fmt: skip

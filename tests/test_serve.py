@@ -170,6 +170,14 @@ def test_fan_in_all_answered_correctly_and_batched(server, runtime, rules, photo
     grown = {size: count - before.get(size, 0) for size, count in _batches(server.url).items()}
     assert sum(size * count for size, count in grown.items()) == 12  # every request executed once, none lost
     assert any(size > 1 and count > 0 for size, count in grown.items()), f"no batch formed: {grown}"
+    raw = grpcclient.InferenceServerClient(server.url)
+    try:  # the batches above were served by the default instances (and their requests by the request pool)
+        groups = raw.get_model_config(contract.APPLY).config.instance_group
+    finally:
+        raw.close()
+    from cseg.serve.server import INSTANCES
+
+    assert sum(group.count for group in groups) == INSTANCES > 1
 
 
 def _batches(url: str) -> dict[int, int]:
@@ -272,3 +280,32 @@ def test_the_contract_round_trips_instances_and_padding():
     hollow = {name: value[:, :0] if value.ndim > 1 else value[:0] for name, value in wire.items()}
     with pytest.raises(ServerError, match="empty tensors"):  # what PyTriton with numpy 2 answers: never a result
         decode(hollow.get)
+
+
+def test_a_batch_runs_its_requests_concurrently_in_order_and_each_answers_for_itself(monkeypatch):
+    """Handlers(concurrency=2): two requests of a batch are inside the runtime at once (a barrier of two passes only
+    then), the answers come back in request order, and a failing request is its own error answer."""
+    from cseg.serve.server import Handlers
+
+    barrier = threading.Barrier(2, timeout=10)
+
+    class Runtime:
+        def apply(self, rule, image):
+            if image[0, 0, 0] == 9:
+                raise InvalidInputError("bad frame")
+            barrier.wait()  # BrokenBarrierError after 10 s if the other request is not running at the same time
+            return rule, int(image[0, 0, 0])
+
+    handlers = Handlers(Runtime(), {"cup": ("the rule", "v1")}, concurrency=2)
+    def request(value: int) -> dict:
+        image = np.full((1, 4, 4, 3), value, np.uint8)
+        return {"image": image, "rule_id": np.array([[b"cup"]], dtype=object)}
+
+    monkeypatch.setattr("cseg.serve.server._outputs", lambda results, version=None: {"answer": results[0],
+                                                                                     "version": version})  # fmt: skip
+    answers = handlers.apply([request(1), request(2), request(9), request(3), request(4)])
+    assert [a.get("answer") for a in answers] == [("the rule", 1), ("the rule", 2), None, ("the rule", 3),
+                                                  ("the rule", 4)]  # fmt: skip
+    assert b"bad frame" in bytes(answers[2]["error"][0][0]) and answers[0]["version"] == "v1"
+    serial = Handlers(Runtime(), {"cup": ("the rule", "v1")}, concurrency=1)
+    assert serial._pool is None  # concurrency 1: the batch loops on the calling thread, as before

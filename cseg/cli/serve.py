@@ -14,7 +14,7 @@ import logging
 from cseg.cli.args import DEVICE_HELP, at_least
 
 DEFAULTS = {"http_port": 8000, "grpc_port": 8001, "metrics_port": 8002, "max_batch": 8, "max_queue": 64,
-            "instances": 2}  # fmt: skip
+            "instances": 2, "concurrency": 2}  # fmt: skip
 
 
 def register(sub) -> None:
@@ -37,6 +37,8 @@ def register(sub) -> None:
     parser.add_argument("--instances", type=int, default=DEFAULTS["instances"],
                         help="model instances per model: batches served at once, one's graph run overlapping "
                         "another's transfers and host work")  # fmt: skip
+    parser.add_argument("--concurrency", type=int, default=DEFAULTS["concurrency"],
+                        help="requests run at once over all instances (each batch's requests share them)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=0,
                         help="ONNX Runtime intra-op threads per graph run (0: one per core)")  # fmt: skip
     parser.set_defaults(run=serve)
@@ -46,7 +48,7 @@ def serve(args) -> int:
     from cseg.errors import InvalidInputError
     from cseg.serve.server import serve as run_server
 
-    at_least(args, 1, "--max-batch", "--max-queue", "--instances")
+    at_least(args, 1, "--max-batch", "--max-queue", "--instances", "--concurrency")
     at_least(args, 0, "--threads")
     ports = [args.port, args.grpc_port] + ([args.metrics_port] if args.metrics_port else [])
     if not all(1 <= port <= 65535 for port in ports) or len(set(ports)) != len(ports):
@@ -61,5 +63,6 @@ def serve(args) -> int:
     run_server(args.bundle, rules=args.rules, host=args.host, http_port=args.port, grpc_port=args.grpc_port,
                metrics_port=args.metrics_port, max_batch=args.max_batch, max_queue=args.max_queue,
                queue_timeout_s=args.queue_timeout_s, max_delay_ms=args.max_delay_ms, device=args.device,
-               instances=args.instances, threads=args.threads, ready=ready)  # fmt: skip
+               instances=args.instances, concurrency=args.concurrency,
+               threads=args.threads, ready=ready)  # fmt: skip
     return 0
