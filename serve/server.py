@@ -162,11 +162,12 @@ def _json(value, name: str):
 
 
 def _outputs(results, version: str | None = None) -> dict:
-    """Segmentations -> the contract's outputs (with the batch dimension of 1)."""
+    """Segmentations -> the contract's outputs (with the batch dimension of 1). A 1080p answer is megabytes of masks:
+    one result's arrays go out as they are (views), never copied into a stack or a concatenation of one."""
     instances = [r.instances for r in results]
     height, width = results[0].mask.shape
-    meta = [{**{key: value for key, value in r.to_json().items() if key in _META}, "timings": r.timings,
-             "rule_version": version} for r in results]  # fmt: skip
+    meta = [{**{key: getattr(r, key) for key in _META}, "timings": r.timings, "rule_version": version}
+            for r in results]  # fields, not to_json(): that also sums the mask for its area  # fmt: skip
     masks = [i.masks for i in instances]
     boxes, scores = [i.boxes for i in instances], [i.scores for i in instances]
     owner = [np.full(len(i), k, np.int32) for k, i in enumerate(instances)]
@@ -174,11 +175,11 @@ def _outputs(results, version: str | None = None) -> dict:
         masks, boxes = [np.zeros((1, height, width), bool)], [np.zeros((1, 4), np.float32)]
         scores, owner = [np.zeros(1, np.float32)], [np.full(1, -1, np.int32)]
     out = {
-        "mask": np.stack([r.mask for r in results]),
-        "instance_masks": np.concatenate(masks),
-        "boxes": np.concatenate(boxes).astype(np.float32),
-        "scores": np.concatenate(scores).astype(np.float32),
-        "instance_prompt": np.concatenate(owner),
+        "mask": _join([r.mask[None] for r in results]),
+        "instance_masks": _join(masks),
+        "boxes": _join(boxes).astype(np.float32, copy=False),
+        "scores": _join(scores).astype(np.float32, copy=False),
+        "instance_prompt": _join(owner),
         "presence": np.array([r.presence for r in results], np.float32),
         "route": np.array([r.route.encode() for r in results], dtype=object),
         "meta": np.array([json.dumps(m).encode() for m in meta], dtype=object),
@@ -187,11 +188,17 @@ def _outputs(results, version: str | None = None) -> dict:
     return {name: value[None] for name, value in out.items()}
 
 
-# Two instances overlap one batch's graph runs with another's host work and transfers; the measured best on 2 cores
-# (README, "Serving many cameras"). A TensorRT runtime serialises its requests (one set of device buffers) whatever.
-INSTANCES, CONCURRENCY, THREADS = 2, 2, 0
+def _join(arrays: list[np.ndarray]) -> np.ndarray:
+    """np.concatenate, without its copy when there is one array (cseg_apply's answer: one prompt)."""
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 
-_META = ("route_by", "route_score", "answer", "rule", "think", "bbox", "text", "token_ids")
+
+_META = ("route_by", "route_score", "answer", "rule", "think", "bbox", "text", "token_ids")  # as JSON in `meta`
+
+
+# Two instances overlap one batch's transfers with another's graph runs, and a pool of two runs two requests' graphs
+# at once: the measured best on 2 cores (README, "Serving many cameras"). TensorRT serialises its requests anyway.
+INSTANCES, CONCURRENCY, THREADS = 2, 2, 0
 
 
 def serve(bundle, *, rules=None, host: str = "127.0.0.1", http_port: int = 8000, grpc_port: int = 8001,
