@@ -41,7 +41,7 @@ def start_server(bundle: str, rules: str, grpc_port: int, settings=(), name: str
 
 
 def stop_server(server: subprocess.Popen | None) -> None:
-    if server is not None:
+    if server is not None and server.poll() is None:
         os.killpg(server.pid, signal.SIGTERM)  # the session: PyTriton's tritonserver and stubs go with it
         server.wait(timeout=30)
 
