@@ -5,13 +5,13 @@ concurrent requests (many cameras) into one call of the infer function, bounded 
 each waiting at most `queue_timeout_s` (then rejected, not served late). Every request answers for itself: a bad one
 gets its `error` output and the rest of its batch is served.
 
-How a batch is served: the bundle's graphs take a batch of exactly 1, and on a CPU a batched encoder would not gain
-anyway (benchmarks/batch_gain.py measured per-frame time flat or worse at batch 2-8 with ONNX Runtime on 2 cores), so
-a batch's requests run one after another. Throughput comes from overlap instead: each model has `instances` model
-instances (PyTriton runs each in its own thread, with its own Triton backend stub), so while one instance runs a
-graph (ONNX Runtime releases the GIL) another moves its batch's tensors through Triton's shared memory, decodes,
-pre- and post-processes (the native kernels release the GIL too). ONNX Runtime's intra-op threads per run are
-`threads` (0: one per core), so two instances do not fight over the cores with a pool each (README's table).
+How a batch is served: the bundle's graphs take a batch of exactly 1, and on a CPU a batched graph gains little
+(benchmarks/batch_gain.py: per-frame time at batch 2-8 1.03-1.17x better than at batch 1 for sam3_vision and
+sam3_decoder with ONNX Runtime on 2 cores, within a loaded machine's noise), so each request runs the graphs alone. Throughput comes from overlap instead: each model has
+`instances` model instances (PyTriton serves each from its own thread, with its own Triton backend stub), so one
+batch's tensors move through Triton's and PyTriton's shared memory while another's graphs run, and a pool of
+`concurrency` threads, shared by all instances, runs that many requests at once (ONNX Runtime and the native pre- and
+postprocessing release the GIL). `threads` sets ONNX Runtime's intra-op threads per run (0: one per core).
 
 PyTriton's own needs are checked first (`check_environment`): numpy < 2 (PyTriton with numpy 2 answers with empty
 tensors, silently) and the Python backend stub's libpython (LD_LIBRARY_PATH = this interpreter's LIBDIR).
@@ -197,7 +197,8 @@ _META = ("route_by", "route_score", "answer", "rule", "think", "bbox", "text", "
 
 
 # Two instances overlap one batch's transfers with another's graph runs, and a pool of two runs two requests' graphs
-# at once: the measured best on 2 cores (README, "Serving many cameras"). TensorRT serialises its requests anyway.
+# at once, one per core of a 2-core CPU. Measured while loaded only (README, "Many cameras on one server": 1.10x vs
+# 1.04x for 1 and 1, within noise): to be confirmed idle. TensorRT serialises its requests anyway (one device buffer).
 INSTANCES, CONCURRENCY, THREADS = 2, 2, 0
 
 
