@@ -8,6 +8,7 @@ answer is compared with the local Runtime's on the same bundle: PyTriton with nu
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -309,3 +310,19 @@ def test_a_batch_runs_its_requests_concurrently_in_order_and_each_answers_for_it
     assert b"bad frame" in bytes(answers[2]["error"][0][0]) and answers[0]["version"] == "v1"
     serial = Handlers(Runtime(), {"cup": ("the rule", "v1")}, concurrency=1)
     assert serial._pool is None  # concurrency 1: the batch loops on the calling thread, as before
+
+
+@pytest.mark.slow
+def test_eight_cameras_benchmark_loses_nothing_and_answers_as_the_local_runtime(tiny_bundle, rules, tmp_path):
+    """benchmarks/serve_cameras.py end to end (README, "Many cameras on one server"): 8 cameras and one camera alone,
+    every request answered and executed once, every answer the local Runtime's. Its throughput ratio is reported, not
+    asserted: a test machine's load decides it (the README's table says under which conditions it was measured)."""
+    grpc_port = _free_ports(1)[0]  # the script's server takes it and the next one (HTTP)
+    command = [sys.executable, str(ROOT / "benchmarks" / "serve_cameras.py"), str(tiny_bundle), str(rules[0]), "cup",
+               "--cameras", "8", "--frames", "2", "--grpc-port", str(grpc_port), "--json", "report.json"]  # fmt: skip
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["lost"] == 0 and report["mismatches"] == 0, report
+    assert report["executed"] == report["sent"] == 18 and len(report["per_camera"]) == 8
+    assert all(camera["answered"] == 2 for camera in report["per_camera"]) and report["ratio"] > 0
