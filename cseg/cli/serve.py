@@ -12,9 +12,10 @@ from __future__ import annotations
 import logging
 
 from cseg.cli.args import DEVICE_HELP, at_least
+from cseg.serve.server import CONCURRENCY, INSTANCES, THREADS  # numpy and cseg only: PyTriton loads when serving
 
 DEFAULTS = {"http_port": 8000, "grpc_port": 8001, "metrics_port": 8002, "max_batch": 8, "max_queue": 64,
-            "instances": 2, "concurrency": 2}  # fmt: skip
+            "instances": INSTANCES, "concurrency": CONCURRENCY, "threads": THREADS}  # fmt: skip
 
 
 def register(sub) -> None:
@@ -39,7 +40,7 @@ def register(sub) -> None:
                         "another's transfers and host work")  # fmt: skip
     parser.add_argument("--concurrency", type=int, default=DEFAULTS["concurrency"],
                         help="requests run at once over all instances (each batch's requests share them)")  # fmt: skip
-    parser.add_argument("--threads", type=int, default=0,
+    parser.add_argument("--threads", type=int, default=DEFAULTS["threads"],
                         help="ONNX Runtime intra-op threads per graph run (0: one per core)")  # fmt: skip
     parser.set_defaults(run=serve)
 
