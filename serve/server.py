@@ -7,9 +7,9 @@ gets its `error` output and the rest of its batch is served.
 
 How a batch is served: the bundle's graphs take a batch of exactly 1, and on a CPU a batched graph gains little
 (benchmarks/batch_gain.py: per-frame time at batch 2-8 1.03-1.17x better than at batch 1 for sam3_vision and
-sam3_decoder with ONNX Runtime on 2 cores, within a loaded machine's noise), so each request runs the graphs alone. Throughput comes from overlap instead: each model has
-`instances` model instances (PyTriton serves each from its own thread, with its own Triton backend stub), so one
-batch's tensors move through Triton's and PyTriton's shared memory while another's graphs run, and a pool of
+sam3_decoder with ONNX Runtime on 2 cores, within a loaded machine's noise), so each request runs the graphs alone.
+Throughput comes from overlap instead: each model has `instances` model instances (PyTriton serves each from its own
+thread, with its own Triton backend stub), so one batch's tensors move through Triton's and PyTriton's shared memory while another's graphs run, and a pool of
 `concurrency` threads, shared by all instances, runs that many requests at once (ONNX Runtime and the native pre- and
 postprocessing release the GIL). `threads` sets ONNX Runtime's intra-op threads per run (0: one per core).
 
