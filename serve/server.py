@@ -9,9 +9,10 @@ How a batch is served: the bundle's graphs take a batch of exactly 1, and on a C
 (benchmarks/batch_gain.py: per-frame time at batch 2-8 1.03-1.17x better than at batch 1 for sam3_vision and
 sam3_decoder with ONNX Runtime on 2 cores, within a loaded machine's noise), so each request runs the graphs alone.
 Throughput comes from overlap instead: each model has `instances` model instances (PyTriton serves each from its own
-thread, with its own Triton backend stub), so one batch's tensors move through Triton's and PyTriton's shared memory while another's graphs run, and a pool of
-`concurrency` threads, shared by all instances, runs that many requests at once (ONNX Runtime and the native pre- and
-postprocessing release the GIL). `threads` sets ONNX Runtime's intra-op threads per run (0: one per core).
+thread, with its own Triton backend stub), so one batch's tensors move through Triton's and PyTriton's shared
+memory while another's graphs run, and a pool of `concurrency` threads, shared by all instances, runs that many
+requests at once (ONNX Runtime and the native pre- and postprocessing release the GIL). `threads` sets ONNX
+Runtime's intra-op threads per run (0: one per core).
 
 PyTriton's own needs are checked first (`check_environment`): numpy < 2 (PyTriton with numpy 2 answers with empty
 tensors, silently) and the Python backend stub's libpython (LD_LIBRARY_PATH = this interpreter's LIBDIR).
