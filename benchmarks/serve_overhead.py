@@ -28,21 +28,30 @@ from cseg.serve.client import RemoteRuntime, ServerError
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def start_server(bundle: str, rules: str, grpc_port: int) -> subprocess.Popen:
+def start_server(bundle: str, rules: str, grpc_port: int, settings=(), name: str = "serve_overhead"):
+    """`python -m cseg.serve` in .venv-serve on loopback with extra `settings` (flags); its log: NAME.server.log."""
     python = ROOT / ".venv-serve" / "bin" / "python"
     if not python.exists():
         sys.exit("no .venv-serve: run make serve-env")
     command = [str(python), "-m", "cseg.serve", bundle, "--rules", rules, "--grpc-port", str(grpc_port),
-               "--port", str(grpc_port + 1), "--metrics-port", "0"]  # fmt: skip
-    with open("serve_overhead.server.log", "wb") as log:  # why a server did not come up
-        return subprocess.Popen(command, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
+               "--port", str(grpc_port + 1), "--metrics-port", "0", *settings]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}  # .venv-serve's own
+    with open(f"{name}.server.log", "wb") as log:  # why a server did not come up
+        return subprocess.Popen(command, start_new_session=True, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
-def wait_ready(url: str, server: subprocess.Popen | None, timeout_s: float = 180) -> None:
+def stop_server(server: subprocess.Popen | None) -> None:
+    if server is not None and server.poll() is None:
+        os.killpg(server.pid, signal.SIGTERM)  # the session: PyTriton's tritonserver and stubs go with it
+        server.wait(timeout=30)
+
+
+def wait_ready(url: str, server: subprocess.Popen | None, timeout_s: float = 180,
+               log: str = "serve_overhead.server.log") -> None:  # fmt: skip
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if server is not None and server.poll() is not None:
-            sys.exit(f"cseg serve exited with {server.returncode}: see serve_overhead.server.log")
+            sys.exit(f"cseg serve exited with {server.returncode}: see {log}")
         try:
             with RemoteRuntime(url) as rt:
                 if rt.ready():
@@ -86,9 +95,7 @@ def main() -> None:
         overhead = statistics.median(times["remote"]) - statistics.median(times["local"])
         print(f"serving overhead (median remote - median local): {overhead:.2f} ms per 1080p frame")
     finally:
-        if server is not None:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=30)
+        stop_server(server)
 
 
 if __name__ == "__main__":

@@ -3,10 +3,17 @@
 Three models, with the tensors of cseg.serve.contract: `cseg_segment`, `cseg_apply` and `cseg_induce` (its handler:
 cseg.serve.induce). Triton's dynamic batcher groups
 concurrent requests (many cameras) into one call of the infer function, bounded by a queue of `max_queue` requests
-each waiting at most `queue_timeout_s` (then rejected, not served late). The bundle's sam3_vision graph takes a batch
-of exactly 1 (pixel_values [1, 3, S, S]), so a batch is served by looping over its requests in this process: the
-batcher saves the per-request round trips, not encoder work. Every request answers for itself: a bad one gets its
-`error` output and the rest of its batch is served.
+each waiting at most `queue_timeout_s` (then rejected, not served late). Every request answers for itself: a bad one
+gets its `error` output and the rest of its batch is served.
+
+How a batch is served: the bundle's graphs take a batch of exactly 1, and on a CPU a batched graph gains little
+(benchmarks/batch_gain.py: per-frame time at batch 2-8 1.03-1.17x better than at batch 1 for sam3_vision and
+sam3_decoder with ONNX Runtime on 2 cores, within a loaded machine's noise), so each request runs the graphs alone.
+Throughput comes from overlap instead: each model has `instances` model instances (PyTriton serves each from its own
+thread, with its own Triton backend stub), so one batch's tensors move through Triton's and PyTriton's shared
+memory while another's graphs run, and a pool of `concurrency` threads, shared by all instances, runs that many
+requests at once (ONNX Runtime and the native pre- and postprocessing release the GIL). `threads` sets ONNX
+Runtime's intra-op threads per run (0: one per core).
 
 PyTriton's own needs are checked first (`check_environment`): numpy < 2 (PyTriton with numpy 2 answers with empty
 tensors, silently) and the Python backend stub's libpython (LD_LIBRARY_PATH = this interpreter's LIBDIR).
@@ -19,6 +26,7 @@ import json
 import logging
 import os
 import sysconfig
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -75,16 +83,25 @@ def load_rules(folder, manifest: dict) -> dict:
 
 
 class Handlers:
-    """The per-request work of both models on one Runtime; every request is answered, failures as `error`."""
+    """The per-request work of both models on one Runtime; every request is answered, failures as `error`.
 
-    def __init__(self, runtime, rules: dict):
+    `concurrency` requests run at once (a pool shared by every model instance, so the cores are never asked for more
+    graph runs than that in all); a batch of one runs on the calling thread."""
+
+    def __init__(self, runtime, rules: dict, concurrency: int = 1):
         self.runtime, self.rules = runtime, rules
+        self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="cseg-request") if concurrency > 1 else None
 
     def segment(self, requests) -> list[dict]:
-        return [self._answer(self._segment, request) for request in requests]
+        return self._serve(self._segment, requests)
 
     def apply(self, requests) -> list[dict]:
-        return [self._answer(self._apply, request) for request in requests]
+        return self._serve(self._apply, requests)
+
+    def _serve(self, serve, requests) -> list[dict]:
+        if self._pool is None or len(requests) == 1:
+            return [self._answer(serve, request) for request in requests]
+        return list(self._pool.map(lambda request: self._answer(serve, request), requests))  # in order
 
     @staticmethod
     def _answer(serve, request) -> dict:
@@ -147,11 +164,12 @@ def _json(value, name: str):
 
 
 def _outputs(results, version: str | None = None) -> dict:
-    """Segmentations -> the contract's outputs (with the batch dimension of 1)."""
+    """Segmentations -> the contract's outputs (with the batch dimension of 1). A 1080p answer is megabytes of masks:
+    one result's arrays go out as they are (views), never copied into a stack or a concatenation of one."""
     instances = [r.instances for r in results]
     height, width = results[0].mask.shape
-    meta = [{**{key: value for key, value in r.to_json().items() if key in _META}, "timings": r.timings,
-             "rule_version": version} for r in results]  # fmt: skip
+    meta = [{**{key: getattr(r, key) for key in _META}, "timings": r.timings, "rule_version": version}
+            for r in results]  # fields, not to_json(): that also sums the mask for its area  # fmt: skip
     masks = [i.masks for i in instances]
     boxes, scores = [i.boxes for i in instances], [i.scores for i in instances]
     owner = [np.full(len(i), k, np.int32) for k, i in enumerate(instances)]
@@ -159,11 +177,11 @@ def _outputs(results, version: str | None = None) -> dict:
         masks, boxes = [np.zeros((1, height, width), bool)], [np.zeros((1, 4), np.float32)]
         scores, owner = [np.zeros(1, np.float32)], [np.full(1, -1, np.int32)]
     out = {
-        "mask": np.stack([r.mask for r in results]),
-        "instance_masks": np.concatenate(masks),
-        "boxes": np.concatenate(boxes).astype(np.float32),
-        "scores": np.concatenate(scores).astype(np.float32),
-        "instance_prompt": np.concatenate(owner),
+        "mask": _join([r.mask[None] for r in results]),
+        "instance_masks": _join(masks),
+        "boxes": _join(boxes).astype(np.float32, copy=False),
+        "scores": _join(scores).astype(np.float32, copy=False),
+        "instance_prompt": _join(owner),
         "presence": np.array([r.presence for r in results], np.float32),
         "route": np.array([r.route.encode() for r in results], dtype=object),
         "meta": np.array([json.dumps(m).encode() for m in meta], dtype=object),
@@ -172,13 +190,27 @@ def _outputs(results, version: str | None = None) -> dict:
     return {name: value[None] for name, value in out.items()}
 
 
-_META = ("route_by", "route_score", "answer", "rule", "think", "bbox", "text", "token_ids")
+def _join(arrays: list[np.ndarray]) -> np.ndarray:
+    """np.concatenate, without its copy when there is one array (cseg_apply's answer: one prompt)."""
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+
+
+_META = ("route_by", "route_score", "answer", "rule", "think", "bbox", "text", "token_ids")  # as JSON in `meta`
+
+
+# Two instances overlap one batch's transfers with another's graph runs, and a pool of two runs two requests' graphs
+# at once, one per core of a 2-core CPU. Measured while loaded only (README, "Many cameras on one server": 1.10x vs
+# 1.04x for 1 and 1, within noise): to be confirmed idle. TensorRT serialises its requests anyway (one device buffer).
+INSTANCES, CONCURRENCY, THREADS = 2, 2, 0
 
 
 def serve(bundle, *, rules=None, host: str = "127.0.0.1", http_port: int = 8000, grpc_port: int = 8001,
           metrics_port: int = 8002, max_batch: int = 8, max_queue: int = 64, queue_timeout_s: float = 30.0,
-          max_delay_ms: float = 2.0, device: str = "auto", ready=None) -> None:  # fmt: skip
-    """Serve `bundle` until interrupted (blocks). `ready(triton)` is called once the models are bound."""
+          max_delay_ms: float = 2.0, device: str = "auto", instances: int = INSTANCES, concurrency: int = CONCURRENCY,
+          threads: int = THREADS, ready=None) -> None:  # fmt: skip
+    """Serve `bundle` until interrupted (blocks). `ready(triton)` is called once the models are bound.
+    instances: model instances per model (batches in flight at once); concurrency: requests run at once over all
+    instances; threads: ONNX Runtime intra-op threads per graph run (0: one per core)."""
     check_environment()
     from pytriton.model_config import DynamicBatcher, ModelConfig, QueuePolicy, Tensor, TimeoutAction
     from pytriton.triton import DEFAULT_PROTECTED_ENDPOINTS, Triton, TritonConfig, TritonSecurityConfig
@@ -187,8 +219,8 @@ def serve(bundle, *, rules=None, host: str = "127.0.0.1", http_port: int = 8000,
     from cseg.serve.induce import Inducer
     from cseg.serve.induce import bind as bind_induce
 
-    runtime = Runtime.open(bundle, device=device)
-    handlers = Handlers(runtime, load_rules(rules, runtime.manifest))
+    runtime = Runtime.open(bundle, device=device, session={"intra_op_num_threads": threads} if threads else None)
+    handlers = Handlers(runtime, load_rules(rules, runtime.manifest), concurrency)
     log.info("bundle %s, rules %s", bundle, sorted(handlers.rules))
     policy = QueuePolicy(timeout_action=TimeoutAction.REJECT, default_timeout_microseconds=int(queue_timeout_s * 1e6),
                          allow_timeout_override=True, max_queue_size=max_queue)  # fmt: skip
@@ -205,7 +237,8 @@ def serve(bundle, *, rules=None, host: str = "127.0.0.1", http_port: int = 8000,
 
     with Triton(config=config, security_config=security) as triton:
         for name, infer in ((contract.SEGMENT, handlers.segment), (contract.APPLY, handlers.apply)):
-            triton.bind(model_name=name, infer_func=infer, inputs=tensors(contract.INPUTS[name]),
+            # the same callable per instance: the Runtime is thread-safe and its sessions take concurrent runs
+            triton.bind(model_name=name, infer_func=[infer] * instances, inputs=tensors(contract.INPUTS[name]),
                         outputs=tensors(contract.OUTPUTS),
                         config=ModelConfig(max_batch_size=max_batch, batcher=batcher), strict=True)  # fmt: skip
         bind_induce(triton, Inducer(runtime, handlers.rules, rules), tensors)  # cseg.serve.induce

@@ -8,6 +8,7 @@ answer is compared with the local Runtime's on the same bundle: PyTriton with nu
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -253,6 +254,14 @@ def test_fan_in_all_answered_correctly_and_batched(server, runtime, rules, photo
     grown = {size: count - before.get(size, 0) for size, count in _batches(server.url).items()}
     assert sum(size * count for size, count in grown.items()) == 12  # every request executed once, none lost
     assert any(size > 1 and count > 0 for size, count in grown.items()), f"no batch formed: {grown}"
+    raw = grpcclient.InferenceServerClient(server.url)
+    try:  # the batches above were served by the default instances (and their requests by the request pool)
+        groups = raw.get_model_config(contract.APPLY).config.instance_group
+    finally:
+        raw.close()
+    from cseg.serve.server import INSTANCES
+
+    assert sum(group.count for group in groups) == INSTANCES > 1
 
 
 def _batches(url: str) -> dict[int, int]:
@@ -355,3 +364,48 @@ def test_the_contract_round_trips_instances_and_padding():
     hollow = {name: value[:, :0] if value.ndim > 1 else value[:0] for name, value in wire.items()}
     with pytest.raises(ServerError, match="empty tensors"):  # what PyTriton with numpy 2 answers: never a result
         decode(hollow.get)
+
+
+def test_a_batch_runs_its_requests_concurrently_in_order_and_each_answers_for_itself(monkeypatch):
+    """Handlers(concurrency=2): two requests of a batch are inside the runtime at once (a barrier of two passes only
+    then), the answers come back in request order, and a failing request is its own error answer."""
+    from cseg.serve.server import Handlers
+
+    barrier = threading.Barrier(2, timeout=10)
+
+    class Runtime:
+        def apply(self, rule, image):
+            if image[0, 0, 0] == 9:
+                raise InvalidInputError("bad frame")
+            barrier.wait()  # BrokenBarrierError after 10 s if the other request is not running at the same time
+            return rule, int(image[0, 0, 0])
+
+    handlers = Handlers(Runtime(), {"cup": ("the rule", "v1")}, concurrency=2)
+    def request(value: int) -> dict:
+        image = np.full((1, 4, 4, 3), value, np.uint8)
+        return {"image": image, "rule_id": np.array([[b"cup"]], dtype=object)}
+
+    monkeypatch.setattr("cseg.serve.server._outputs", lambda results, version=None: {"answer": results[0],
+                                                                                     "version": version})  # fmt: skip
+    answers = handlers.apply([request(1), request(2), request(9), request(3), request(4)])
+    assert [a.get("answer") for a in answers] == [("the rule", 1), ("the rule", 2), None, ("the rule", 3),
+                                                  ("the rule", 4)]  # fmt: skip
+    assert b"bad frame" in bytes(answers[2]["error"][0][0]) and answers[0]["version"] == "v1"
+    serial = Handlers(Runtime(), {"cup": ("the rule", "v1")}, concurrency=1)
+    assert serial._pool is None  # concurrency 1: the batch loops on the calling thread, as before
+
+
+@pytest.mark.slow
+def test_eight_cameras_benchmark_loses_nothing_and_answers_as_the_local_runtime(tiny_bundle, rules, tmp_path):
+    """benchmarks/serve_cameras.py end to end (README, "Many cameras on one server"): 8 cameras and one camera alone,
+    every request answered and executed once, every answer the local Runtime's. Its throughput ratio is reported, not
+    asserted: a test machine's load decides it (the README's table says under which conditions it was measured)."""
+    grpc_port = _free_ports(1)[0]  # the script's server takes it and the next one (HTTP)
+    command = [sys.executable, str(ROOT / "benchmarks" / "serve_cameras.py"), str(tiny_bundle), str(rules[0]), "cup",
+               "--cameras", "8", "--frames", "2", "--grpc-port", str(grpc_port), "--json", "report.json"]  # fmt: skip
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["lost"] == 0 and report["mismatches"] == 0, report
+    assert report["executed"] == report["sent"] == 18 and len(report["per_camera"]) == 8
+    assert all(camera["answered"] == 2 for camera in report["per_camera"]) and report["ratio"] > 0

@@ -16,8 +16,10 @@ from __future__ import annotations
 import logging
 
 from cseg.cli.args import DEVICE_HELP, at_least
+from cseg.serve.server import CONCURRENCY, INSTANCES, THREADS  # numpy and cseg only: PyTriton loads when serving
 
-DEFAULTS = {"http_port": 8000, "grpc_port": 8001, "metrics_port": 8002, "max_batch": 8, "max_queue": 64}
+DEFAULTS = {"http_port": 8000, "grpc_port": 8001, "metrics_port": 8002, "max_batch": 8, "max_queue": 64,
+            "instances": INSTANCES, "concurrency": CONCURRENCY, "threads": THREADS}  # fmt: skip
 
 
 def register(sub) -> None:
@@ -37,6 +39,13 @@ def register(sub) -> None:
                         help="a request waiting longer than this in the queue is rejected")  # fmt: skip
     parser.add_argument("--max-delay-ms", type=float, default=2.0,
                         help="how long the batcher waits for more requests to group")  # fmt: skip
+    parser.add_argument("--instances", type=int, default=DEFAULTS["instances"],
+                        help="model instances per model: batches served at once, one's graph run overlapping "
+                        "another's transfers and host work")  # fmt: skip
+    parser.add_argument("--concurrency", type=int, default=DEFAULTS["concurrency"],
+                        help="requests run at once over all instances (each batch's requests share them)")  # fmt: skip
+    parser.add_argument("--threads", type=int, default=DEFAULTS["threads"],
+                        help="ONNX Runtime intra-op threads per graph run (0: one per core)")  # fmt: skip
     parser.set_defaults(run=serve)
 
     repo = sub.add_parser("export-triton", help="write a Triton model repository (stock tritonserver, DeepStream)")
@@ -56,7 +65,8 @@ def serve(args) -> int:
     from cseg.errors import InvalidInputError
     from cseg.serve.server import serve as run_server
 
-    at_least(args, 1, "--max-batch", "--max-queue")
+    at_least(args, 1, "--max-batch", "--max-queue", "--instances", "--concurrency")
+    at_least(args, 0, "--threads")
     ports = [args.port, args.grpc_port] + ([args.metrics_port] if args.metrics_port else [])
     if not all(1 <= port <= 65535 for port in ports) or len(set(ports)) != len(ports):
         raise InvalidInputError(f"ports must be distinct numbers from 1 to 65535, got {ports}")
@@ -70,7 +80,8 @@ def serve(args) -> int:
     run_server(args.bundle, rules=args.rules, host=args.host, http_port=args.port, grpc_port=args.grpc_port,
                metrics_port=args.metrics_port, max_batch=args.max_batch, max_queue=args.max_queue,
                queue_timeout_s=args.queue_timeout_s, max_delay_ms=args.max_delay_ms, device=args.device,
-               ready=ready)  # fmt: skip
+               instances=args.instances, concurrency=args.concurrency,
+               threads=args.threads, ready=ready)  # fmt: skip
     return 0
 
 
