@@ -83,6 +83,7 @@ class BeltTracker(Tracker):
         self.gate, self.cross_gate, self.smoothing = float(gate), float(cross_gate), float(smoothing)
         self._belt_velocity = (None, np.zeros(2))
         self._undecided = 0  # consecutive frames whose vote for the first speed was tied
+        self._since_choice = 0  # frames since a vote or the window chose the speed (see _contradicted)
         self._votes = SpeedVotes(self.direction, self.gate, self.cross_gate, WINDOW)  # the last frames' evidence
 
     def _alive(self, track: Track) -> bool:
@@ -178,7 +179,8 @@ class BeltTracker(Tracker):
         plausible = (np.abs(across) <= self.cross_gate * size_across) & (along >= -self.gate * size_along)
         fastest = self._fastest()
         proposed = np.round(np.clip(along / elapsed[:, None], 0, None)[plausible], 3)
-        proposed = np.unique(np.concatenate([proposed, self._votes.speeds()]))
+        window_best, _ = self._votes.peak(fastest)  # the speed the last frames support best is a candidate too
+        proposed = np.unique(np.concatenate([proposed, [] if window_best is None else [round(window_best, 3)]]))
         proposed = proposed[proposed <= fastest]
         support = self._votes.support(proposed)
         best, best_pairs, best_score, tied = None, [], None, False
@@ -198,9 +200,14 @@ class BeltTracker(Tracker):
     def _contradicted(self) -> float | None:
         """A speed the last frames support clearly better than the current one (1.5 times its pairs and 3 more),
         else None: a speed adopted on a few ambiguous frames keeps matching some pairs by coincidence on a dense
-        belt, so this frame's pairs alone would never call for a new vote."""
+        belt, so this frame's pairs alone would never call for a new vote. Checked every frame for 2 x WINDOW frames
+        after the speed was chosen, then every WINDOW frames (the check is most of the tracker's time per frame; a
+        belt that stops or starts loses its pairs and calls a vote at once anyway)."""
+        self._since_choice += 1
+        if self.speed is None or (self._since_choice > 2 * WINDOW and self._since_choice % WINDOW):
+            return None
         peak, votes = self._votes.peak(self._fastest())
-        if peak is None or self.speed is None:
+        if peak is None:
             return None
         current = int(self._votes.support(self.speed)[0])
         return peak if votes >= 1.5 * current + 3 else None
@@ -218,7 +225,7 @@ class BeltTracker(Tracker):
         if better is not None:  # the window contradicts the speed: take the better one if it holds in this frame
             better_pairs = self._assign(self._cost(offsets, better))
             if len(better_pairs) >= 2:
-                pairs, self.speed = better_pairs, better
+                pairs, self.speed, self._since_choice = better_pairs, better, 0
         if len(pairs) * 2 < min(recent, len(detections)):  # no speed yet, or most tracks lost it: vote again
             voted, voted_pairs, tied = self._vote(tracks, detections, offsets)
             # the first speed waits while another explains the frame as well (one part missed next to one entering
@@ -229,7 +236,7 @@ class BeltTracker(Tracker):
             if self.speed is None and tied and self._undecided <= self.min_hits:
                 voted = None
             if voted is not None and (self.speed is None or len(voted_pairs) > max(len(pairs), 1)):
-                pairs, self.speed = voted_pairs, voted
+                pairs, self.speed, self._since_choice = voted_pairs, voted, 0
         if pairs:
             along, elapsed = offsets.along, offsets.elapsed
             measured = float(np.median([along[i, j] / elapsed[i] for i, j in pairs]))

@@ -26,31 +26,35 @@ class SpeedVotes:
         self.direction, self.gate, self.cross_gate = direction, gate, cross_gate
         self.across = np.array([-direction[1], direction[0]])
         self.frames = deque(maxlen=window)  # (t, along, across, length along, width across) per remembered frame
-        self._votes = None  # cached (distance along, elapsed, tolerance) of the current window
+        # the voting pairs of each remembered frame with the two before it, computed once when the frame arrives
+        self._pairs = deque(maxlen=window)
+        self._votes = None  # cached concatenation of _pairs: (distance along, elapsed, tolerance)
 
     def remember(self, detections: Detections, t: float) -> None:
-        if len(detections):
-            boxes = np.asarray(detections.boxes, np.float64)
-            sizes = np.abs(boxes[:, 2:] - boxes[:, :2])
-            self.frames.append((t, detections.centers @ self.direction, detections.centers @ self.across,
-                                sizes @ np.abs(self.direction), sizes @ np.abs(self.across)))  # fmt: skip
-            self._votes = None
+        if not len(detections):
+            return
+        boxes = np.asarray(detections.boxes, np.float64)
+        sizes = np.abs(boxes[:, 2:] - boxes[:, :2])
+        frame = (t, detections.centers @ self.direction, detections.centers @ self.across,
+                 sizes @ np.abs(self.direction), sizes @ np.abs(self.across))  # fmt: skip
+        # pairs with the last two remembered frames: a miss or the occluding bar in between is bridged
+        self._pairs.append([self._pair(earlier, frame) for earlier in list(self.frames)[-2:]])
+        self.frames.append(frame)
+        self._votes = None
+
+    def _pair(self, first, second) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        (t0, u0, a0, l0, w0), (t1, u1, a1, l1, w1) = first, second
+        gate = self.gate * (l0[:, None] + l1[None]) / 2
+        step = u1[None] - u0[:, None]
+        near = (np.abs(a1[None] - a0[:, None]) <= self.cross_gate * (w0[:, None] + w1[None]) / 2) & (step >= -gate)
+        return step[near], np.full(int(near.sum()), t1 - t0), gate[near]
 
     def votes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(distance along the belt, elapsed seconds, tolerance in pixels) of every voting pair."""
-        if self._votes is None:
-            frames, distance, elapsed, tolerance = list(self.frames), [], [], []
-            for k, (t0, u0, a0, l0, w0) in enumerate(frames):
-                for t1, u1, a1, l1, w1 in frames[k + 1:k + 3]:  # two frames ahead: a miss or the bar is bridged
-                    gate = self.gate * (l0[:, None] + l1[None]) / 2
-                    step = u1[None] - u0[:, None]
-                    near = (np.abs(a1[None] - a0[:, None]) <= self.cross_gate * (w0[:, None] + w1[None]) / 2) & (
-                        step >= -gate)  # fmt: skip
-                    distance.append(step[near])
-                    elapsed.append(np.full(int(near.sum()), t1 - t0))
-                    tolerance.append(gate[near])
-            empty = np.zeros(0)
-            self._votes = tuple(np.concatenate(v) if v else empty for v in (distance, elapsed, tolerance))
+        """(distance along the belt, elapsed seconds, tolerance in pixels) of every voting pair of remembered
+        frames."""
+        if self._votes is None:  # the oldest frame's pairs reach back to frames the window has dropped
+            pairs = [pair for frame in list(self._pairs)[1:] for pair in frame]
+            self._votes = tuple(np.concatenate([p[k] for p in pairs]) if pairs else np.zeros(0) for k in range(3))
         return self._votes
 
     def support(self, speeds) -> np.ndarray:
@@ -62,26 +66,27 @@ class SpeedVotes:
             return np.zeros(len(speeds), int)
         return (np.abs(distance[None] - speeds[:, None] * elapsed[None]) < tolerance[None]).sum(axis=1)
 
-    def speeds(self) -> np.ndarray:
-        """The speed each pair proposes (>= 0): candidates for a vote."""
-        distance, elapsed, _ = self.votes()
-        return np.round(np.clip(distance / np.maximum(elapsed, 1e-9), 0, None), 3)
-
     def peak(self, fastest: float) -> tuple[float | None, int]:
         """The best-supported speed up to `fastest` and its support: a histogram of the proposed speeds (bins of a
-        quarter of the typical tolerance) finds the densest region, its own candidates decide (ties: the slowest)."""
+        quarter of the typical tolerance) finds the densest region; the median of its proposals and the region's
+        bin centers are the candidates (ties: the middle of the plateau). A handful of candidates keeps this cheap every frame."""
         distance, elapsed, tolerance = self.votes()
-        proposed = self.speeds()
+        if not len(distance):
+            return None, 0
+        proposed = np.clip(distance / np.maximum(elapsed, 1e-9), 0, None)
         keep = proposed <= fastest
         if not keep.any():
             return None, 0
         proposed = proposed[keep]
         width = max(float(np.median(tolerance[keep] / np.maximum(elapsed[keep], 1e-9))) / 4, 1e-6)
         bins = np.floor(proposed / width).astype(np.int64)
-        counts = np.bincount(bins)
-        dense = np.convolve(counts, np.ones(9, int), mode="same")  # +-4 bins: about one tolerance either side
+        dense = np.convolve(np.bincount(bins), np.ones(9, int), mode="same")  # +-4 bins: about one tolerance
         best_bin = int(np.argmax(dense))
-        candidates = np.unique(proposed[np.abs(bins - best_bin) <= 4])
-        score = self.support(candidates)
-        best = int(np.argmax(score))  # first maximum: the slowest of the best
-        return float(candidates[best]), int(score[best])
+        region = proposed[np.abs(bins - best_bin) <= 4]
+        candidates = np.unique(np.round(np.concatenate([[np.median(region)], (best_bin + np.arange(-4, 5) + 0.5)
+                                                        * width]), 3))  # fmt: skip
+        candidates = candidates[(candidates >= 0) & (candidates <= fastest)]
+        support = self.support(candidates)
+        tied = np.flatnonzero(support == support.max())  # a plateau of speeds explaining the same pairs: its middle
+        best = int(tied[len(tied) // 2])
+        return float(candidates[best]), int(support[best])

@@ -128,11 +128,12 @@ class Tracker:
                 track.age += 1
         lookback = self._times[0] if self._times else None  # max_misses + 1 frames back, or the stream's first
         taken = detections.boxes[[j for _, j in matches]]
+        new = list(new)
+        if len(taken) and new:  # a new detection overlapping a matched one is the same part again: no track
+            duplicate = box_ious(detections.boxes[new], taken).max(axis=1) >= DUPLICATE_IOU
+            new = [j for j, same in zip(new, duplicate) if not same]
         for j in new:
-            if len(taken) and box_ious(detections.boxes[j][None], taken).max() >= DUPLICATE_IOU:  # the same part
-                continue
-            track = self._start(detections, j, t, lookback)
-            seen.append(track)
+            seen.append(self._start(detections, j, t, lookback))
         self.ended = [track for track in self.tracks if not self._alive(track)]
         self.tracks = [track for track in self.tracks if self._alive(track)]
         self._times.append(t)
