@@ -1,0 +1,158 @@
+"""The OpenVINO backend for cpu bundles (issue 32): the exporter's per-graph choice, its record in the manifest, and
+what Runtime.open serves where the choice cannot hold (another CPU, no openvino)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import sys
+
+import numpy as np
+import pytest
+
+from cseg import cpu_backends
+from cseg.bundle.schema import read_manifest, validate_manifest
+from cseg.errors import BundleError
+
+pytest.importorskip("openvino")  # the [openvino] extra, which `make install` installs
+
+AVX2_ONLY = {"model": "an AVX2 CPU", "flags": ["avx2"]}
+WITH_AMX = {"model": "an AMX Xeon", "flags": ["avx2", "avx512f", "avx512_bf16", "amx_bf16"]}
+OPENVINO_GRAPHS = ("vlm_vision", "concept_head", "sam3_vision", "sam3_text", "sam3_decoder")
+
+
+@pytest.fixture(scope="module")
+def openvino_bundle(tiny_checkpoint, tmp_path_factory):
+    from cseg.export.bundle import export_bundle
+
+    lines = []
+    out = export_bundle(*tiny_checkpoint, tmp_path_factory.mktemp("bundles") / "tiny_openvino", progress=False,
+                        openvino=True, report=lines.append)  # fmt: skip
+    return out, lines
+
+
+def _choose_all(manifest: dict, precision: str = "f32", cpu: dict | None = None) -> dict:
+    """`manifest` as if the exporter had chosen OpenVINO `precision` for every graph it may serve."""
+    manifest = copy.deepcopy(manifest)
+    needs = cpu_backends.REQUIRES_ANY[precision]
+    manifest["cpu_backends"] = {"cpu": cpu or AVX2_ONLY, "openvino": cpu_backends.OPENVINO_VERSION, "graphs": {
+        key: {"backend": "openvino", "precision": precision, "requires_any": needs, "why": "test"}
+        for key in OPENVINO_GRAPHS}}  # fmt: skip
+    validate_manifest(manifest)
+    return manifest
+
+
+def test_choice_is_recorded_gated_and_round_trips(openvino_bundle):
+    bundle, lines = openvino_bundle
+    manifest = read_manifest(bundle)  # validates against the schema with the new section
+    section = manifest["cpu_backends"]
+    assert section["cpu"] == cpu_backends.cpu_identity()
+    assert section["openvino"] == cpu_backends.openvino_version()
+    assert section["graphs"]["vlm_decoder"]["backend"] == "onnxruntime"
+    for key in OPENVINO_GRAPHS:
+        entry = section["graphs"][key]
+        # OpenVINO reads every tiny graph (com.microsoft fused attention included) and agrees with ONNX Runtime within
+        # the graph's parity tolerance in f32
+        assert entry["gate"]["f32"]["passed"], (key, entry["gate"])
+        for name, output in entry["gate"]["f32"]["outputs"].items():
+            assert output["max_abs"] <= output["allowed"], (key, name, output)
+        faster = min(entry["openvino_ms"].values()) < entry["onnxruntime_ms"]
+        assert (entry["backend"] == "openvino") == faster, entry  # the faster of the two, never a slower OpenVINO
+        if entry["backend"] == "openvino" and not {"avx512_bf16", "amx_bf16"} & set(section["cpu"]["flags"]):
+            assert entry["precision"] == "f32"  # no bf16 units: bf16 is not even tried
+    assert any("choosing each graph's CPU backend" in line for line in lines)
+
+
+def test_old_bundle_without_choice_stays_valid_and_on_onnxruntime(tiny_bundle):
+    manifest = read_manifest(tiny_bundle)
+    assert "cpu_backends" not in manifest
+    choices = cpu_backends.plan(manifest, "auto")
+    assert {c.backend for c in choices.values()} == {"onnxruntime"}
+    assert not any(c.notice for c in choices.values())
+
+
+def test_schema_refuses_a_bad_choice(tiny_bundle):
+    manifest = _choose_all(read_manifest(tiny_bundle))
+    del manifest["cpu_backends"]["graphs"]["sam3_vision"]["precision"]
+    with pytest.raises(BundleError, match="cpu_backends"):
+        validate_manifest(manifest)
+    manifest = _choose_all(read_manifest(tiny_bundle))
+    manifest["cpu_backends"]["graphs"]["no_such_graph"] = {"backend": "onnxruntime", "why": "x"}
+    with pytest.raises(BundleError, match="no_such_graph"):
+        validate_manifest(manifest)
+
+
+def test_openvino_serves_the_chosen_graphs_like_onnxruntime(tiny_bundle, photo, monkeypatch):
+    from cseg.runtime import Runtime
+    from cseg.runtime.openvino.graph import OpenVinoGraph
+
+    monkeypatch.setattr(cpu_backends, "cpu_identity", lambda: AVX2_ONLY)
+    manifest = _choose_all(read_manifest(tiny_bundle))
+    served = Runtime.from_manifest(tiny_bundle, manifest)
+    onnxruntime = Runtime.from_manifest(tiny_bundle, manifest, device="cpu")  # device="cpu" keeps ONNX Runtime
+    for key in OPENVINO_GRAPHS:
+        assert isinstance(served.graphs[key], OpenVinoGraph), key
+        assert not isinstance(onnxruntime.graphs[key], OpenVinoGraph), key
+    assert not isinstance(served.graphs["vlm_decoder"], OpenVinoGraph)
+    for route in ("shortcut", "full"):
+        want = onnxruntime.segment(photo, "astronaut", route=route, max_new_tokens=4)
+        got = served.segment(photo, "astronaut", route=route, max_new_tokens=4)
+        assert got.token_ids == want.token_ids
+        assert abs(got.presence - want.presence) < 1e-4
+        assert (got.mask != want.mask).mean() < 1e-3
+
+
+def test_bf16_choice_on_a_cpu_without_bf16_falls_back_with_one_notice(tiny_bundle, monkeypatch, caplog):
+    from cseg.runtime import Runtime
+    from cseg.runtime.openvino.graph import OpenVinoGraph
+
+    manifest = _choose_all(read_manifest(tiny_bundle), "bf16", cpu=WITH_AMX)
+    monkeypatch.setattr(cpu_backends, "cpu_identity", lambda: AVX2_ONLY)
+    with caplog.at_level(logging.WARNING, logger="cseg.runtime"):
+        runtime = Runtime.from_manifest(tiny_bundle, manifest)
+    assert not any(isinstance(graph, OpenVinoGraph) for graph in runtime.graphs.values())
+    notices = [r.getMessage() for r in caplog.records if r.name == "cseg.runtime"]
+    assert len(notices) == 1 and "an AMX Xeon" in notices[0] and "amx_bf16" in notices[0], notices
+    assert all(runtime.cpu_choices[key].notice for key in OPENVINO_GRAPHS)
+    # and on a CPU that has what the choice assumed, the plan follows it
+    on_amx = cpu_backends.plan(manifest, "auto", cpu=WITH_AMX, missing=None)
+    assert {on_amx[key].backend for key in OPENVINO_GRAPHS} == {"openvino"}
+
+
+def test_openvino_not_installed_serves_onnxruntime_and_inspect_says_why(tiny_bundle, monkeypatch, caplog, tmp_path):
+    import json
+    import shutil
+
+    from cseg.bundle.report import describe
+    from cseg.runtime import Runtime
+    from cseg.runtime.onnxruntime.graph import OrtGraph
+
+    monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` fails, find_spec finds nothing
+    with pytest.raises(ImportError):
+        import openvino  # noqa: F401
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    (bundle / "manifest.json").write_text(json.dumps(_choose_all(read_manifest(tiny_bundle))))
+    with caplog.at_level(logging.WARNING, logger="cseg.runtime"):
+        runtime = Runtime.open(bundle)
+    assert all(isinstance(graph, OrtGraph) for graph in runtime.graphs.values())
+    assert any("openvino not installed" in r.getMessage() for r in caplog.records)
+    report = describe(bundle)
+    assert "openvino not installed" in report
+    assert "sam3_vision   onnxruntime" in report
+
+
+def test_agreement_gate_fails_a_wrong_output():
+    from cseg.export.cpu_choice import agreement
+
+    rng = np.random.default_rng(0)
+    want = {"y": rng.standard_normal((2, 8)).astype(np.float32)}
+    parity = {"y": {"tolerance": 1e-4}}
+    entry = {"outputs": [{"name": "y"}]}
+    assert agreement(want, {"y": want["y"] + 5e-5}, entry, parity, "f32")["passed"]
+    assert not agreement(want, {"y": want["y"] + 1e-3}, entry, parity, "f32")["passed"]
+    nan = want["y"].copy()
+    nan[0, 0] = np.nan
+    assert not agreement(want, {"y": nan}, entry, parity, "f32")["passed"]
+    assert not agreement(want, {"y": nan}, entry, parity, "bf16")["passed"]
+    assert agreement(want, {"y": want["y"] * 1.01}, entry, parity, "bf16")["passed"]  # cosine 1, bf16's gate
