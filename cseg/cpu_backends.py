@@ -95,6 +95,21 @@ def plan(manifest: dict, device: str, cpu: dict | None = None, missing: str | No
     return out
 
 
+def with_openvino(manifest: dict, precision: str = "f32", why: str = "forced") -> dict:
+    """A copy of `manifest` as if the exporter had chosen OpenVINO `precision` for every graph it may serve, on this
+    CPU: what `cseg bench --openvino` times as its own column, whatever the bundle's own choice."""
+    graphs = {key: {"backend": "openvino", "precision": precision, "requires_any": REQUIRES_ANY[precision], "why": why}
+              for key in manifest["graphs"] if key not in NOT_CHOSEN}  # fmt: skip
+    section = {"cpu": cpu_identity(), "openvino": openvino_version(), "graphs": graphs}
+    return {**manifest, "cpu_backends": section}
+
+
+def native_precision(cpu: dict | None = None) -> str:
+    """The OpenVINO inference precision this CPU runs fastest natively: bf16 with AVX512-BF16 or AMX, else f32."""
+    flags = set((cpu_identity() if cpu is None else cpu)["flags"])
+    return "bf16" if flags & set(REQUIRES_ANY["bf16"]) else "f32"
+
+
 def _holds(entry: dict, cpu: dict) -> bool:
     needed = entry.get("requires_any") or []
     return not needed or bool(set(needed) & set(cpu["flags"]))

@@ -88,9 +88,9 @@ def _choose(key: str, path: Path, entry: dict, parity: dict, feed: dict | None, 
     timings = {"onnxruntime_ms": ms["onnxruntime"], "openvino_ms": {p: ms[p] for p in passing}, "gate": gate}
     ratio = ms["onnxruntime"] / ms[best]
     if ratio <= 1.0:
-        return {"backend": "onnxruntime", "why": f"OpenVINO {best} is not faster here ({ratio:.2f}x)", **timings}
+        return {"backend": "onnxruntime", "why": f"OpenVINO {best} is not faster on the exporting CPU ({ratio:.2f}x)", **timings}
     return {"backend": "openvino", "precision": best, "requires_any": REQUIRES_ANY[best],
-            "why": f"OpenVINO {best} is {ratio:.2f}x ONNX Runtime here, within its gate", **timings}  # fmt: skip
+            "why": f"OpenVINO {best} is {ratio:.2f}x ONNX Runtime on the exporting CPU, within its gate", **timings}  # fmt: skip
 
 
 def agreement(want: dict, got: dict, entry: dict, parity: dict, precision: str) -> dict:

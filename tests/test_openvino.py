@@ -32,14 +32,12 @@ def openvino_bundle(tiny_checkpoint, tmp_path_factory):
 
 
 def _choose_all(manifest: dict, precision: str = "f32", cpu: dict | None = None) -> dict:
-    """`manifest` as if the exporter had chosen OpenVINO `precision` for every graph it may serve."""
-    manifest = copy.deepcopy(manifest)
-    needs = cpu_backends.REQUIRES_ANY[precision]
-    manifest["cpu_backends"] = {"cpu": cpu or AVX2_ONLY, "openvino": cpu_backends.OPENVINO_VERSION, "graphs": {
-        key: {"backend": "openvino", "precision": precision, "requires_any": needs, "why": "test"}
-        for key in OPENVINO_GRAPHS}}  # fmt: skip
+    """`manifest` as if the exporter had chosen OpenVINO `precision` for every graph it may serve, on `cpu`."""
+    manifest = cpu_backends.with_openvino(manifest, precision, "test")
+    manifest["cpu_backends"]["cpu"] = cpu or AVX2_ONLY
+    assert set(manifest["cpu_backends"]["graphs"]) == set(OPENVINO_GRAPHS)
     validate_manifest(manifest)
-    return manifest
+    return copy.deepcopy(manifest)
 
 
 def test_choice_is_recorded_gated_and_round_trips(openvino_bundle):
