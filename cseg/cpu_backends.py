@@ -88,8 +88,8 @@ def plan(manifest: dict, device: str, cpu: dict | None = None, missing: str | No
             out[key] = Choice("onnxruntime", None, f"{missing}; the manifest chose OpenVINO {entry['precision']}", True)
         elif not _holds(entry, cpu):
             lacks = " or ".join(entry["requires_any"])
-            out[key] = Choice("onnxruntime", None, f"OpenVINO {entry['precision']} was chosen on "
-                                                   f"{section['cpu']['model']}; this CPU has no {lacks}", True)  # fmt: skip
+            why = f"OpenVINO {entry['precision']} was chosen on {section['cpu']['model']}; this CPU has no {lacks}"
+            out[key] = Choice("onnxruntime", None, why, True)
         else:
             out[key] = Choice("openvino", entry["precision"], entry["why"])
     return out

@@ -88,9 +88,10 @@ def _choose(key: str, path: Path, entry: dict, parity: dict, feed: dict | None, 
     timings = {"onnxruntime_ms": ms["onnxruntime"], "openvino_ms": {p: ms[p] for p in passing}, "gate": gate}
     ratio = ms["onnxruntime"] / ms[best]
     if ratio <= 1.0:
-        return {"backend": "onnxruntime", "why": f"OpenVINO {best} is not faster on the exporting CPU ({ratio:.2f}x)", **timings}
-    return {"backend": "openvino", "precision": best, "requires_any": REQUIRES_ANY[best],
-            "why": f"OpenVINO {best} is {ratio:.2f}x ONNX Runtime on the exporting CPU, within its gate", **timings}  # fmt: skip
+        why = f"OpenVINO {best} is not faster on the exporting CPU ({ratio:.2f}x)"
+        return {"backend": "onnxruntime", "why": why, **timings}
+    why = f"OpenVINO {best} is {ratio:.2f}x ONNX Runtime on the exporting CPU, within its gate"
+    return {"backend": "openvino", "precision": best, "requires_any": REQUIRES_ANY[best], "why": why, **timings}
 
 
 def agreement(want: dict, got: dict, entry: dict, parity: dict, precision: str) -> dict:
@@ -118,6 +119,7 @@ def agreement(want: dict, got: dict, entry: dict, parity: dict, precision: str) 
     if not passed:
         worst = min(outputs, key=lambda n: outputs[n]["cosine"]) if precision != "f32" else max(
             outputs, key=lambda n: outputs[n]["max_abs"] / max(outputs[n]["allowed"], 1e-30))  # fmt: skip
-        result["why"] = (f"{worst} max |diff| {outputs[worst]['max_abs']:.3g} > {outputs[worst]['allowed']:.3g}"
-                         if precision == "f32" else f"{worst} cosine {outputs[worst]['cosine']:.5f} < {BF16_MIN_COSINE}")
+        bad = outputs[worst]
+        result["why"] = (f"{worst} max |diff| {bad['max_abs']:.3g} > {bad['allowed']:.3g}" if precision == "f32"
+                         else f"{worst} cosine {bad['cosine']:.5f} < {BF16_MIN_COSINE}")
     return result

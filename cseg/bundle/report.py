@@ -110,8 +110,10 @@ def _cpu_backends(manifest: dict) -> list[str]:
         return [f"cpu backends  ONNX Runtime for every graph: no OpenVINO choice in the manifest (exported without "
                 f"--openvino){'; ' + missing if missing else ''}"]  # fmt: skip
     cpu = section["cpu"]
-    lines = [f"cpu backends  chosen on {cpu['model']} ({', '.join(cpu['flags']) or 'no listed flags'}) with OpenVINO "
-             f"{section.get('openvino') or 'not installed'}; here (device auto): {missing or 'OpenVINO available'}"]  # fmt: skip
+    flags = ", ".join(cpu["flags"]) or "no listed flags"
+    version = section.get("openvino") or "not installed"
+    lines = [f"cpu backends  chosen on {cpu['model']} ({flags}) with OpenVINO {version}; here (device auto): "
+             f"{missing or 'OpenVINO available'}"]  # fmt: skip
     for key, choice in here.items():
         entry = section["graphs"].get(key, {})
         timing = ""

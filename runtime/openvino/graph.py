@@ -55,7 +55,8 @@ class OpenVinoGraph:
         self.input_names = {port.get_any_name() for port in self.compiled.inputs}
         self.output_names = [port.get_any_name() for port in self.compiled.outputs]
         for side, ports in (("inputs", self.compiled.inputs), ("outputs", self.compiled.outputs)):
-            found, wanted = [_port(p) for p in ports], [_describe(t["name"], t["dtype"], t["shape"]) for t in entry[side]]
+            found = [_port(p) for p in ports]
+            wanted = [_describe(t["name"], t["dtype"], t["shape"]) for t in entry[side]]
             if found != wanted:
                 raise BundleError(f"graph {key}: manifest.json declares {side} {wanted}, OpenVINO reads {found}")
         self._dtypes = {t["name"]: np.dtype(t["dtype"]) for t in entry["inputs"]}
