@@ -4,7 +4,10 @@ what Runtime.open serves where the choice cannot hold (another CPU, no openvino)
 from __future__ import annotations
 
 import copy
+import json
 import logging
+import shutil
+import subprocess
 import sys
 
 import numpy as np
@@ -40,6 +43,15 @@ def _choose_all(manifest: dict, precision: str = "f32", cpu: dict | None = None)
     return copy.deepcopy(manifest)
 
 
+@pytest.fixture(scope="module")
+def all_openvino_bundle(tiny_bundle, tmp_path_factory):
+    """The tiny bundle with a manifest that chose OpenVINO f32 for every graph it may serve (f32 holds on any CPU)."""
+    bundle = tmp_path_factory.mktemp("bundles") / "tiny_all_openvino"
+    shutil.copytree(tiny_bundle, bundle)
+    (bundle / "manifest.json").write_text(json.dumps(_choose_all(read_manifest(tiny_bundle))))
+    return bundle
+
+
 def test_choice_is_recorded_gated_and_round_trips(openvino_bundle):
     bundle, lines = openvino_bundle
     manifest = read_manifest(bundle)  # validates against the schema with the new section
@@ -59,6 +71,12 @@ def test_choice_is_recorded_gated_and_round_trips(openvino_bundle):
         if entry["backend"] == "openvino" and not {"avx512_bf16", "amx_bf16"} & set(section["cpu"]["flags"]):
             assert entry["precision"] == "f32"  # no bf16 units: bf16 is not even tried
     assert any("choosing each graph's CPU backend" in line for line in lines)
+    from cseg.bundle.report import describe
+
+    report = describe(bundle)
+    assert f"cpu backends  chosen on {section['cpu']['model']}" in report
+    for key, entry in section["graphs"].items():
+        assert f"  {key:<13} {entry['backend']}" in report
 
 
 def test_old_bundle_without_choice_stays_valid_and_on_onnxruntime(tiny_bundle):
@@ -117,10 +135,7 @@ def test_bf16_choice_on_a_cpu_without_bf16_falls_back_with_one_notice(tiny_bundl
     assert {on_amx[key].backend for key in OPENVINO_GRAPHS} == {"openvino"}
 
 
-def test_openvino_not_installed_serves_onnxruntime_and_inspect_says_why(tiny_bundle, monkeypatch, caplog, tmp_path):
-    import json
-    import shutil
-
+def test_openvino_not_installed_serves_onnxruntime_and_inspect_says_why(all_openvino_bundle, monkeypatch, caplog):
     from cseg.bundle.report import describe
     from cseg.runtime import Runtime
     from cseg.runtime.onnxruntime.graph import OrtGraph
@@ -128,16 +143,29 @@ def test_openvino_not_installed_serves_onnxruntime_and_inspect_says_why(tiny_bun
     monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` fails, find_spec finds nothing
     with pytest.raises(ImportError):
         import openvino  # noqa: F401
-    bundle = tmp_path / "bundle"
-    shutil.copytree(tiny_bundle, bundle)
-    (bundle / "manifest.json").write_text(json.dumps(_choose_all(read_manifest(tiny_bundle))))
     with caplog.at_level(logging.WARNING, logger="cseg.runtime"):
-        runtime = Runtime.open(bundle)
+        runtime = Runtime.open(all_openvino_bundle)
     assert all(isinstance(graph, OrtGraph) for graph in runtime.graphs.values())
-    assert any("openvino not installed" in r.getMessage() for r in caplog.records)
-    report = describe(bundle)
+    notices = [r.getMessage() for r in caplog.records if r.name == "cseg.runtime"]
+    assert len(notices) == 1 and "openvino not installed" in notices[0], notices
+    report = describe(all_openvino_bundle)
     assert "openvino not installed" in report
     assert "sam3_vision   onnxruntime" in report
+
+
+def test_runtime_serves_openvino_graphs_without_torch(all_openvino_bundle):
+    code = (
+        "import sys, numpy as np\n"
+        "from cseg import Runtime\n"
+        f"rt = Runtime.open({str(all_openvino_bundle)!r})\n"
+        "assert type(rt.graphs['sam3_vision']).__name__ == 'OpenVinoGraph'\n"
+        "image = np.random.default_rng(0).integers(0, 255, (64, 80, 3), dtype=np.uint8)\n"
+        "r = rt.segment(image, 'helmet', route='full', max_new_tokens=3)\n"
+        "assert r.mask.shape == (64, 80)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "[]"
 
 
 def test_agreement_gate_fails_a_wrong_output():
