@@ -52,24 +52,51 @@ def all_openvino_bundle(tiny_bundle, tmp_path_factory):
     return bundle
 
 
-def test_choice_is_recorded_gated_and_round_trips(openvino_bundle):
-    bundle, lines = openvino_bundle
-    manifest = read_manifest(bundle)  # validates against the schema with the new section
-    section = manifest["cpu_backends"]
+def test_choice_on_tiny_graphs_is_gated_timed_and_round_trips(tiny_bundle, tmp_path):
+    """The exporter's choice on two tiny graphs fed random inputs (the export itself: the slow test below)."""
+    from cseg.export.cpu_choice import choose_backends
+
+    manifest = read_manifest(tiny_bundle)
+    rng = np.random.default_rng(0)
+    size, hidden = manifest["preprocessing"]["sam3"]["size"], manifest["model"]["hidden_size"]
+    feeds = {"sam3_vision": {"pixel_values": rng.standard_normal((1, 3, size, size), dtype=np.float32)},
+             "concept_head": {"hidden_states": rng.standard_normal((1, 12, hidden), dtype=np.float32)}}  # fmt: skip
+    lines = []
+    chosen = choose_backends(tiny_bundle, manifest, feeds, lines.append, rounds=2)
+    section = chosen["cpu_backends"]
+    _check_choices(section, feeds)
+    for key in ("vlm_vision", "sam3_text", "sam3_decoder"):
+        assert section["graphs"][key] == {"backend": "onnxruntime", "why": "no inputs were recorded to measure it with"}
+    assert len(lines) == len(manifest["graphs"])
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    (bundle / "manifest.json").write_text(json.dumps(chosen))
+    assert read_manifest(bundle)["cpu_backends"] == json.loads(json.dumps(section))
+
+
+def _check_choices(section: dict, keys) -> None:
     assert section["cpu"] == cpu_backends.cpu_identity()
     assert section["openvino"] == cpu_backends.openvino_version()
-    assert section["graphs"]["vlm_decoder"]["backend"] == "onnxruntime"
-    for key in OPENVINO_GRAPHS:
+    assert section["graphs"]["vlm_decoder"] == {"backend": "onnxruntime", "why": cpu_backends.NOT_CHOSEN["vlm_decoder"]}
+    for key in keys:
         entry = section["graphs"][key]
-        # OpenVINO reads every tiny graph (com.microsoft fused attention included) and agrees with ONNX Runtime within
+        # OpenVINO reads the tiny graph (com.microsoft fused attention included) and agrees with ONNX Runtime within
         # the graph's parity tolerance in f32
         assert entry["gate"]["f32"]["passed"], (key, entry["gate"])
         for name, output in entry["gate"]["f32"]["outputs"].items():
             assert output["max_abs"] <= output["allowed"], (key, name, output)
         faster = min(entry["openvino_ms"].values()) < entry["onnxruntime_ms"]
         assert (entry["backend"] == "openvino") == faster, entry  # the faster of the two, never a slower OpenVINO
-        if entry["backend"] == "openvino" and not {"avx512_bf16", "amx_bf16"} & set(section["cpu"]["flags"]):
-            assert entry["precision"] == "f32"  # no bf16 units: bf16 is not even tried
+        if not {"avx512_bf16", "amx_bf16"} & set(section["cpu"]["flags"]):
+            assert list(entry["gate"]) == ["f32"]  # no bf16 units: bf16 is not even tried
+
+
+@pytest.mark.slow  # a whole tiny export (minutes on a loaded 2-core machine); the test above covers the choice
+def test_choice_is_recorded_gated_and_round_trips(openvino_bundle):
+    bundle, lines = openvino_bundle
+    manifest = read_manifest(bundle)  # validates against the schema with the new section
+    section = manifest["cpu_backends"]
+    _check_choices(section, OPENVINO_GRAPHS)
     assert any("choosing each graph's CPU backend" in line for line in lines)
     from cseg.bundle.report import describe
 
