@@ -97,6 +97,8 @@ def _export_bundle(
     """
     profile, precision = resolve_target(target, precision)
     profile, target = with_memory(profile, memory_gb), canonical(target)
+    if openvino and profile["backend"] != "onnxruntime":
+        raise InvalidInputError(f"the OpenVINO choice is for cpu bundles; target {target} serves with TensorRT")
     keys = GRAPH_KEYS if model_dir is not None else RULE_ONLY_GRAPH_KEYS
     queries = _queries(model_dir, queries, profile, precision)
     out = Path(out)
@@ -118,8 +120,6 @@ def _export_bundle(
     except OSError as exc:
         raise BundleError(f"cannot create the bundle {out}: {exc.strerror} ({exc.filename})") from None
     start = time.perf_counter()
-    if openvino and profile["backend"] != "onnxruntime":
-        raise InvalidInputError(f"the OpenVINO choice is for cpu bundles; target {target} serves with TensorRT")
     feeds = {} if openvino else None
     try:
         with _calibration_set(calib) if policy else contextlib.nullcontext() as calibration:

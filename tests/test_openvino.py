@@ -209,3 +209,25 @@ def test_agreement_gate_fails_a_wrong_output():
     assert not agreement(want, {"y": nan}, entry, parity, "f32")["passed"]
     assert not agreement(want, {"y": nan}, entry, parity, "bf16")["passed"]
     assert agreement(want, {"y": want["y"] * 1.01}, entry, parity, "bf16")["passed"]  # cosine 1, bf16's gate
+
+
+def test_cli_bench_times_onnxruntime_and_openvino_as_columns(tiny_bundle, tmp_path, capsys):
+    from cseg.cli import main
+
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--bundle", str(tiny_bundle), "--openvino", "--repeat", "1", "--warmup", "0", "--frames",
+                 "1", "--max-new-tokens", "2", "--json", str(out)]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    column = f"openvino-{cpu_backends.native_precision()}"
+    for backend in ("runtime", "onnxruntime", column):
+        assert f"{backend} / full path" in printed, backend
+    assert set(json.loads(out.read_text())["backends"]) == {"runtime", "onnxruntime", column}
+
+
+def test_openvino_choice_is_refused_for_a_gpu_target(tiny_checkpoint, tmp_path):
+    from cseg.errors import InvalidInputError
+    from cseg.export.bundle import export_bundle
+
+    with pytest.raises(InvalidInputError, match="cpu bundles"):
+        export_bundle(*tiny_checkpoint, tmp_path / "orin", target="orin-nano", openvino=True, progress=False)
+    assert not any(tmp_path.iterdir())  # refused before anything was written
