@@ -162,6 +162,22 @@ def test_bf16_choice_on_a_cpu_without_bf16_falls_back_with_one_notice(tiny_bundl
     assert {on_amx[key].backend for key in OPENVINO_GRAPHS} == {"openvino"}
 
 
+def test_a_graph_openvino_cannot_load_here_falls_back_with_a_notice(tiny_bundle, monkeypatch, caplog):
+    from cseg.runtime import Runtime
+    from cseg.runtime.onnxruntime.graph import OrtGraph
+    from cseg.runtime.openvino import graph
+
+    def refuse(self, key, path, *args):
+        raise BundleError(f"graph {key} ({path.name}) cannot be loaded by OpenVINO: an unknown operator")
+
+    monkeypatch.setattr(graph.OpenVinoGraph, "__init__", refuse)  # as another OpenVINO version might
+    with caplog.at_level(logging.WARNING, logger="cseg.runtime"):
+        runtime = Runtime.from_manifest(tiny_bundle, _choose_all(read_manifest(tiny_bundle)))
+    assert all(isinstance(g, OrtGraph) for g in runtime.graphs.values())
+    messages = [r.getMessage() for r in caplog.records if r.name == "cseg.runtime"]
+    assert len(messages) == len(OPENVINO_GRAPHS) and all("unknown operator" in m for m in messages), messages
+
+
 def test_openvino_not_installed_serves_onnxruntime_and_inspect_says_why(all_openvino_bundle, monkeypatch, caplog):
     from cseg.bundle.report import describe
     from cseg.runtime import Runtime
