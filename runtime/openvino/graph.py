@@ -23,10 +23,17 @@ def _describe(name: str, dtype: str, shape) -> str:
     return f"{name}:{dtype}[{','.join(str(d) if isinstance(d, int) else '?' for d in shape)}]"
 
 
-def _port(port) -> str:
+def _port(port, name: str) -> str:
     dims = [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
     kind = port.get_element_type().get_type_name()
-    return _describe(port.get_any_name(), _DTYPES.get(kind, kind), dims)
+    return _describe(name, _DTYPES.get(kind, kind), dims)
+
+
+def _names(ports, declared: list[dict]) -> list[str]:
+    """Each port's name as the manifest declares it: a port may carry several tensor names (OpenVINO read `small`'s
+    presence_logit as also named clamp_23, and get_any_name() may return either)."""
+    wanted = [t["name"] for t in declared] + [None] * max(0, len(ports) - len(declared))
+    return [name if name in port.get_names() else port.get_any_name() for port, name in zip(ports, wanted)]
 
 
 def compile_settings(precision: str, threads: int = 0) -> dict:
@@ -52,10 +59,10 @@ class OpenVinoGraph:
             raise
         except Exception as exc:  # the frontend and the plugin raise several types for what they cannot take
             raise BundleError(f"graph {key} ({path.name}) cannot be loaded by OpenVINO: {exc}") from None
-        self.input_names = {port.get_any_name() for port in self.compiled.inputs}
-        self.output_names = [port.get_any_name() for port in self.compiled.outputs]
+        self.input_names = set(_names(self.compiled.inputs, entry["inputs"]))
+        self.output_names = _names(self.compiled.outputs, entry["outputs"])
         for side, ports in (("inputs", self.compiled.inputs), ("outputs", self.compiled.outputs)):
-            found = [_port(p) for p in ports]
+            found = [_port(p, n) for p, n in zip(ports, _names(ports, entry[side]))]
             wanted = [_describe(t["name"], t["dtype"], t["shape"]) for t in entry[side]]
             if found != wanted:
                 raise BundleError(f"graph {key}: manifest.json declares {side} {wanted}, OpenVINO reads {found}")
