@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml $(NATIVE)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "torch==2.13.0"
-	$(BIN)/python -m pip install --quiet -e ".[export,test]"
+	$(BIN)/python -m pip install --quiet -e ".[export,test,openvino]"
 	# Roboflow trackers without its opencv-python requirement (it would overwrite the headless cv2; see pyproject)
 	$(BIN)/python -m pip install --quiet --no-deps "trackers>=2.6,<3"
 	# the MQTT tests start their own mosquitto broker; Debian's package starts a service on 1883 we do not need

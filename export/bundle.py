@@ -20,7 +20,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from cseg.bundle import writer
-from cseg.bundle.schema import GRAPH_KEYS, RULE_ONLY_GRAPH_KEYS
+from cseg.bundle.schema import GRAPH_KEYS, RULE_ONLY_GRAPH_KEYS, validate_manifest
 from cseg.calib.bundle_quantization import quantize_bundle
 from cseg.engines.footprint import checkpoint_inventory, choose, describe, rule_only_inventory, safetensors_shapes
 from cseg.engines.recipe import RECIPE_NAME, write_recipe
@@ -28,6 +28,7 @@ from cseg.engines.targets import canonical, with_memory
 from cseg.engines.targets import resolve as resolve_target
 from cseg.engines.tensorrt_support import check_bundle
 from cseg.errors import BundleError, InvalidInputError
+from cseg.export.cpu_choice import choose_backends
 from cseg.export.destination import check_destination, remove_stale, replace, staging_dir
 from cseg.export.fused_attention import FUSED_DOMAIN, FUSED_OP, fuse_attention
 from cseg.export.graphs import GRAPHS
@@ -35,8 +36,8 @@ from cseg.export.graphs.sam3_text import TEXT_LENGTH
 from cseg.export.loading import load_conceptseg, load_sam3, resolve_checkpoint_dir
 from cseg.export.models.checkpoint_sizes import QWEN_FULL
 from cseg.export.models.sam3_layouts import meta_file, transformers_layout
-from cseg.export.onnx_export import count_flops, export_graph
-from cseg.export.parity import check_parity
+from cseg.export.onnx_export import count_flops, example_args, export_graph
+from cseg.export.parity import VALIDATION_SEED, check_parity
 from cseg.export.reference import INSTANCE_SCORE_THRESHOLD, RESEARCH_MAX_LENGTH, sam3_text_features
 from cseg.images import VLM_SIDE
 
@@ -72,6 +73,7 @@ def _export_bundle(
     allow_unsupported_ops: bool = False,
     memory_gb: float | None = None,
     keep_slower: bool = False,
+    openvino: bool = False,
     sam3_given=None,
     report: Callable[[str], None] = tqdm.write,
     progress: bool = True,
@@ -87,12 +89,16 @@ def _export_bundle(
     hopper) first checks that the bundle fits the device (`memory_gb`: a smaller module of that target), converts
     every graph (fp16, or QDQ per its policy; gated like quantization), checks the converted graphs against the
     operators its TensorRT versions document (refused unless `allow_unsupported_ops`) and writes the build recipe.
-    On the cpu target an int8 graph slower than its fp32 graph here is not shipped unless `keep_slower`.
+    On the cpu target an int8 graph slower than its fp32 graph here is not shipped unless `keep_slower`; `openvino`
+    times OpenVINO against ONNX Runtime per graph on this CPU and records the faster where OpenVINO passes its
+    accuracy gate (export/cpu_choice.py; `Runtime.open(device="auto")` follows it where the CPU allows).
     `sam3_given`: the SAM 3 checkpoint as the user named it, when `sam3_dir` is a conversion of it (the manifest names
     the user's files, not a temporary folder).
     """
     profile, precision = resolve_target(target, precision)
     profile, target = with_memory(profile, memory_gb), canonical(target)
+    if openvino and profile["backend"] != "onnxruntime":
+        raise InvalidInputError(f"the OpenVINO choice is for cpu bundles; target {target} serves with TensorRT")
     keys = GRAPH_KEYS if model_dir is not None else RULE_ONLY_GRAPH_KEYS
     queries = _queries(model_dir, queries, profile, precision)
     out = Path(out)
@@ -114,15 +120,20 @@ def _export_bundle(
     except OSError as exc:
         raise BundleError(f"cannot create the bundle {out}: {exc.strerror} ({exc.filename})") from None
     start = time.perf_counter()
+    feeds = {} if openvino else None
     try:
         with _calibration_set(calib) if policy else contextlib.nullcontext() as calibration:
             manifest, text = _export_into(staging, model_dir, sam3_dir, sam3_given, target, profile, precision,
                                           {"top_k": top_k, "queries": queries,
                                            "kv_cache": profile.get("kv_cache", "sequence_major")},
-                                          report, progress)  # fmt: skip
+                                          report, progress, feeds)  # fmt: skip
             if policy:
                 manifest = quantize_bundle(staging, manifest, profile, precision, calibration, report, progress,
                                            keep_slower=keep_slower, text=text)  # fmt: skip
+        if openvino:  # on the graphs as shipped (a quantized one stays on ONNX Runtime)
+            report("choosing each graph's CPU backend (ONNX Runtime or OpenVINO) on this machine")
+            manifest = choose_backends(staging, manifest, feeds, report)
+            validate_manifest(manifest)
         if footprint is not None:
             manifest = _for_tensorrt(staging, manifest, target, profile, footprint, allow_unsupported_ops, report)
         if policy or footprint is not None:
@@ -167,9 +178,11 @@ def sam3_weights_id(model) -> str:
     return digest.hexdigest()
 
 
-def _export_into(staging, model_dir, sam3_dir, sam3_given, target, profile, precision, settings, report, progress):
+def _export_into(staging, model_dir, sam3_dir, sam3_given, target, profile, precision, settings, report, progress,
+                 feeds=None):  # fmt: skip
     """Export, check and write the graphs; returns the manifest and, for a rule-only bundle, a phrase -> SAM 3 text
-    features function (its calibration prompts SAM 3 with text alone: it has no reasoner, nor a text encoder)."""
+    features function (its calibration prompts SAM 3 with text alone: it has no reasoner, nor a text encoder).
+    `feeds`, when given, receives per graph its inputs at the export sizes (the CPU backend choice times them)."""
     report("loading checkpoints")
     vlm = load_conceptseg(model_dir) if model_dir is not None else None
     sam3 = load_sam3(sam3_dir, attn_implementation="eager")  # the dynamo exporter fails on SAM 3's sdpa path
@@ -193,6 +206,9 @@ def _export_into(staging, model_dir, sam3_dir, sam3_given, target, profile, prec
         exported = time.perf_counter() - began
         counted = {}
         parity[key] = check_parity(spec, files[0], counted)
+        if feeds is not None:
+            args = example_args(spec, spec.export_sizes, VALIDATION_SEED)
+            feeds[key] = {t.name: a.numpy() for t, a in zip(spec.inputs, args)}
         size = sum(f.stat().st_size for f in files) / 1e6
         graphs[key] = writer.graph_entry(key, files, exported, count_flops(spec, counted),
                                          {"op": f"{FUSED_DOMAIN}.{FUSED_OP}", "blocks": fused} if fused else None,

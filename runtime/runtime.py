@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cseg import pipeline, prompting
+from cseg import cpu_backends, pipeline, prompting
 from cseg.bundle.schema import read_manifest, rule_only
 from cseg.bundle.verify import verify_files
 from cseg.errors import BundleError, InvalidInputError
@@ -76,6 +76,7 @@ class Runtime:
                 tokenizer.check(manifest)
             self.decoder = decoder or HostDecoder.from_manifest(graphs["vlm_decoder"], manifest)
         self.backend = "tensorrt" if request_lock is not None else "onnxruntime"
+        self.cpu_choices: dict = {}  # per CPU graph, its backend and why (cseg.cpu_backends.Choice); set by open
         # TensorRT: one set of device buffers and one KV cache, so requests take turns; ONNX Runtime runs them together
         self._requests = request_lock or contextlib.nullcontext()
         self.prep = manifest["preprocessing"]
@@ -97,9 +98,11 @@ class Runtime:
     def open(cls, bundle, device: str = "auto", *, verify: bool = True, session: dict | None = None) -> "Runtime":
         """Load a bundle: check its manifest, the sha256 of every file, and that this machine can run its target.
 
-        device: "auto" serves a cpu bundle with ONNX Runtime and a GPU-target bundle with its TensorRT engines (built
-        by `cseg build`); "cpu" serves any bundle's ONNX graphs with ONNX Runtime on the CPU (for a GPU target: an
-        accuracy check of its fp16/quantized graphs, slowly); "tensorrt" insists on the engines.
+        device: "auto" serves a cpu bundle with ONNX Runtime, or OpenVINO for the graphs its manifest chose it for
+        where OpenVINO is installed and this CPU has what the choice assumed (cseg.cpu_backends), and a GPU-target
+        bundle with its TensorRT engines (built by `cseg build`); "cpu" serves any bundle's ONNX graphs with ONNX
+        Runtime on the CPU (for a GPU target: an accuracy check of its fp16/quantized graphs, slowly); "tensorrt"
+        insists on the engines.
         `session` overrides the target profile's ONNX Runtime options (e.g. {"intra_op_num_threads": 2}).
         `verify=False` skips hashing the files (seconds for multi-GB bundles) when they are known to be intact; every
         file is still checked to be listed in the manifest and inside the bundle.
@@ -120,13 +123,19 @@ class Runtime:
         engines = any(graph["backend"] == "tensorrt" for graph in manifest["graphs"].values())
         if device == "tensorrt" and not engines:
             raise InvalidInputError(f"a {manifest['target']} bundle has no TensorRT engines; open it with device='cpu'")
-        options = session_options({**manifest.get("session", {}), **(session or {})})
+        settings = {**manifest.get("session", {}), **(session or {})}
+        options = session_options(settings)
         on_cpu = {key: entry for key, entry in manifest["graphs"].items()
                   if device == "cpu" or not engines or entry["backend"] == "onnxruntime"}  # fmt: skip
-        graphs = {key: OrtGraph(key, bundle / entry["file"], entry, options, ["CPUExecutionProvider"])
+        # a cpu bundle's graphs: ONNX Runtime, or OpenVINO where the manifest chose it and this machine can follow
+        choices = cpu_backends.plan(manifest, device) if not engines else {}
+        cpu_backends.notify(choices)
+        graphs = {key: _cpu_graph(key, bundle / entry["file"], entry, choices.get(key), options, settings)
                   for key, entry in on_cpu.items()}  # fmt: skip
         if len(on_cpu) == len(manifest["graphs"]):
-            return cls(bundle, manifest, graphs)
+            runtime = cls(bundle, manifest, graphs)
+            runtime.cpu_choices = choices
+            return runtime
         from cseg.runtime.tensorrt.engine import open_engines
 
         engine_graphs, decoder, lock, sam3 = open_engines(bundle, manifest)
@@ -354,6 +363,19 @@ def rule_source(rule, manifest: dict):
         return rule.rule
     _check_rule(rule, manifest)
     return lambda: rule
+
+
+def _cpu_graph(key: str, path: Path, entry: dict, choice, options, settings: dict):
+    """One graph on the CPU: OpenVINO where `choice` (cseg.cpu_backends.plan) says so, else ONNX Runtime. A graph
+    OpenVINO cannot load here after all (another OpenVINO version, say) is served by ONNX Runtime, with a notice."""
+    if choice is not None and choice.backend == "openvino":
+        from cseg.runtime.openvino.graph import OpenVinoGraph
+
+        try:
+            return OpenVinoGraph(key, path, entry, choice.precision, int(settings.get("intra_op_num_threads", 0)))
+        except BundleError as exc:
+            cpu_backends.log.warning("serving %s with ONNX Runtime instead of OpenVINO: %s", key, exc)
+    return OrtGraph(key, path, entry, options, ["CPUExecutionProvider"])
 
 
 def _check_rule(rule, manifest: dict) -> None:

@@ -82,3 +82,16 @@ def median_ms(call, repeat: int) -> float:
         call()
         times.append((time.perf_counter() - started) * 1000)
     return float(np.median(times))
+
+
+def interleaved_ms(calls: dict, rounds: int, warmup: int = 1) -> dict[str, float]:
+    """Median ms per call of each of `calls` (name -> no-argument callable), taking turns call by call with the order
+    rotated each round, so that other load on the machine hits every one alike."""
+    names, times = list(calls), {name: [] for name in calls}
+    for index in range(warmup + rounds):
+        for name in names[index % len(names):] + names[: index % len(names)]:
+            started = time.perf_counter()
+            calls[name]()
+            if index >= warmup:
+                times[name].append((time.perf_counter() - started) * 1000)
+    return {name: float(np.median(values)) for name, values in times.items()}

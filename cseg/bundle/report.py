@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cseg import cpu_backends
 from cseg.bundle.schema import read_manifest, rule_only
 from cseg.bundle.verify import verify_files
 
@@ -57,6 +58,8 @@ def describe(bundle: str | Path, verify: bool = True) -> str:
                 continue  # one line per KV tensor would drown the rest; they are in manifest.json
             lines.append(f"{key + '.' + name:<40}{entry['max_abs']:>10.2e}{entry['mean_abs']:>10.2e}"
                          f"{entry['tolerance']:>10.1e}")  # fmt: skip
+    if "target_profile" not in manifest:  # a cpu bundle: which backend serves each graph here, and why
+        lines += ["", *_cpu_backends(manifest)]
     if "quantization" in manifest:
         quant = manifest["quantization"]
         lines += ["", f"quantization {quant['precision']} (calibration sha256 {quant['calibration']['sha256'][:16]}, "
@@ -95,4 +98,28 @@ def _support(support: dict) -> list[str]:
         lines.append(f"  {key:<13} opset {graph['opset']:<3} {graph['ops']:>4} operators, "
                      f"{', '.join(graph['dtypes'])}: " + ("UNSUPPORTED on " + " | ".join(missing) if missing
                                                           else "all supported"))  # fmt: skip
+    return lines
+
+
+def _cpu_backends(manifest: dict) -> list[str]:
+    """What Runtime.open(device="auto") serves each graph with on this machine, the choice's measurements and why."""
+    here = cpu_backends.plan(manifest, "auto")
+    missing = cpu_backends.openvino_missing()
+    section = manifest.get("cpu_backends")
+    if section is None:
+        return [f"cpu backends  ONNX Runtime for every graph: no OpenVINO choice in the manifest (exported without "
+                f"--openvino){'; ' + missing if missing else ''}"]  # fmt: skip
+    cpu = section["cpu"]
+    flags = ", ".join(cpu["flags"]) or "no listed flags"
+    version = section.get("openvino") or "not installed"
+    lines = [f"cpu backends  chosen on {cpu['model']} ({flags}) with OpenVINO {version}; here (device auto): "
+             f"{missing or 'OpenVINO available'}"]  # fmt: skip
+    for key, choice in here.items():
+        entry = section["graphs"].get(key, {})
+        timing = ""
+        if "onnxruntime_ms" in entry:
+            timing = f"  [ORT {entry['onnxruntime_ms']:.1f} ms; OpenVINO " + ", ".join(
+                f"{p} {ms:.1f} ms" for p, ms in entry["openvino_ms"].items()) + "]"  # fmt: skip
+        served = choice.backend + (f" {choice.precision}" if choice.precision else "")
+        lines.append(f"  {key:<13} {served:<15} {choice.why}{timing}")
     return lines

@@ -120,6 +120,21 @@ _QUANTIZATION = _object({
     # token_agreement: bundles with a VLM (a rule-only bundle generates no tokens)
     "end_to_end": _object({"mask_iou_min": _FRACTION, "presence_delta_max": _FRACTION}, {"token_agreement": _FRACTION}),
 })
+# The exporter's per-graph choice between ONNX Runtime and OpenVINO on the CPU it ran on (cseg/cpu_backends.py):
+# an OpenVINO choice names its inference precision and the CPU flags it assumes (one of them must be present).
+_MS = _number(0, 1e9)
+_CPU_CHOICE = {
+    **_object({"backend": {"enum": ["onnxruntime", "openvino"]}, "why": _TEXT},
+              {"precision": {"enum": ["f32", "bf16"]}, "requires_any": {"type": "array", "items": _TEXT},
+               "onnxruntime_ms": _MS, "openvino_ms": {"type": "object", "additionalProperties": _MS},
+               "gate": {"type": "object"}}),
+    "if": {"properties": {"backend": {"const": "openvino"}}},
+    "then": {"required": ["precision", "requires_any"]},
+}
+_CPU_BACKENDS = _object({
+    "cpu": _object({"model": _TEXT, "flags": {"type": "array", "items": _TEXT}}),
+    "graphs": {"type": "object", "additionalProperties": _CPU_CHOICE},
+}, {"openvino": {"type": ["string", "null"]}, "measured": _TEXT})
 _GPU_TARGET = {  # what `cseg inspect`, `cseg build` and the TensorRT backend read from a GPU-target bundle
     "recipe": _PATH,
     "target_profile": _object({
@@ -178,7 +193,7 @@ _RULE_ONLY = _object({
 MANIFEST_SCHEMA = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     **_object(_COMMON, {"contents": {"enum": ["full", RULE_ONLY]}, "session": _SESSION, "quantization": _QUANTIZATION,
-                        **_GPU_TARGET}),
+                        "cpu_backends": _CPU_BACKENDS, **_GPU_TARGET}),
     "if": {"required": ["contents"], "properties": {"contents": {"const": RULE_ONLY}}},
     "then": _RULE_ONLY,
     "else": _FULL,
@@ -241,6 +256,9 @@ def _check_sizes(manifest: dict) -> None:
     """The model, preprocessing and generation values the runtime allocates and indexes with must agree with the
     graphs' declared inputs/outputs (which Runtime.open checks against the ONNX files)."""
     model, graphs = manifest["model"], manifest["graphs"]
+    unknown = sorted(set(manifest.get("cpu_backends", {}).get("graphs", {})) - set(graphs))
+    if unknown:
+        raise BundleError(f"manifest.json: cpu_backends names graphs the bundle does not have: {', '.join(unknown)}")
     tensors = {key: {t["name"]: t["shape"] for t in (*g["inputs"], *g["outputs"])} for key, g in graphs.items()}
 
     def agree(field: str, value, key: str, name: str, axis: int) -> None:

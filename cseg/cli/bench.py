@@ -19,6 +19,10 @@ def register(sub) -> None:
     bench_parser.add_argument("--reference-dtype", action="append", choices=("fp32", "bf16"),
                               help="reference configuration(s) to time (repeatable; default fp32, and bf16 where the "
                                    "CPU has native bf16: AVX512-BF16 or AMX)")  # fmt: skip
+    bench_parser.add_argument("--openvino", action="store_true",
+                              help="cpu bundles: also time every graph OpenVINO can serve on OpenVINO (bf16 where "
+                                   "the CPU has AVX512-BF16 or AMX, else f32) and every graph on ONNX Runtime, as "
+                                   "columns of their own beside the bundle as it serves (its manifest's choice)")
     bench_parser.add_argument("--image", action="append", default=None, help="image(s); default sample:astronaut")
     bench_parser.add_argument("--prompt", default="helmet")
     bench_parser.add_argument("--repeat", type=int, default=5)
@@ -41,6 +45,8 @@ def run_bench(args) -> int:
     OUTPUTS.parse(args)
     images = [load_image(samples.resolve(path)) for path in args.image or ["sample:astronaut"]]
     backends = {"runtime": BundleArgs().parse(args)}
+    if args.openvino:
+        backends.update(_cpu_backends(backends["runtime"]))
     if args.reference:
         from cseg.export.reference import reference_configurations
 
@@ -64,3 +70,19 @@ def run_bench(args) -> int:
         bench.plot(summary, args.plot)
         print(f"plot: {args.plot}")
     return 0
+
+
+def _cpu_backends(runtime) -> dict:
+    """The bundle with every graph on ONNX Runtime, and with every graph OpenVINO can serve on OpenVINO."""
+    from cseg import cpu_backends
+    from cseg.runtime import Runtime
+
+    if runtime.backend != "onnxruntime":
+        raise InvalidInputError("--openvino times a cpu bundle's graphs; this bundle serves with TensorRT")
+    missing = cpu_backends.openvino_missing()
+    if missing:
+        raise InvalidInputError(f"--openvino: {missing}")
+    precision = cpu_backends.native_precision()
+    forced = cpu_backends.with_openvino(runtime.manifest, precision, "cseg bench --openvino")
+    return {"onnxruntime": Runtime.from_manifest(runtime.bundle, runtime.manifest, device="cpu"),
+            f"openvino-{precision}": Runtime.from_manifest(runtime.bundle, forced)}

@@ -85,6 +85,10 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-slower", action="store_true",
                         help="cpu target: ship an int8 graph even where it runs slower than fp32 on this machine "
                              "(export here, serve on another CPU)")
+    parser.add_argument("--openvino", action="store_true",
+                        help="cpu target: time OpenVINO against ONNX Runtime per graph on this machine and record "
+                             "OpenVINO where it is faster and within its accuracy gate (served with --device auto "
+                             "where openvino is installed and the CPU has what the choice assumed)")
     parser.set_defaults(run=export, command="export")
 
 
@@ -105,6 +109,7 @@ def export(args) -> int:
         args.model, args.sam3, args.out, target=args.target, precision=args.precision, top_k=args.top_k,
         queries=args.queries, calib=args.calib, force=args.force, allow_oversize=args.allow_oversize,
         allow_unsupported_ops=args.allow_unsupported_ops, memory_gb=args.memory_gb, keep_slower=args.keep_slower,
+        openvino=args.openvino,
     )  # fmt: skip
     check = (f"cseg watch --bundle {out} --device cpu --rule RULE.json FRAMES/" if args.rule_only else
              f"cseg segment --bundle {out} --device cpu ...")  # fmt: skip
