@@ -179,8 +179,7 @@ class BeltTracker(Tracker):
         plausible = (np.abs(across) <= self.cross_gate * size_across) & (along >= -self.gate * size_along)
         fastest = self._fastest()
         proposed = np.round(np.clip(along / elapsed[:, None], 0, None)[plausible], 3)
-        window_best, _ = self._votes.peak(fastest)  # the speed the last frames support best is a candidate too
-        proposed = np.unique(np.concatenate([proposed, [] if window_best is None else [round(window_best, 3)]]))
+        proposed = np.unique(np.concatenate([proposed, self._votes.speeds()]))  # the last frames' proposals too
         proposed = proposed[proposed <= fastest]
         support = self._votes.support(proposed)
         best, best_pairs, best_score, tied = None, [], None, False

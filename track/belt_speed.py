@@ -42,18 +42,20 @@ class SpeedVotes:
         self.frames.append(frame)
         self._votes = None
 
-    def _pair(self, first, second) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _pair(self, first, second) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+        """(the first frame's time, distance along, elapsed, tolerance) of the pairs of two frames that vote."""
         (t0, u0, a0, l0, w0), (t1, u1, a1, l1, w1) = first, second
         gate = self.gate * (l0[:, None] + l1[None]) / 2
         step = u1[None] - u0[:, None]
         near = (np.abs(a1[None] - a0[:, None]) <= self.cross_gate * (w0[:, None] + w1[None]) / 2) & (step >= -gate)
-        return step[near], np.full(int(near.sum()), t1 - t0), gate[near]
+        return t0, step[near], np.full(int(near.sum()), t1 - t0), gate[near]
 
     def votes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(distance along the belt, elapsed seconds, tolerance in pixels) of every voting pair of remembered
         frames."""
-        if self._votes is None:  # the oldest frame's pairs reach back to frames the window has dropped
-            pairs = [pair for frame in list(self._pairs)[1:] for pair in frame]
+        if self._votes is None:  # pairs reaching back to a frame the window has dropped are left out
+            first = self.frames[0][0] if self.frames else 0.0
+            pairs = [pair for frame in self._pairs for t0, *pair in frame if t0 >= first]
             self._votes = tuple(np.concatenate([p[k] for p in pairs]) if pairs else np.zeros(0) for k in range(3))
         return self._votes
 
@@ -66,14 +68,16 @@ class SpeedVotes:
             return np.zeros(len(speeds), int)
         return (np.abs(distance[None] - speeds[:, None] * elapsed[None]) < tolerance[None]).sum(axis=1)
 
+    def speeds(self) -> np.ndarray:
+        """The speed each pair proposes (>= 0): candidates for a vote."""
+        distance, elapsed, _ = self.votes()
+        return np.round(np.clip(distance / np.maximum(elapsed, 1e-9), 0, None), 3)
+
     def peak(self, fastest: float) -> tuple[float | None, int]:
         """The best-supported speed up to `fastest` and its support: a histogram of the proposed speeds (bins of a
-        quarter of the typical tolerance) finds the densest region; the median of its proposals and the region's
-        bin centers are the candidates (ties: the middle of the plateau). A handful of candidates keeps this cheap every frame."""
+        quarter of the typical tolerance) finds the densest region, its own proposals decide (ties: the slowest)."""
         distance, elapsed, tolerance = self.votes()
-        if not len(distance):
-            return None, 0
-        proposed = np.clip(distance / np.maximum(elapsed, 1e-9), 0, None)
+        proposed = self.speeds()
         keep = proposed <= fastest
         if not keep.any():
             return None, 0
@@ -82,11 +86,7 @@ class SpeedVotes:
         bins = np.floor(proposed / width).astype(np.int64)
         dense = np.convolve(np.bincount(bins), np.ones(9, int), mode="same")  # +-4 bins: about one tolerance
         best_bin = int(np.argmax(dense))
-        region = proposed[np.abs(bins - best_bin) <= 4]
-        candidates = np.unique(np.round(np.concatenate([[np.median(region)], (best_bin + np.arange(-4, 5) + 0.5)
-                                                        * width]), 3))  # fmt: skip
-        candidates = candidates[(candidates >= 0) & (candidates <= fastest)]
+        candidates = np.unique(proposed[np.abs(bins - best_bin) <= 4])
         support = self.support(candidates)
-        tied = np.flatnonzero(support == support.max())  # a plateau of speeds explaining the same pairs: its middle
-        best = int(tied[len(tied) // 2])
+        best = int(np.argmax(support))  # first maximum: the slowest of the best
         return float(candidates[best]), int(support[best])
