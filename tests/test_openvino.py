@@ -7,7 +7,6 @@ import copy
 import json
 import logging
 import shutil
-import subprocess
 import sys
 
 import numpy as np
@@ -197,18 +196,9 @@ def test_openvino_not_installed_serves_onnxruntime_and_inspect_says_why(all_open
 
 
 def test_runtime_serves_openvino_graphs_without_torch(all_openvino_bundle):
-    code = (
-        "import sys, numpy as np\n"
-        "from cseg import Runtime\n"
-        f"rt = Runtime.open({str(all_openvino_bundle)!r})\n"
-        "assert type(rt.graphs['sam3_vision']).__name__ == 'OpenVinoGraph'\n"
-        "image = np.random.default_rng(0).integers(0, 255, (64, 80, 3), dtype=np.uint8)\n"
-        "r = rt.segment(image, 'helmet', route='full', max_new_tokens=3)\n"
-        "assert r.mask.shape == (64, 80)\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')))\n"
-    )
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert run.stdout.strip() == "[]"
+    from test_runtime import serves_without_torch
+
+    serves_without_torch(all_openvino_bundle, "assert type(rt.graphs['sam3_vision']).__name__ == 'OpenVinoGraph'")
 
 
 def test_agreement_gate_fails_a_wrong_output():

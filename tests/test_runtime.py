@@ -206,11 +206,14 @@ def test_session_options_come_from_the_manifest_with_overrides(tiny_bundle):
         Runtime.open(tiny_bundle, verify=False, session={"graph_optimization_level": "fast"})
 
 
-def test_runtime_serves_without_torch_or_transformers(tiny_bundle):
+def serves_without_torch(bundle, check: str = "") -> None:
+    """Open `bundle` and segment on the full path in a fresh interpreter (after `check`, a line of Python about `rt`):
+    neither torch nor transformers may be imported. Shared with the OpenVINO backend's test."""
     code = (
         "import sys, numpy as np\n"
         "from cseg import Runtime\n"
-        f"rt = Runtime.open({str(tiny_bundle)!r})\n"
+        f"rt = Runtime.open({str(bundle)!r})\n"
+        f"{check}\n"
         "image = np.random.default_rng(0).integers(0, 255, (64, 80, 3), dtype=np.uint8)\n"
         "r = rt.segment(image, 'helmet', route='full', max_new_tokens=3)\n"
         "assert r.mask.shape == (64, 80)\n"
@@ -218,6 +221,10 @@ def test_runtime_serves_without_torch_or_transformers(tiny_bundle):
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert run.stdout.strip() == "[]"
+
+
+def test_runtime_serves_without_torch_or_transformers(tiny_bundle):
+    serves_without_torch(tiny_bundle)
 
 
 def test_runtime_sources_import_no_torch_nor_engines():
