@@ -44,8 +44,9 @@ from cseg.track.geometry import _is_number, box_ious, unit_direction
 from cseg.track.tracker import Track, Tracker
 
 _FAR = 1e6  # cost of a pair outside the gate: never chosen
-# cost of leaving one track or one detection unmatched: a pair inside the gate costs at most sqrt(2) (1 along, 1
-# across), so a pair is taken when it costs less than its two members left alone (2 x 0.75 = 1.5)
+# cost of leaving one track or one detection unmatched: a pair is taken only when it costs less than its two members
+# left alone (2 x 0.75 = 1.5). Inside the gate a pair costs up to sqrt(2) (1 along, 1 across) + _SHAPE (no overlap):
+# a pair at the gate's far corner that does not overlap its prediction at all is left unmatched
 _UNMATCHED = 0.75
 WINDOW = 6  # frames of detections the speed vote weighs
 _SHAPE = 0.25  # weight of the box overlap in a pair's cost (see _cost)
