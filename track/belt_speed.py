@@ -35,7 +35,8 @@ class SpeedVotes:
             return
         boxes = np.asarray(detections.boxes, np.float64)
         sizes = np.abs(boxes[:, 2:] - boxes[:, :2])
-        frame = (t, detections.centers @ self.direction, detections.centers @ self.across,
+        centers = detections.centers  # a property computed on each access: once here
+        frame = (t, centers @ self.direction, centers @ self.across,
                  sizes @ np.abs(self.direction), sizes @ np.abs(self.across))  # fmt: skip
         # pairs with the last two remembered frames: a miss or the occluding bar in between is bridged
         self._pairs.append([self._pair(earlier, frame) for earlier in list(self.frames)[-2:]])
