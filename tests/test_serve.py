@@ -48,14 +48,14 @@ def _free_ports(n: int) -> list[int]:
 class Server:
     """`python -m cseg.serve` in .venv-serve, on free loopback ports; its log goes to a file for the failure message."""
 
-    def __init__(self, bundle, rules, log: Path, ports=None):
-        self.bundle, self.rules, self.log = bundle, rules, log
+    def __init__(self, bundle, rules, log: Path, ports=None, launcher=("-m", "cseg.serve")):
+        self.bundle, self.rules, self.log, self.launcher = bundle, rules, log, list(launcher)
         self.http, self.grpc, self.metrics = ports or _free_ports(3)
         self.url = f"127.0.0.1:{self.grpc}"
         self.process = None
 
     def start(self) -> "Server":
-        command = [str(SERVE_PYTHON), "-m", "cseg.serve", str(self.bundle), "--rules", str(self.rules),
+        command = [str(SERVE_PYTHON), *self.launcher, str(self.bundle), "--rules", str(self.rules),
                    "--port", str(self.http), "--grpc-port", str(self.grpc), "--metrics-port", str(self.metrics),
                    "--max-batch", "8", "--max-delay-ms", "20"]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
@@ -305,11 +305,32 @@ def test_bad_input_gets_the_cseg_error_and_the_server_keeps_serving(server, remo
     assert remote.apply("cup", photo).route == "rule"  # still serving
 
 
-def test_server_down_is_a_clear_error_and_the_client_reconnects(tiny_bundle, rules, photo, runtime, tmp_path):
-    server = Server(tiny_bundle, rules[0], tmp_path / "server.log").start()
+# `cseg serve` with PyTriton's instance start race forced once per start (the second model's bind fails as it does
+# when an instance misses instance 0's handshake socket): the server must restart Triton and serve
+RACE_ONCE = """
+import runpy, sys
+import pytriton.triton
+from tritonclient.utils import InferenceServerException
+real, calls = pytriton.triton.Triton.bind, []
+def bind(self, *args, **kwargs):
+    calls.append(kwargs["model_name"])
+    if len(calls) == 2:
+        raise InferenceServerException("[400] load failed for model 'cseg_apply': version 1 is at UNAVAILABLE state: "
+                                       "... in get_config_from_handshake_server ... ConnectionRefusedError")
+    return real(self, *args, **kwargs)
+pytriton.triton.Triton.bind = bind
+runpy.run_module("cseg.serve", run_name="__main__")
+"""
+
+
+def test_start_race_is_retried_server_down_is_a_clear_error_and_the_client_reconnects(tiny_bundle, rules, photo,
+                                                                                         runtime, tmp_path):  # fmt: skip
+    log = tmp_path / "server.log"
+    server = Server(tiny_bundle, rules[0], log, launcher=("-c", RACE_ONCE)).start()
     try:
+        assert log.read_text().count("missed PyTriton's start handshake (attempt 1 of 4)") == 1
         rt = RemoteRuntime(server.url, timeout_s=30)
-        assert rt.apply("cup", photo).route == "rule"
+        _same(rt.apply("cup", photo), runtime.apply(rules[1], photo))
         server.stop(signal.SIGKILL)
         with pytest.raises(ServerError, match=f"cseg server {server.url}"):
             rt.apply("cup", photo)
@@ -320,6 +341,15 @@ def test_server_down_is_a_clear_error_and_the_client_reconnects(tiny_bundle, rul
         rt.close()
     finally:
         server.stop()
+
+
+def test_only_the_start_race_is_retried():
+    from cseg.serve.server import instance_start_race
+
+    race = "[400] load failed for model 'x': ... get_config_from_handshake_server(handshake_socket) ..."
+    assert instance_start_race(RuntimeError(race))
+    assert not instance_start_race(RuntimeError("[400] load failed for model 'x': model.py: ValueError: bad"))
+    assert not instance_start_race(RuntimeError("get_config_from_handshake_server"))  # not a load failure
 
 
 def test_nothing_listening_is_a_server_error():
