@@ -78,22 +78,34 @@ def main() -> None:
         local = Runtime.open(args.bundle)
         rule = Rule.load(Path(args.rules) / f"{args.rule_id}.json")
         frame = np.random.default_rng(0).integers(0, 256, (1080, 1920, 3), dtype=np.uint8)
-        times: dict[str, list[float]] = {"local": [], "remote": []}
-        with RemoteRuntime(url, timeout_s=120) as remote:
-            calls = {"local": lambda: local.apply(rule, frame), "remote": lambda: remote.apply(args.rule_id, frame)}
-            for name, call in calls.items():  # warm-up: sessions, channel, Triton's first request
+        times: dict[str, list[float]] = {"local": [], "remote": [], "message": []}
+        added: dict[str, list[float]] = {"remote": [], "message": []}  # per request: wall - the server's Runtime call
+        with RemoteRuntime(url, timeout_s=120) as remote, RemoteRuntime(url, timeout_s=120,
+                                                                        shared_memory=False) as message:  # fmt: skip
+            calls = {"local": lambda: local.apply(rule, frame), "remote": lambda: remote.apply(args.rule_id, frame),
+                     "message": lambda: message.apply(args.rule_id, frame)}  # fmt: skip
+            for name, call in calls.items():  # warm-up: sessions, channel, shared memory, Triton's first request
                 call()
             for _ in range(args.rounds):
                 for name, call in calls.items():
                     start = time.perf_counter()
-                    call()
+                    result = call()
                     times[name].append((time.perf_counter() - start) * 1000)
+                    if name in added:
+                        added[name].append(times[name][-1] - result.timings["runtime"])
+            off = remote.shared_memory_off
         for name, values in times.items():
             values = sorted(values)
-            print(f"{name:6s} median {statistics.median(values):8.2f} ms  p90 {values[int(0.9 * len(values))]:8.2f} ms"
+            print(f"{name:7s} median {statistics.median(values):8.2f} ms  p90 {values[int(0.9 * len(values))]:8.2f} ms"
                   f"  ({len(values)} calls)")  # fmt: skip
-        overhead = statistics.median(times["remote"]) - statistics.median(times["local"])
-        print(f"serving overhead (median remote - median local): {overhead:.2f} ms per 1080p frame")
+        if off:
+            print(f"remote: frames went in the gRPC message ({off})")
+        for name, how in (("remote", "frames through shared memory"), ("message", "frames in the gRPC message")):
+            overhead = statistics.median(times[name]) - statistics.median(times["local"])
+            direct = sorted(added[name])
+            print(f"serving overhead, {how}: per request (wall - the server's Runtime call) median "
+                  f"{statistics.median(direct):.2f} ms, p90 {direct[int(0.9 * len(direct))]:.2f} ms; "
+                  f"median {name} - median local {overhead:.2f} ms (1080p frame)")  # fmt: skip
     finally:
         stop_server(server)
 

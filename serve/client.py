@@ -53,15 +53,33 @@ class RemoteSegmentation(Segmentation):
 
 class RemoteRuntime:
     """A `cseg serve` server as a Runtime. Thread-safe: calls from many threads share one gRPC channel (HTTP/2
-    multiplexes them), which lets the server's batcher group them."""
+    multiplexes them), which lets the server's batcher group them.
 
-    def __init__(self, url: str = "127.0.0.1:8001", *, timeout_s: float = 30.0):
+    shared_memory: frames go through Triton's system shared memory (cseg.serve.shm: one copy instead of the gRPC
+    message's several); None: where the url is this host's loopback. Where the server refuses it, frames go in the
+    message and `shared_memory_off` says why."""
+
+    def __init__(self, url: str = "127.0.0.1:8001", *, timeout_s: float = 30.0, shared_memory: bool | None = None):
+        from cseg.serve.shm import FrameRegions, is_local
+
         if not isinstance(url, str) or not url:
             raise InvalidInputError(f"url must be 'host:grpc_port', got {url!r}")
+        if shared_memory not in (None, True, False):
+            raise InvalidInputError(f"shared_memory must be True, False or None (auto), got {shared_memory!r}")
         self.url = url.removeprefix("grpc://")
         self.timeout_s = float(timeout_s)
         self._client = None
         self._lock = threading.Lock()
+        use = is_local(self.url) if shared_memory is None else shared_memory
+        self._frames = FrameRegions() if use else None
+
+    @property
+    def shared_memory_off(self) -> str | None:
+        """Why frames go in the gRPC message (not asked for, or refused by the server); None while shared memory
+        carries them."""
+        if self._frames is None:
+            return "not asked for (shared_memory=False, or the server is not on this host's loopback)"
+        return self._frames.disabled
 
     # --- the Runtime API --------------------------------------------------------------------------------------------
 
@@ -176,6 +194,8 @@ class RemoteRuntime:
     def close(self) -> None:
         with self._lock:
             client, self._client = self._client, None
+        if self._frames is not None:
+            self._frames.close(client)
         if client is not None:
             client.close()
 
@@ -214,6 +234,8 @@ class RemoteRuntime:
         with self._lock:
             if self._client is client:
                 self._client = None
+        if self._frames is not None:
+            self._frames.forget()
         try:
             client.close()
         except Exception:  # closing a broken channel may fail too; the channel is discarded either way
@@ -227,14 +249,22 @@ class RemoteRuntime:
         import tritonclient.grpc as grpcclient
 
         specs = {spec.name: spec for spec in contract.INPUTS[model]}
-        inputs = []
-        for name, value in arrays.items():
-            value = value[None] if batched else value
-            tensor = grpcclient.InferInput(name, list(value.shape), specs[name].triton_dtype)
-            tensor.set_data_from_numpy(value)
-            inputs.append(tensor)
+        arrays = {name: value[None] if batched else value for name, value in arrays.items()}
         wanted = [grpcclient.InferRequestedOutput(spec.name) for spec in outputs]
-        return self._call(lambda client: client.infer(model, inputs, outputs=wanted, client_timeout=self.timeout_s))
+
+        def request(client):
+            inputs = []
+            for name, value in arrays.items():
+                tensor = grpcclient.InferInput(name, list(value.shape), specs[name].triton_dtype)
+                placed = self._frames.place(client, value) if name == "image" and self._frames is not None else None
+                if placed is not None:
+                    tensor.set_shared_memory(*placed)
+                else:
+                    tensor.set_data_from_numpy(value)
+                inputs.append(tensor)
+            return client.infer(model, inputs, outputs=wanted, client_timeout=self.timeout_s)
+
+        return self._call(request)
 
 
 def _pixels(image, bgr: bool) -> np.ndarray:
@@ -312,14 +342,18 @@ def decode(output) -> list[Segmentation]:
     for k, mask in enumerate(values["mask"]):
         mine = values["instance_prompt"] == k
         meta = json.loads(bytes(values["meta"][k]))
-        # the selection copies the rows (writable arrays, as a local Runtime's); a second copy by astype is avoided:
-        # a 1080p answer's instance masks are megabytes
-        instances = Instances(values["instance_masks"][mine].astype(bool, copy=False),
-                              values["boxes"][mine].astype(np.float32, copy=False),
+        try:
+            width = int(meta["mask_size"][1])
+            mask = contract.unpack_masks(mask[None], width)[0]
+            instance_masks = contract.unpack_masks(values["instance_masks"][mine], width)  # new, writable arrays
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise ServerError(f"the server's masks do not unpack ({exc}): "
+                              "not a cseg serve server of this version?") from None
+        instances = Instances(instance_masks, values["boxes"][mine].astype(np.float32, copy=False),
                               values["scores"][mine].astype(np.float32, copy=False))  # fmt: skip
         bbox = tuple(meta["bbox"]) if meta.get("bbox") is not None else None
         results.append(RemoteSegmentation(
-            mask.astype(bool), instances, float(values["presence"][k]), bytes(values["route"][k]).decode(),
+            mask, instances, float(values["presence"][k]), bytes(values["route"][k]).decode(),
             meta["route_by"], meta["route_score"], meta["answer"], meta["rule"], meta["think"], bbox, meta["text"],
             tuple(meta["token_ids"]), meta["timings"], rule_version=meta.get("rule_version"),
         ))  # fmt: skip

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import sysconfig
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -33,6 +34,7 @@ import numpy as np
 
 from cseg.errors import CsegError, InvalidInputError
 from cseg.serve import contract
+from cseg.serve.shm import LOCAL_HOSTS
 
 log = logging.getLogger("cseg.serve")
 
@@ -125,8 +127,9 @@ class Handlers:
             raise InvalidInputError(f"options must be a JSON object with keys among {contract.OPTION_FIELDS}")
         if isinstance(options.get("mask_size"), list):  # JSON has no tuples; anything else SegmentOptions refuses
             options["mask_size"] = tuple(options["mask_size"])
+        start = time.perf_counter()
         results = self.runtime.segment_many(image, prompts, options=SegmentOptions(**options))
-        return _outputs(results)
+        return _outputs(results, start=start)
 
     def _apply(self, request) -> dict:
         rule_id = _text(request["rule_id"][0][0], "rule_id", 256)
@@ -134,7 +137,9 @@ class Handlers:
             raise InvalidInputError(f"unknown rule {rule_id!r}: this server has {sorted(self.rules) or 'no rules'} "
                                     "(cseg serve --rules DIR loads DIR/*.json)")  # fmt: skip
         rule, version = self.rules[rule_id]
-        return _outputs([self.runtime.apply(rule, _image(request))], version)
+        image = _image(request)
+        start = time.perf_counter()
+        return _outputs([self.runtime.apply(rule, image)], version, start=start)
 
 
 def _image(request) -> np.ndarray:
@@ -163,13 +168,17 @@ def _json(value, name: str):
         raise InvalidInputError(f"{name} is not JSON: {exc}") from None
 
 
-def _outputs(results, version: str | None = None) -> dict:
-    """Segmentations -> the contract's outputs (with the batch dimension of 1). A 1080p answer is megabytes of masks:
-    one result's arrays go out as they are (views), never copied into a stack or a concatenation of one."""
+def _outputs(results, version: str | None = None, *, start: float | None = None) -> dict:
+    """Segmentations -> the contract's outputs (with the batch dimension of 1). Masks go packed (8 pixels a byte);
+    one result's arrays are never copied into a stack or a concatenation of one before that. The timings
+    gain `runtime`: the ms this request's Runtime call took here since `start` (a client's wall time minus it is what
+    serving added: transfers, queue, Triton)."""
     instances = [r.instances for r in results]
     height, width = results[0].mask.shape
-    meta = [{**{key: getattr(r, key) for key in _META}, "timings": r.timings, "rule_version": version}
-            for r in results]  # fields, not to_json(): that also sums the mask for its area  # fmt: skip
+    timed = {} if start is None else {"runtime": (time.perf_counter() - start) * 1000}
+    meta = [{**{key: getattr(r, key) for key in _META}, "timings": {**r.timings, **timed},
+             "rule_version": version, "mask_size": [height, width]}
+            for r in results]  # fields, not to_json(): that also sums the mask  # fmt: skip
     masks = [i.masks for i in instances]
     boxes, scores = [i.boxes for i in instances], [i.scores for i in instances]
     owner = [np.full(len(i), k, np.int32) for k, i in enumerate(instances)]
@@ -177,8 +186,8 @@ def _outputs(results, version: str | None = None) -> dict:
         masks, boxes = [np.zeros((1, height, width), bool)], [np.zeros((1, 4), np.float32)]
         scores, owner = [np.zeros(1, np.float32)], [np.full(1, -1, np.int32)]
     out = {
-        "mask": _join([r.mask[None] for r in results]),
-        "instance_masks": _join(masks),
+        "mask": contract.pack_masks(_join([r.mask[None] for r in results])),
+        "instance_masks": contract.pack_masks(_join(masks)),
         "boxes": _join(boxes).astype(np.float32, copy=False),
         "scores": _join(scores).astype(np.float32, copy=False),
         "instance_prompt": _join(owner),
@@ -202,15 +211,21 @@ _META = ("route_by", "route_score", "answer", "rule", "think", "bbox", "text", "
 # at once, one per core of a 2-core CPU. Measured while loaded only (README, "Many cameras on one server": 1.10x vs
 # 1.04x for 1 and 1, within noise): to be confirmed idle. TensorRT serialises its requests anyway (one device buffer).
 INSTANCES, CONCURRENCY, THREADS = 2, 2, 0
+# The batcher sends what is queued as soon as an instance is free: waiting for more requests cost every lone request
+# its full delay (Triton's queue time 2.1 ms per request at 2 ms, 0.1 ms at 0, measured on loopback), while under
+# load requests queue behind the busy instances and are batched anyway; on a CPU a batch gains little (above).
+MAX_DELAY_MS = 0.0
 
 
 def serve(bundle, *, rules=None, host: str = "127.0.0.1", http_port: int = 8000, grpc_port: int = 8001,
           metrics_port: int = 8002, max_batch: int = 8, max_queue: int = 64, queue_timeout_s: float = 30.0,
-          max_delay_ms: float = 2.0, device: str = "auto", instances: int = INSTANCES, concurrency: int = CONCURRENCY,
-          threads: int = THREADS, ready=None) -> None:  # fmt: skip
+          max_delay_ms: float = MAX_DELAY_MS, device: str = "auto", instances: int = INSTANCES,
+          concurrency: int = CONCURRENCY, threads: int = THREADS, shared_memory: bool | None = None,
+          ready=None) -> None:  # fmt: skip
     """Serve `bundle` until interrupted (blocks). `ready(triton)` is called once the models are bound.
     instances: model instances per model (batches in flight at once); concurrency: requests run at once over all
-    instances; threads: ONNX Runtime intra-op threads per graph run (0: one per core)."""
+    instances; threads: ONNX Runtime intra-op threads per graph run (0: one per core); shared_memory: clients may
+    register system shared memory for their frames (cseg.serve.shm), None: when `host` is loopback."""
     check_environment()
     from pytriton.model_config import DynamicBatcher, ModelConfig, QueuePolicy, Tensor, TimeoutAction
     from pytriton.triton import DEFAULT_PROTECTED_ENDPOINTS, Triton, TritonConfig, TritonSecurityConfig
@@ -229,8 +244,13 @@ def serve(bundle, *, rules=None, host: str = "127.0.0.1", http_port: int = 8000,
                           metrics_port=metrics_port or None, allow_metrics=metrics_port > 0)  # fmt: skip
 
     # PyTriton guards Triton's management endpoints with a token it generates; statistics (request and batch counts,
-    # what a fleet's monitoring reads) are opened, the rest (model repository, shared memory, ...) stay guarded
-    security = TritonSecurityConfig(restricted_endpoints=[e for e in DEFAULT_PROTECTED_ENDPOINTS if e != "statistics"])
+    # what a fleet's monitoring reads) are opened, and shared memory where clients share this host's /dev/shm (a
+    # client that registers a region names a shared-memory object the server then reads: on loopback unless asked);
+    # the rest (model repository, ...) stay guarded
+    if shared_memory is None:
+        shared_memory = host in LOCAL_HOSTS
+    opened = {"statistics", "shared-memory"} if shared_memory else {"statistics"}
+    security = TritonSecurityConfig(restricted_endpoints=[e for e in DEFAULT_PROTECTED_ENDPOINTS if e not in opened])
 
     def tensors(specs):
         return [Tensor(name=s.name, dtype=s.dtype, shape=s.shape) for s in specs]

@@ -48,8 +48,8 @@ def _free_ports(n: int) -> list[int]:
 class Server:
     """`python -m cseg.serve` in .venv-serve, on free loopback ports; its log goes to a file for the failure message."""
 
-    def __init__(self, bundle, rules, log: Path, ports=None, launcher=("-m", "cseg.serve")):
-        self.bundle, self.rules, self.log, self.launcher = bundle, rules, log, list(launcher)
+    def __init__(self, bundle, rules, log: Path, ports=None, launcher=("-m", "cseg.serve"), flags=()):
+        self.bundle, self.rules, self.log, self.launcher, self.flags = bundle, rules, log, list(launcher), list(flags)
         self.http, self.grpc, self.metrics = ports or _free_ports(3)
         self.url = f"127.0.0.1:{self.grpc}"
         self.process = None
@@ -57,7 +57,7 @@ class Server:
     def start(self) -> "Server":
         command = [str(SERVE_PYTHON), *self.launcher, str(self.bundle), "--rules", str(self.rules),
                    "--port", str(self.http), "--grpc-port", str(self.grpc), "--metrics-port", str(self.metrics),
-                   "--max-batch", "8", "--max-delay-ms", "20"]  # fmt: skip
+                   "--max-batch", "8", "--max-delay-ms", "20", *self.flags]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -323,14 +323,15 @@ runpy.run_module("cseg.serve", run_name="__main__")
 """
 
 
-def test_start_race_is_retried_server_down_is_a_clear_error_and_the_client_reconnects(tiny_bundle, rules, photo,
-                                                                                         runtime, tmp_path):  # fmt: skip
+def test_start_race_is_retried_server_down_is_a_clear_error_and_the_client_reconnects(
+        tiny_bundle, rules, photo, runtime, tmp_path):  # fmt: skip
     log = tmp_path / "server.log"
-    server = Server(tiny_bundle, rules[0], log, launcher=("-c", RACE_ONCE)).start()
+    server = Server(tiny_bundle, rules[0], log, launcher=("-c", RACE_ONCE), flags=["--no-shared-memory"]).start()
     try:
         assert log.read_text().count("missed PyTriton's start handshake (attempt 1 of 4)") == 1
         rt = RemoteRuntime(server.url, timeout_s=30)
-        _same(rt.apply("cup", photo), runtime.apply(rules[1], photo))
+        _same(rt.apply("cup", photo), runtime.apply(rules[1], photo))  # frames in the message: shared memory refused
+        assert "refused shared memory" in rt.shared_memory_off
         server.stop(signal.SIGKILL)
         with pytest.raises(ServerError, match=f"cseg server {server.url}"):
             rt.apply("cup", photo)
@@ -341,6 +342,37 @@ def test_start_race_is_retried_server_down_is_a_clear_error_and_the_client_recon
         rt.close()
     finally:
         server.stop()
+
+
+def test_frames_go_through_shared_memory_one_region_per_thread_freed_at_close(server, runtime, rules, photo):
+    big = np.ascontiguousarray(np.tile(photo, (3, 4, 1))[:1080, :1920])  # 1080p: the region grows
+    rt = RemoteRuntime(server.url, timeout_s=60)
+    _same(rt.apply("cup", photo), runtime.apply(rules[1], photo))
+    assert rt.shared_memory_off is None
+    first = _regions(server.url, rt)
+    assert len(first) == 1 and first[0]["byte_size"] >= photo.nbytes
+    _same(rt.apply("cup", big), runtime.apply(rules[1], big))
+    second = _regions(server.url, rt)
+    assert len(second) == 1 and second[0]["byte_size"] >= big.nbytes and second[0]["name"] != first[0]["name"]
+    assert not Path("/dev/shm" + first[0]["key"]).exists()  # the outgrown region was unlinked, not leaked
+    rt.close()
+    assert _regions(server.url, rt) == [] and not Path("/dev/shm" + second[0]["key"]).exists()
+    message = RemoteRuntime(server.url, timeout_s=60, shared_memory=False)
+    _same(message.apply("cup", photo), runtime.apply(rules[1], photo))
+    assert "not asked for" in message.shared_memory_off and _regions(server.url, message) == []
+    message.close()
+
+
+def _regions(url: str, rt: RemoteRuntime) -> list[dict]:
+    """The system shared-memory regions the server has registered for `rt`."""
+    raw = grpcclient.InferenceServerClient(url)
+    try:
+        status = raw.get_system_shared_memory_status(as_json=True).get("regions", {})
+    finally:
+        raw.close()
+    prefix = rt._frames._prefix if rt._frames is not None else "cseg-none"
+    return [{**region, "byte_size": int(region["byte_size"])} for name, region in status.items()
+            if name.startswith(prefix)]  # fmt: skip
 
 
 def test_only_the_start_race_is_retried():

@@ -29,6 +29,7 @@ def test_the_contract_round_trips_instances_and_padding():
     second = Segmentation(np.zeros((4, 5), bool), Instances.empty(4, 5), 0.1, "full", answer="b", token_ids=(3, 4))
     wire = _outputs([first, second])
     assert all(value.size > 0 for value in wire.values())  # PyTriton cannot send a zero-sized tensor
+    assert wire["mask"].dtype == np.uint8 and wire["mask"].shape == (1, 2, 4, 1)  # packed: 5 pixels in a byte
     got = decode(wire.get)
     assert [len(r.instances) for r in got] == [2, 0] and got[1].token_ids == (3, 4) and got[1].route == "full"
     assert np.array_equal(got[0].instances.masks, masks) and got[0].instances.scores.tolist() == pytest.approx([0.9, 0.6])
@@ -42,6 +43,16 @@ def test_the_contract_round_trips_instances_and_padding():
     hollow = {name: value[:, :0] if value.ndim > 1 else value[:0] for name, value in wire.items()}
     with pytest.raises(ServerError, match="empty tensors"):  # what PyTriton with numpy 2 answers: never a result
         decode(hollow.get)
+
+
+def test_masks_are_packed_on_the_wire():
+    """8 pixels a byte along a row, any width; a server's width that its bytes cannot hold is refused, not cut."""
+    masks = np.random.default_rng(0).random((3, 5, 13)) > 0.5
+    packed = contract.pack_masks(masks)
+    assert packed.dtype == np.uint8 and packed.shape == (3, 5, 2)
+    assert np.array_equal(contract.unpack_masks(packed, 13), masks)
+    with pytest.raises(ValueError, match="cannot hold 17 pixels"):
+        contract.unpack_masks(packed, 17)
 
 
 def test_a_batch_runs_its_requests_concurrently_in_order_and_each_answers_for_itself(monkeypatch):
@@ -63,7 +74,7 @@ def test_a_batch_runs_its_requests_concurrently_in_order_and_each_answers_for_it
         image = np.full((1, 4, 4, 3), value, np.uint8)
         return {"image": image, "rule_id": np.array([[b"cup"]], dtype=object)}
 
-    monkeypatch.setattr("cseg.serve.server._outputs", lambda results, version=None: {"answer": results[0],
+    monkeypatch.setattr("cseg.serve.server._outputs", lambda results, version=None, start=None: {"answer": results[0],
                                                                                      "version": version})  # fmt: skip
     answers = handlers.apply([request(1), request(2), request(9), request(3), request(4)])
     assert [a.get("answer") for a in answers] == [("the rule", 1), ("the rule", 2), None, ("the rule", 3),

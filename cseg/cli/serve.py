@@ -13,10 +13,12 @@ Python-backend models).
 
 from __future__ import annotations
 
+import argparse
 import logging
 
 from cseg.cli.args import DEVICE_HELP, at_least
-from cseg.serve.server import CONCURRENCY, INSTANCES, THREADS  # numpy and cseg only: PyTriton loads when serving
+from cseg.serve.server import (  # numpy and cseg only: PyTriton loads when serving
+    CONCURRENCY, INSTANCES, MAX_DELAY_MS, THREADS)
 
 DEFAULTS = {"http_port": 8000, "grpc_port": 8001, "metrics_port": 8002, "max_batch": 8, "max_queue": 64,
             "instances": INSTANCES, "concurrency": CONCURRENCY, "threads": THREADS}  # fmt: skip
@@ -37,7 +39,7 @@ def register(sub) -> None:
                         help="requests waiting at most per model; more are rejected at once")  # fmt: skip
     parser.add_argument("--queue-timeout-s", type=float, default=30.0,
                         help="a request waiting longer than this in the queue is rejected")  # fmt: skip
-    parser.add_argument("--max-delay-ms", type=float, default=2.0,
+    parser.add_argument("--max-delay-ms", type=float, default=MAX_DELAY_MS,
                         help="how long the batcher waits for more requests to group")  # fmt: skip
     parser.add_argument("--instances", type=int, default=DEFAULTS["instances"],
                         help="model instances per model: batches served at once, one's graph run overlapping "
@@ -46,6 +48,10 @@ def register(sub) -> None:
                         help="requests run at once over all instances (each batch's requests share them)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=DEFAULTS["threads"],
                         help="ONNX Runtime intra-op threads per graph run (0: one per core)")  # fmt: skip
+    parser.add_argument("--shared-memory", action=argparse.BooleanOptionalAction, default=None,
+                        help="let clients on this host send frames through system shared memory (a client can then "
+                        "have the server read any shared-memory object this user can open); default: on when "
+                        "--host is loopback")  # fmt: skip
     parser.set_defaults(run=serve)
 
     repo = sub.add_parser("export-triton", help="write a Triton model repository (stock tritonserver, DeepStream)")
@@ -81,7 +87,7 @@ def serve(args) -> int:
                metrics_port=args.metrics_port, max_batch=args.max_batch, max_queue=args.max_queue,
                queue_timeout_s=args.queue_timeout_s, max_delay_ms=args.max_delay_ms, device=args.device,
                instances=args.instances, concurrency=args.concurrency,
-               threads=args.threads, ready=ready)  # fmt: skip
+               threads=args.threads, shared_memory=args.shared_memory, ready=ready)  # fmt: skip
     return 0
 
 
