@@ -30,12 +30,14 @@ class SpeedVotes:
         self._pairs = deque(maxlen=window)
         self._votes = None  # cached concatenation of _pairs: (distance along, elapsed, tolerance)
 
-    def remember(self, detections: Detections, t: float) -> None:
+    def remember(self, detections: Detections, t: float, centers: np.ndarray | None = None) -> None:
+        """One frame's detections; `centers`: their `detections.centers` where the caller has them already (a property
+        computed on each access)."""
         if not len(detections):
             return
+        centers = detections.centers if centers is None else centers
         boxes = np.asarray(detections.boxes, np.float64)
         sizes = np.abs(boxes[:, 2:] - boxes[:, :2])
-        centers = detections.centers  # a property computed on each access: once here
         frame = (t, centers @ self.direction, centers @ self.across,
                  sizes @ np.abs(self.direction), sizes @ np.abs(self.across))  # fmt: skip
         # pairs with the last two remembered frames: a miss or the occluding bar in between is bridged

@@ -43,11 +43,17 @@ def unit_direction(direction, what: str = "direction") -> np.ndarray:
 
 def box_ious(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """(len(a), len(b)) IoU of xyxy boxes."""
-    low = np.maximum(a[:, None, :2], b[None, :, :2])
-    high = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(high - low, 0, None), axis=2)
-    area = lambda r: (r[:, 2] - r[:, 0]) * (r[:, 3] - r[:, 1])  # noqa: E731
-    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
+    return paired_ious(a[:, None], b[None, :])
+
+
+def paired_ious(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of xyxy boxes (..., 4) paired by broadcasting: (n, 4) with (n, 4) -> (n,) for n chosen pairs, where box_ious
+    would compute every pair."""
+    low = np.maximum(a[..., :2], b[..., :2])
+    high = np.minimum(a[..., 2:], b[..., 2:])
+    inter = np.prod(np.clip(high - low, 0, None), axis=-1)
+    area = lambda r: (r[..., 2] - r[..., 0]) * (r[..., 3] - r[..., 1])  # noqa: E731
+    return inter / np.maximum(area(a) + area(b) - inter, 1e-9)
 
 
 def _points(values, count: int, what: str) -> np.ndarray:
