@@ -32,6 +32,7 @@ against 1.0 halves the ID switches at 0.5 part lengths per frame (8 -> 4) and re
 
 from __future__ import annotations
 
+import statistics
 from typing import NamedTuple
 
 import numpy as np
@@ -66,6 +67,7 @@ class _Offsets(NamedTuple):
     last: np.ndarray  # (tracks, 2) last centers
     reach_along: np.ndarray  # (tracks, detections) gate x size_along: the along error's unit
     error_across: np.ndarray  # (tracks, detections) across offset in gate units (speed-independent)
+    in_lane: np.ndarray  # error_across <= 1
 
 
 class BeltTracker(Tracker):
@@ -90,6 +92,8 @@ class BeltTracker(Tracker):
         self.gate, self.cross_gate, self.smoothing = float(gate), float(cross_gate), float(smoothing)
         self._belt_velocity = (None, np.zeros(2))
         self._direction4 = np.tile(self.direction, 2)  # a shift along the belt of a box's x0 y0 x1 y1
+        self._across = np.array([-self.direction[1], self.direction[0]])
+        self._axes = tuple(tuple(np.abs(axis)) for axis in (self.direction, self._across))  # for box extents
         self._undecided = 0  # consecutive frames whose vote for the first speed was tied
         self._since_choice = 0  # frames since a vote or the window chose the speed (see _contradicted)
         self._votes = SpeedVotes(self.direction, self.gate, self.cross_gate, WINDOW)  # the last frames' evidence
@@ -112,22 +116,24 @@ class BeltTracker(Tracker):
     def _offsets(self, tracks: list[Track], detections: Detections, t: float):
         """Along- and across-belt offsets of every detection from every track's last center, the elapsed times, and
         the gate sizes (pixels) of each pair."""
-        across = np.array([-self.direction[1], self.direction[0]])
         observations = [track.last for track in tracks]
         last = np.array([observation.center for observation in observations])
-        delta = self._centers[None, :, :] - last[:, None, :]
         elapsed = np.array([t - observation.t for observation in observations])
-        def extent(boxes, axis):  # a box's size along an axis
-            return np.abs(boxes[:, 2] - boxes[:, 0]) * abs(axis[0]) + np.abs(boxes[:, 3] - boxes[:, 1]) * abs(axis[1])
-
         boxes = np.array([track.box for track in tracks])
-        size_along = (extent(boxes, self.direction)[:, None] + extent(detections.boxes, self.direction)[None]) / 2
-        size_across = (extent(boxes, across)[:, None] + extent(detections.boxes, across)[None]) / 2
-        size_along, size_across = np.maximum(size_along, 1.0), np.maximum(size_across, 1.0)
-        offset_across = delta @ across
+        delta = self._centers[None, :, :] - last[:, None, :]
+        # each box's extent along and across the belt, the tracks' and the detections' boxes in one pass
+        both = np.concatenate([boxes, detections.boxes])
+        width, height = np.abs(both[:, 2] - both[:, 0]), np.abs(both[:, 3] - both[:, 1])
+        (along_x, along_y), (across_x, across_y) = self._axes  # float64 scalars: the extents are float64
+        extent_along, extent_across = width * along_x + height * along_y, width * across_x + height * across_y
+        n = len(tracks)
+        size_along = np.maximum((extent_along[:n, None] + extent_along[None, n:]) / 2, 1.0)
+        size_across = np.maximum((extent_across[:n, None] + extent_across[None, n:]) / 2, 1.0)
+        offset_across = delta @ self._across
+        error_across = np.abs(offset_across) / (self.cross_gate * size_across)
         return _Offsets(delta @ self.direction, offset_across, elapsed, size_along, size_across, boxes,
-                        np.asarray(detections.boxes, np.float64), last, self.gate * size_along,
-                        np.abs(offset_across) / (self.cross_gate * size_across))  # fmt: skip
+                        np.asarray(detections.boxes, np.float64), last, self.gate * size_along, error_across,
+                        error_across <= 1)  # fmt: skip
 
     def _cost(self, offsets, speed: float) -> np.ndarray:
         """The distance of each detection from each track's predicted position in gate units, plus `_SHAPE` x (1 -
@@ -136,7 +142,7 @@ class BeltTracker(Tracker):
         box); the overlap of the whole box can. Pairs outside the gate cost `_FAR`, so the rest (the overlap, the
         distance) is computed for the pairs inside only: a few per track, not tracks x detections."""
         error_along = np.abs(offsets.along - speed * offsets.elapsed[:, None]) / offsets.reach_along
-        rows, cols = np.nonzero((error_along <= 1) & (offsets.error_across <= 1))
+        rows, cols = np.nonzero((error_along <= 1) & offsets.in_lane)
         cost = np.full(error_along.shape, _FAR)
         if rows.size:
             shift = (speed * offsets.elapsed[rows])[:, None] * self._direction4  # (pairs, 4): x0 y0 x1 y1
@@ -202,6 +208,9 @@ class BeltTracker(Tracker):
         proposed = np.unique(np.concatenate([proposed, self._votes.speeds()]))  # the last frames' proposals too
         proposed = proposed[proposed <= fastest]
         support = self._votes.support(proposed)
+        if len(support):  # the window's votes come first in a score: a speed with fewer can neither win nor tie
+            best_supported = support == support.max()
+            proposed, support = proposed[best_supported], support[best_supported]
         recent = np.array([track.misses == 0 for track in tracks])
         best, best_pairs, best_score, tied = None, [], None, False
         for speed, votes in zip(proposed, support):  # at most tracks x detections (400 with 20 parts) + the window's
@@ -226,10 +235,12 @@ class BeltTracker(Tracker):
         self._since_choice += 1
         if self.speed is None or (self._since_choice > 2 * WINDOW and self._since_choice % WINDOW):
             return None
+        current = int(self._votes.support(self.speed)[0])
+        if self._votes.most_support() < 1.5 * current + 3:  # no speed at all is supported enough: skip the search
+            return None
         peak, votes = self._votes.peak(self._fastest())
         if peak is None:
             return None
-        current = int(self._votes.support(self.speed)[0])
         return peak if votes >= 1.5 * current + 3 else None
 
     def _associate(self, detections: Detections, t: float):
@@ -260,7 +271,7 @@ class BeltTracker(Tracker):
                 pairs, self.speed, self._since_choice = voted_pairs, voted, 0
         if pairs:
             along, elapsed = offsets.along, offsets.elapsed
-            measured = float(np.median([along[i, j] / elapsed[i] for i, j in pairs]))
+            measured = float(statistics.median([along[i, j] / elapsed[i] for i, j in pairs]))  # np.median's value
             self.speed = max(0.0, (1 - self.smoothing) * self.speed + self.smoothing * measured)
         matched = {j for _, j in pairs}
         return [(tracks[i], j) for i, j in pairs], [j for j in range(len(detections)) if j not in matched]

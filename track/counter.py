@@ -49,8 +49,13 @@ class _State:
 
 def new_observations(track: Track, last_frame: int) -> list[Observation]:
     """The track's observations after frame `last_frame`, oldest first (read from the end: usually one)."""
+    history = track.history
+    if history[-1].frame <= last_frame:
+        return []
+    if len(history) == 1 or history[-2].frame <= last_frame:  # the usual case: this frame's observation alone
+        return [history[-1]]
     new = []
-    for observation in reversed(track.history):
+    for observation in reversed(history):
         if observation.frame <= last_frame:
             break
         new.append(observation)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -29,8 +30,10 @@ HISTORY = 64  # observations kept per track: a part crosses the camera's field i
 DUPLICATE_IOU = 0.5  # an unmatched detection overlapping a matched one this much is the same part: no new track
 
 
-@dataclass(frozen=True)
-class Observation:
+class Observation(NamedTuple):
+    """One detection of a track (immutable). A NamedTuple, not a frozen dataclass: made for every detection of every
+    frame, and a frozen dataclass's __init__ costs several times more (the 1 ms per frame budget of issue 30)."""
+
     frame: int
     t: float
     box: np.ndarray  # (4,) float32 xyxy
@@ -117,25 +120,25 @@ class Tracker:
         self.frame = self.frame + 1 if frame is None else int(frame)
         matches, new = self._associate(detections, t)
         seen = []
-        matched = set()
         for track, j in matches:
             self._observe(track, detections, j, t)
-            matched.add(id(track))
             seen.append(track)
+        matched = {id(track) for track in seen}
         for track in self.tracks:
             if id(track) not in matched:
                 track.misses += 1
                 track.age += 1
         lookback = self._times[0] if self._times else None  # max_misses + 1 frames back, or the stream's first
-        taken = detections.boxes[[j for _, j in matches]]
         new = list(new)
-        if len(taken) and new:  # a new detection overlapping a matched one is the same part again: no track
+        if matches and new:  # a new detection overlapping a matched one is the same part again: no track
+            taken = detections.boxes[[j for _, j in matches]]
             duplicate = box_ious(detections.boxes[new], taken).max(axis=1) >= DUPLICATE_IOU
-            new = [j for j, same in zip(new, duplicate) if not same]
+            new = [j for j, same in zip(new, duplicate.tolist()) if not same]
         for j in new:
             seen.append(self._start(detections, j, t, lookback))
-        self.ended = [track for track in self.tracks if not self._alive(track)]
-        self.tracks = [track for track in self.tracks if self._alive(track)]
+        alive = [self._alive(track) for track in self.tracks]  # once per track: the belt's coasting takes some work
+        self.ended = [track for track, keep in zip(self.tracks, alive) if not keep]
+        self.tracks = [track for track, keep in zip(self.tracks, alive) if keep]
         self._times.append(t)
         return seen
 
