@@ -165,9 +165,10 @@ class BeltTracker(Tracker):
         pairs taken. So the same optimum is the plain assignment of min(cost - 2 x _UNMATCHED, 0), restricted to the
         tracks and detections that have a pair worth taking, keeping the pairs that gain (< 0)."""
         worth = cost < 2 * _UNMATCHED
+        if worth.sum(axis=1).max(initial=0) <= 1 and worth.sum(axis=0).max(initial=0) <= 1:
+            # no track has two pairs worth taking, no detection either (the usual frame): the optimum takes them all
+            return list(zip(*(index.tolist() for index in np.nonzero(worth))))
         rows, cols = np.flatnonzero(worth.any(axis=1)), np.flatnonzero(worth.any(axis=0))
-        if not rows.size:
-            return []
         gain = np.minimum(cost[np.ix_(rows, cols)] - 2 * _UNMATCHED, 0.0)
         chosen, partner = linear_sum_assignment(gain)
         keep = gain[chosen, partner] < 0

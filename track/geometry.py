@@ -96,8 +96,8 @@ class Line:
         object.__setattr__(self, "_start", start)
         object.__setattr__(self, "_along", along)
         object.__setattr__(self, "_normal", normal)
-        object.__setattr__(self, "_nx", float(normal[0]))
-        object.__setattr__(self, "_ny", float(normal[1]))
+        for name, value in (("_x0", start[0]), ("_y0", start[1]), ("_nx", normal[0]), ("_ny", normal[1])):
+            object.__setattr__(self, name, float(value))  # plain floats for `distance`
         object.__setattr__(self, "length", length)
 
     @classmethod
@@ -121,7 +121,7 @@ class Line:
 
     def distance(self, point) -> float:
         """signed_distance of one (x, y), in plain floats (the per-observation hot path of counter and judge)."""
-        return (point[0] - self._start[0]) * self._nx + (point[1] - self._start[1]) * self._ny
+        return (point[0] - self._x0) * self._nx + (point[1] - self._y0) * self._ny
 
     def along(self, points) -> np.ndarray:
         """Position of each point's projection along the segment: 0 at (x1, y1), `length` at (x2, y2)."""

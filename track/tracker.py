@@ -97,6 +97,7 @@ class Tracker:
         self.size: tuple[int, int] | None = None
         self._times: deque = deque(maxlen=max_misses + 1)  # the last frames' times, for lookback_t
         self._next_id = 1
+        self._rows_of: tuple = (None, None)  # (the frame's Detections, its _rows)
 
     @property
     def last_t(self) -> float | None:
@@ -160,14 +161,24 @@ class Tracker:
         self._observe(track, detections, j, t)
         return track
 
+    def _rows(self, detections: Detections) -> tuple:
+        """The frame's detections as Python lists (rows of boxes, box values, scores, defective, origin), converted
+        once per frame rather than element by element for each observation."""
+        if self._rows_of[0] is not detections:
+            n = len(detections)
+            defective = [None] * n if detections.defective is None else detections.defective.tolist()
+            origin = [-1] * n if detections.origin is None else detections.origin.tolist()
+            rows = (list(detections.boxes), detections.boxes.tolist(), detections.scores.tolist(), defective, origin)
+            self._rows_of = (detections, rows)
+        return self._rows_of[1]
+
     def _observe(self, track: Track, detections: Detections, j: int, t: float) -> None:
-        defective = None if detections.defective is None else bool(detections.defective[j])
-        origin = -1 if detections.origin is None else int(detections.origin[j])
-        box = detections.boxes[j]  # a row of the frame's array: Detections are not changed after they are made
-        x0, y0, x1, y1 = box.tolist()
-        score = float(detections.scores[j])
+        boxes, values, scores, defective, origin = self._rows(detections)
+        box = boxes[j]  # a row of the frame's array: Detections are not changed after they are made
+        x0, y0, x1, y1 = values[j]
+        score = scores[j]
         center = ((x0 + x1) / 2, (y0 + y1) / 2)
-        track.history.append(Observation(self.frame, t, box, score, defective, origin, center, j))
+        track.history.append(Observation(self.frame, t, box, score, defective[j], origin[j], center, j))
         track.box, track.score = box, score
         track.mask = None if detections.masks is None else detections.masks[j]
         track.hits += 1
