@@ -51,22 +51,22 @@ class SpeedVotes:
         return self._votes
 
     def _pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        frames = len(self.frames)
+        pairs = [(k - gap, k) for gap in (1, 2) for k in range(gap, frames)]  # (earlier, later) remembered frames
+        if not pairs:
+            return np.zeros(0), np.zeros(0), np.zeros(0)
         times = np.array([t for t, _ in self.frames])
-        grid = np.full((len(self.frames), 4, max((len(v[0]) for _, v in self.frames), default=0)), np.nan)
+        grid = np.full((frames, 4, max(len(values[0]) for _, values in self.frames)), np.nan)
         for k, (_, values) in enumerate(self.frames):  # NaN padding compares false: never a vote
             grid[k, :, : values.shape[1]] = values
         grid = grid.transpose(1, 0, 2)  # (along, across, length, width) x frames x detections
-        votes = []
-        for gap in (1, 2):
-            if len(times) <= gap:
-                break
-            (u0, a0, l0, w0), (u1, a1, l1, w1) = grid[:, :-gap, :, None], grid[:, gap:, None, :]
-            gate = self.gate * (l0 + l1) / 2  # (frame pairs, detections of the first, detections of the second)
-            step = u1 - u0
-            near = (np.abs(a1 - a0) <= self.cross_gate * (w0 + w1) / 2) & (step >= -gate)
-            elapsed = np.broadcast_to((times[gap:] - times[:-gap])[:, None, None], near.shape)
-            votes.append((step[near], elapsed[near], gate[near]))
-        return tuple(np.concatenate([v[k] for v in votes]) if votes else np.zeros(0) for k in range(3))
+        earlier, later = np.array(pairs).T
+        (u0, a0, l0, w0), (u1, a1, l1, w1) = grid[:, earlier, :, None], grid[:, later, None, :]
+        gate = self.gate * (l0 + l1) / 2  # (frame pairs, detections of the earlier, detections of the later)
+        step = u1 - u0
+        near = (np.abs(a1 - a0) <= self.cross_gate * (w0 + w1) / 2) & (step >= -gate)
+        elapsed = np.broadcast_to((times[later] - times[earlier])[:, None, None], near.shape)
+        return step[near], elapsed[near], gate[near]
 
     def support(self, speeds) -> np.ndarray:
         """For each speed, how many pairs it explains (distance strictly within the tolerance of speed x elapsed: a

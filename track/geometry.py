@@ -51,7 +51,8 @@ def paired_ious(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     would compute every pair."""
     low = np.maximum(a[..., :2], b[..., :2])
     high = np.minimum(a[..., 2:], b[..., 2:])
-    inter = np.prod(np.clip(high - low, 0, None), axis=-1)
+    overlap = np.maximum(high - low, 0.0)  # np.clip and np.prod: the same values, more overhead on small arrays
+    inter = overlap[..., 0] * overlap[..., 1]
     area = lambda r: (r[..., 2] - r[..., 0]) * (r[..., 3] - r[..., 1])  # noqa: E731
     return inter / np.maximum(area(a) + area(b) - inter, 1e-9)
 
