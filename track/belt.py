@@ -54,8 +54,9 @@ _SHAPE = 0.25  # weight of the box overlap in a pair's cost (see _cost)
 
 
 class _Offsets(NamedTuple):
-    """One frame's geometry of every track/detection pair, computed once per frame: a vote tries hundreds of speeds
-    on it, and only the along-belt error depends on the speed."""
+    """One frame's geometry of every track/detection pair, computed once per frame: a frame may try several speeds
+    on it (the current one, the window's peak, a vote's best-supported ones), and only the along-belt error depends
+    on the speed."""
 
     along: np.ndarray  # (tracks, detections) offset of each detection from each track's last center, along the belt
     across: np.ndarray  # (tracks, detections) the same across the belt
@@ -214,7 +215,7 @@ class BeltTracker(Tracker):
             proposed, support = proposed[best_supported], support[best_supported]
         recent = np.array([track.misses == 0 for track in tracks])
         best, best_pairs, best_score, tied = None, [], None, False
-        for speed, votes in zip(proposed, support):  # at most tracks x detections (400 with 20 parts) + the window's
+        for speed, votes in zip(proposed, support):  # only the best-supported of up to tracks x detections + window's
             pairs = self._assign(self._cost(offsets, speed))
             score = (float(votes), *self._plausibility(detections, offsets, speed, pairs, recent))
             tied = tied or (score == best_score and pairs != best_pairs)  # as good, but a different story
@@ -231,8 +232,10 @@ class BeltTracker(Tracker):
         """A speed the last frames support clearly better than the current one (1.5 times its pairs and 3 more),
         else None: a speed adopted on a few ambiguous frames keeps matching some pairs by coincidence on a dense
         belt, so this frame's pairs alone would never call for a new vote. Checked every frame for 2 x WINDOW frames
-        after the speed was chosen, then every WINDOW frames (the check is most of the tracker's time per frame; a
-        belt that stops or starts loses its pairs and calls a vote at once anyway)."""
+        after the speed was chosen, then every WINDOW frames (the window's votes are computed only when a check reads
+        them; a belt that stops or starts loses its pairs and calls a vote at once anyway). The peak search runs only
+        when some speed could be supported enough (`most_support`, a cheap upper bound): on a steady belt the current
+        speed is the best supported, and no search is needed."""
         self._since_choice += 1
         if self.speed is None or (self._since_choice > 2 * WINDOW and self._since_choice % WINDOW):
             return None

@@ -10,8 +10,8 @@ contradicts (see belt.py).
 
 Cost: with 20 parts in view, 9 frame pairs x 400 detection pairs, a few numpy operations each (the tracking +
 counting budget is 1 ms per frame). They are computed only when the votes are read (every frame for a while after the
-speed was chosen, then every `window` frames: see BeltTracker._contradicted), all frame pairs of one gap (1 or 2
-remembered frames apart) in one pass over the window padded to its fullest frame.
+speed was chosen, then every `window` frames: see BeltTracker._contradicted), all frame pairs in one pass over the
+window's frames padded to the fullest one (a few numpy operations in all, not a few per frame pair).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class SpeedVotes:
     def votes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(distance along the belt, elapsed seconds, tolerance in pixels) of every voting pair: each remembered frame
         with the two remembered before it (a miss or the occluding bar in between is bridged), pairs reaching back to a
-        frame the window has dropped left out. The order of the votes is irrelevant (they are counted)."""
+        frame the window has dropped left out. Their order is irrelevant: they are counted, sorted or binned."""
         if self._votes is None:
             self._votes = self._pairs()
         return self._votes
