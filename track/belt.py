@@ -32,6 +32,7 @@ against 1.0 halves the ID switches at 0.5 part lengths per frame (8 -> 4) and re
 
 from __future__ import annotations
 
+import statistics
 from typing import NamedTuple
 
 import numpy as np
@@ -40,7 +41,7 @@ from scipy.optimize import linear_sum_assignment
 from cseg.errors import InvalidInputError
 from cseg.track.belt_speed import SpeedVotes
 from cseg.track.detections import Detections
-from cseg.track.geometry import _is_number, box_ious, unit_direction
+from cseg.track.geometry import _is_number, paired_ious, unit_direction
 from cseg.track.tracker import Track, Tracker
 
 _FAR = 1e6  # cost of a pair outside the gate: never chosen
@@ -53,6 +54,10 @@ _SHAPE = 0.25  # weight of the box overlap in a pair's cost (see _cost)
 
 
 class _Offsets(NamedTuple):
+    """One frame's geometry of every track/detection pair, computed once per frame: a frame may try several speeds
+    on it (the current one, the window's peak, a vote's best-supported ones), and only the along-belt error depends
+    on the speed."""
+
     along: np.ndarray  # (tracks, detections) offset of each detection from each track's last center, along the belt
     across: np.ndarray  # (tracks, detections) the same across the belt
     elapsed: np.ndarray  # (tracks,) seconds since each track's last observation
@@ -60,6 +65,10 @@ class _Offsets(NamedTuple):
     size_across: np.ndarray
     track_boxes: np.ndarray  # (tracks, 4) last boxes
     boxes: np.ndarray  # (detections, 4)
+    last: np.ndarray  # (tracks, 2) last centers
+    reach_along: np.ndarray  # (tracks, detections) gate x size_along: the along error's unit
+    error_across: np.ndarray  # (tracks, detections) across offset in gate units (speed-independent)
+    in_lane: np.ndarray  # error_across <= 1
 
 
 class BeltTracker(Tracker):
@@ -83,6 +92,9 @@ class BeltTracker(Tracker):
         self.speed = None if speed is None else float(speed)
         self.gate, self.cross_gate, self.smoothing = float(gate), float(cross_gate), float(smoothing)
         self._belt_velocity = (None, np.zeros(2))
+        self._direction4 = np.tile(self.direction, 2)  # a shift along the belt of a box's x0 y0 x1 y1
+        self._across = np.array([-self.direction[1], self.direction[0]])
+        self._axes = tuple(tuple(np.abs(axis)) for axis in (self.direction, self._across))  # for box extents
         self._undecided = 0  # consecutive frames whose vote for the first speed was tied
         self._since_choice = 0  # frames since a vote or the window chose the speed (see _contradicted)
         self._votes = SpeedVotes(self.direction, self.gate, self.cross_gate, WINDOW)  # the last frames' evidence
@@ -105,31 +117,39 @@ class BeltTracker(Tracker):
     def _offsets(self, tracks: list[Track], detections: Detections, t: float):
         """Along- and across-belt offsets of every detection from every track's last center, the elapsed times, and
         the gate sizes (pixels) of each pair."""
-        across = np.array([-self.direction[1], self.direction[0]])
-        last = np.array([track.last.center for track in tracks])
-        delta = detections.centers[None, :, :] - last[:, None, :]
-        elapsed = np.array([t - track.last.t for track in tracks])
-        def extent(boxes, axis):  # a box's size along an axis
-            return np.abs(boxes[:, 2] - boxes[:, 0]) * abs(axis[0]) + np.abs(boxes[:, 3] - boxes[:, 1]) * abs(axis[1])
-
+        observations = [track.last for track in tracks]
+        last = np.array([observation.center for observation in observations])
+        elapsed = np.array([t - observation.t for observation in observations])
         boxes = np.array([track.box for track in tracks])
-        size_along = (extent(boxes, self.direction)[:, None] + extent(detections.boxes, self.direction)[None]) / 2
-        size_across = (extent(boxes, across)[:, None] + extent(detections.boxes, across)[None]) / 2
-        size_along, size_across = np.maximum(size_along, 1.0), np.maximum(size_across, 1.0)
-        return _Offsets(delta @ self.direction, delta @ across, elapsed, size_along, size_across, boxes,
-                        np.asarray(detections.boxes, np.float64))  # fmt: skip
+        delta = self._centers[None, :, :] - last[:, None, :]
+        # each box's extent along and across the belt, the tracks' and the detections' boxes in one pass
+        both = np.concatenate([boxes, detections.boxes])
+        width, height = np.abs(both[:, 2] - both[:, 0]), np.abs(both[:, 3] - both[:, 1])
+        (along_x, along_y), (across_x, across_y) = self._axes  # float64 scalars: the extents are float64
+        extent_along, extent_across = width * along_x + height * along_y, width * across_x + height * across_y
+        n = len(tracks)
+        size_along = np.maximum((extent_along[:n, None] + extent_along[None, n:]) / 2, 1.0)
+        size_across = np.maximum((extent_across[:n, None] + extent_across[None, n:]) / 2, 1.0)
+        offset_across = delta @ self._across
+        error_across = np.abs(offset_across) / (self.cross_gate * size_across)
+        return _Offsets(delta @ self.direction, offset_across, elapsed, size_along, size_across, boxes,
+                        np.asarray(detections.boxes, np.float64), last, self.gate * size_along, error_across,
+                        error_across <= 1)  # fmt: skip
 
     def _cost(self, offsets, speed: float) -> np.ndarray:
         """The distance of each detection from each track's predicted position in gate units, plus `_SHAPE` x (1 -
         IoU of the detection's box with the track's box moved there). The position alone cannot tell a part from a
         false positive lying on it (a fragment near its center, closer to the prediction than the part's jittered
-        box); the overlap of the whole box can."""
-        error_along = np.abs(offsets.along - speed * offsets.elapsed[:, None]) / (self.gate * offsets.size_along)
-        error_across = np.abs(offsets.across) / (self.cross_gate * offsets.size_across)
-        shift = np.tile(speed * offsets.elapsed[:, None] * self.direction, 2)  # (tracks, 4): x0 y0 x1 y1
-        overlap = box_ious(offsets.track_boxes + shift, offsets.boxes)
-        cost = np.hypot(error_along, error_across) + _SHAPE * (1 - overlap)
-        cost[(error_along > 1) | (error_across > 1)] = _FAR
+        box); the overlap of the whole box can. Pairs outside the gate cost `_FAR`, so the rest (the overlap, the
+        distance) is computed for the pairs inside only: a few per track, not tracks x detections."""
+        error_along = np.abs(offsets.along - speed * offsets.elapsed[:, None]) / offsets.reach_along
+        rows, cols = np.nonzero((error_along <= 1) & offsets.in_lane)
+        cost = np.full(error_along.shape, _FAR)
+        if rows.size:
+            shift = (speed * offsets.elapsed[rows])[:, None] * self._direction4  # (pairs, 4): x0 y0 x1 y1
+            overlap = paired_ious(offsets.track_boxes[rows] + shift, offsets.boxes[cols])
+            distance = np.hypot(error_along[rows, cols], offsets.error_across[rows, cols])
+            cost[rows, cols] = distance + _SHAPE * (1 - overlap)
         return cost
 
     def _assign(self, cost: np.ndarray) -> list[tuple[int, int]]:
@@ -137,17 +157,23 @@ class BeltTracker(Tracker):
 
         A plain assignment pairs as many as it can: with two tracks and two detections it would rather take two
         mediocre pairs (a confirmed part's track on a false positive beside it, a new track on the part) than one
-        good pair and two leftovers, because a leftover costs nothing. Pricing the leftovers (the cost matrix padded
-        with one "unmatched" column per track and row per detection) makes a pair worth taking only when it is
-        cheaper than leaving both of its members alone."""
-        tracks, detections = cost.shape
-        padded = np.full((tracks + detections, detections + tracks), _FAR)
-        padded[:tracks, :detections] = cost
-        padded[:tracks, detections:][np.diag_indices(tracks)] = _UNMATCHED
-        padded[tracks:, :detections][np.diag_indices(detections)] = _UNMATCHED
-        padded[tracks:, detections:] = 0
-        rows, cols = linear_sum_assignment(padded)
-        return [(int(i), int(j)) for i, j in zip(rows, cols) if i < tracks and j < detections and cost[i, j] < _FAR]
+        good pair and two leftovers, because a leftover costs nothing. Pricing the leftovers makes a pair worth
+        taking only when it is cheaper than leaving both of its members alone.
+
+        That is the assignment of the matrix padded with one "unmatched" column per track and row per detection
+        ((tracks + detections)^2). Solved here without the padding: with k pairs the total is the sum of the pairs'
+        costs + _UNMATCHED x (tracks + detections - 2k), i.e. a constant + the sum of (cost - 2 x _UNMATCHED) over the
+        pairs taken. So the same optimum is the plain assignment of min(cost - 2 x _UNMATCHED, 0), restricted to the
+        tracks and detections that have a pair worth taking, keeping the pairs that gain (< 0)."""
+        worth = cost < 2 * _UNMATCHED
+        if worth.sum(axis=1).max(initial=0) <= 1 and worth.sum(axis=0).max(initial=0) <= 1:
+            # no track has two pairs worth taking, no detection either (the usual frame): the optimum takes them all
+            return list(zip(*(index.tolist() for index in np.nonzero(worth))))
+        rows, cols = np.flatnonzero(worth.any(axis=1)), np.flatnonzero(worth.any(axis=0))
+        gain = np.minimum(cost[np.ix_(rows, cols)] - 2 * _UNMATCHED, 0.0)
+        chosen, partner = linear_sum_assignment(gain)
+        keep = gain[chosen, partner] < 0
+        return list(zip(rows[chosen[keep]].tolist(), cols[partner[keep]].tolist()))  # by track, as the padded form
 
     def _outside(self, centers: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         """Whether each center lies outside the frame or within half its box of the edge (not fully in view)."""
@@ -155,20 +181,21 @@ class BeltTracker(Tracker):
         half = (boxes[:, 2:] - boxes[:, :2]) / 2
         return np.any((centers < half) | (centers > np.array([width, height]) - half), axis=1)
 
-    def _plausibility(self, tracks: list[Track], detections: Detections, offsets, speed: float, pairs) -> tuple:
-        """(matched pairs, -(detections that appear inside the frame + tracks seen last frame that vanish inside it)),
-        compared in that order: the most pairs first (a speed that pushes everything out of view explains every
-        appearance but matches nothing), then the fewest surprises: parts enter upstream and leave downstream."""
-        elapsed = offsets.elapsed
+    def _plausibility(self, detections: Detections, offsets, speed: float, pairs, recent: np.ndarray) -> tuple:
+        """(matched pairs, -(detections that appear inside the frame + tracks seen last frame (`recent`) that vanish
+        inside it)), compared in that order: the most pairs first (a speed that pushes everything out of view explains
+        every appearance but matches nothing), then the fewest surprises: parts enter upstream and leave downstream."""
         new = np.ones(len(detections), bool)
-        lost = np.array([track.misses == 0 for track in tracks])
-        for i, j in pairs:
-            new[j], lost[i] = False, False
+        lost = recent.copy()
+        if pairs:
+            matched_tracks, matched_detections = zip(*pairs)
+            lost[list(matched_tracks)], new[list(matched_detections)] = False, False
         step = speed * (self._t - self.last_t) * self.direction
-        born_inside = ~self._outside(detections.centers[new] - step, detections.boxes[new])
-        moved = np.array([track.center + speed * elapsed[i] * self.direction for i, track in enumerate(tracks)])
-        boxes = np.array([track.box for track in tracks])
-        vanished_inside = ~self._outside(moved[lost], boxes[lost]) if lost.any() else np.zeros(0, bool)
+        born_inside = ~self._outside(self._centers[new] - step, detections.boxes[new])
+        if not lost.any():
+            return len(pairs), -int(born_inside.sum())
+        moved = offsets.last[lost] + (speed * offsets.elapsed[lost])[:, None] * self.direction
+        vanished_inside = ~self._outside(moved, offsets.track_boxes[lost])
         return len(pairs), -int(born_inside.sum()) - int(vanished_inside.sum())
 
     def _vote(self, tracks, detections, offsets) -> tuple[float | None, list]:
@@ -183,10 +210,14 @@ class BeltTracker(Tracker):
         proposed = np.unique(np.concatenate([proposed, self._votes.speeds()]))  # the last frames' proposals too
         proposed = proposed[proposed <= fastest]
         support = self._votes.support(proposed)
+        if len(support):  # the window's votes come first in a score: a speed with fewer can neither win nor tie
+            best_supported = support == support.max()
+            proposed, support = proposed[best_supported], support[best_supported]
+        recent = np.array([track.misses == 0 for track in tracks])
         best, best_pairs, best_score, tied = None, [], None, False
-        for speed, votes in zip(proposed, support):  # at most tracks x detections (400 with 20 parts) + the window's
+        for speed, votes in zip(proposed, support):  # only the best-supported of up to tracks x detections + window's
             pairs = self._assign(self._cost(offsets, speed))
-            score = (float(votes), *self._plausibility(tracks, detections, offsets, speed, pairs))
+            score = (float(votes), *self._plausibility(detections, offsets, speed, pairs, recent))
             tied = tied or (score == best_score and pairs != best_pairs)  # as good, but a different story
             if best_score is None or score > best_score:
                 best, best_pairs, best_score, tied = float(speed), pairs, score, False
@@ -201,19 +232,24 @@ class BeltTracker(Tracker):
         """A speed the last frames support clearly better than the current one (1.5 times its pairs and 3 more),
         else None: a speed adopted on a few ambiguous frames keeps matching some pairs by coincidence on a dense
         belt, so this frame's pairs alone would never call for a new vote. Checked every frame for 2 x WINDOW frames
-        after the speed was chosen, then every WINDOW frames (the check is most of the tracker's time per frame; a
-        belt that stops or starts loses its pairs and calls a vote at once anyway)."""
+        after the speed was chosen, then every WINDOW frames (the window's votes are computed only when a check reads
+        them; a belt that stops or starts loses its pairs and calls a vote at once anyway). The peak search runs only
+        when some speed could be supported enough (`most_support`, a cheap upper bound): on a steady belt the current
+        speed is the best supported, and no search is needed."""
         self._since_choice += 1
         if self.speed is None or (self._since_choice > 2 * WINDOW and self._since_choice % WINDOW):
+            return None
+        current = int(self._votes.support(self.speed)[0])
+        if self._votes.most_support() < 1.5 * current + 3:  # no speed at all is supported enough: skip the search
             return None
         peak, votes = self._votes.peak(self._fastest())
         if peak is None:
             return None
-        current = int(self._votes.support(self.speed)[0])
         return peak if votes >= 1.5 * current + 3 else None
 
     def _associate(self, detections: Detections, t: float):
-        self._votes.remember(detections, t)
+        self._centers = detections.centers  # a property computed on each access: once per frame
+        self._votes.remember(detections, t, self._centers)
         tracks = self.tracks
         if not tracks or not len(detections):
             return [], list(range(len(detections)))
@@ -239,7 +275,7 @@ class BeltTracker(Tracker):
                 pairs, self.speed, self._since_choice = voted_pairs, voted, 0
         if pairs:
             along, elapsed = offsets.along, offsets.elapsed
-            measured = float(np.median([along[i, j] / elapsed[i] for i, j in pairs]))
+            measured = float(statistics.median([along[i, j] / elapsed[i] for i, j in pairs]))  # np.median's value
             self.speed = max(0.0, (1 - self.smoothing) * self.speed + self.smoothing * measured)
         matched = {j for _, j in pairs}
         return [(tracks[i], j) for i, j in pairs], [j for j in range(len(detections)) if j not in matched]

@@ -8,8 +8,10 @@ other. At the true speed each part's detections vote together, frame after frame
 coincidences. `BeltTracker` uses the votes to choose its first speed, and to replace a speed the window clearly
 contradicts (see belt.py).
 
-Cost: with 20 parts in view, about 9 frame pairs x 400 detection pairs per frame, a few numpy operations each
-(the tracking + counting budget is 1 ms per frame).
+Cost: with 20 parts in view, 9 frame pairs x 400 detection pairs, a few numpy operations each (the tracking +
+counting budget is 1 ms per frame). They are computed only when the votes are read (every frame for a while after the
+speed was chosen, then every `window` frames: see BeltTracker._contradicted), all frame pairs in one pass over the
+window's frames padded to the fullest one (a few numpy operations in all, not a few per frame pair).
 """
 
 from __future__ import annotations
@@ -25,40 +27,46 @@ class SpeedVotes:
     def __init__(self, direction: np.ndarray, gate: float, cross_gate: float, window: int = 6):
         self.direction, self.gate, self.cross_gate = direction, gate, cross_gate
         self.across = np.array([-direction[1], direction[0]])
-        self.frames = deque(maxlen=window)  # (t, along, across, length along, width across) per remembered frame
-        # the voting pairs of each remembered frame with the two before it, computed once when the frame arrives
-        self._pairs = deque(maxlen=window)
-        self._votes = None  # cached concatenation of _pairs: (distance along, elapsed, tolerance)
+        self.frames = deque(maxlen=window)  # (t, [along, across, length along, width across]) per remembered frame
+        self._votes = None  # cached votes of the window's pairs: (distance along, elapsed, tolerance)
 
-    def remember(self, detections: Detections, t: float) -> None:
+    def remember(self, detections: Detections, t: float, centers: np.ndarray | None = None) -> None:
+        """One frame's detections; `centers`: their `detections.centers` where the caller has them already (a property
+        computed on each access)."""
         if not len(detections):
             return
+        centers = detections.centers if centers is None else centers
         boxes = np.asarray(detections.boxes, np.float64)
         sizes = np.abs(boxes[:, 2:] - boxes[:, :2])
-        centers = detections.centers  # a property computed on each access: once here
-        frame = (t, centers @ self.direction, centers @ self.across,
-                 sizes @ np.abs(self.direction), sizes @ np.abs(self.across))  # fmt: skip
-        # pairs with the last two remembered frames: a miss or the occluding bar in between is bridged
-        self._pairs.append([self._pair(earlier, frame) for earlier in list(self.frames)[-2:]])
-        self.frames.append(frame)
+        self.frames.append((t, np.stack([centers @ self.direction, centers @ self.across,
+                                         sizes @ np.abs(self.direction), sizes @ np.abs(self.across)])))  # fmt: skip
         self._votes = None
 
-    def _pair(self, first, second) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
-        """(the first frame's time, distance along, elapsed, tolerance) of the pairs of two frames that vote."""
-        (t0, u0, a0, l0, w0), (t1, u1, a1, l1, w1) = first, second
-        gate = self.gate * (l0[:, None] + l1[None]) / 2
-        step = u1[None] - u0[:, None]
-        near = (np.abs(a1[None] - a0[:, None]) <= self.cross_gate * (w0[:, None] + w1[None]) / 2) & (step >= -gate)
-        return t0, step[near], np.full(int(near.sum()), t1 - t0), gate[near]
-
     def votes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(distance along the belt, elapsed seconds, tolerance in pixels) of every voting pair of remembered
-        frames."""
-        if self._votes is None:  # pairs reaching back to a frame the window has dropped are left out
-            first = self.frames[0][0] if self.frames else 0.0
-            pairs = [pair for frame in self._pairs for t0, *pair in frame if t0 >= first]
-            self._votes = tuple(np.concatenate([p[k] for p in pairs]) if pairs else np.zeros(0) for k in range(3))
+        """(distance along the belt, elapsed seconds, tolerance in pixels) of every voting pair: each remembered frame
+        with the two remembered before it (a miss or the occluding bar in between is bridged), pairs reaching back to a
+        frame the window has dropped left out. Their order is irrelevant: they are counted, sorted or binned."""
+        if self._votes is None:
+            self._votes = self._pairs()
         return self._votes
+
+    def _pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        frames = len(self.frames)
+        pairs = [(k - gap, k) for gap in (1, 2) for k in range(gap, frames)]  # (earlier, later) remembered frames
+        if not pairs:
+            return np.zeros(0), np.zeros(0), np.zeros(0)
+        times = np.array([t for t, _ in self.frames])
+        grid = np.full((frames, 4, max(len(values[0]) for _, values in self.frames)), np.nan)
+        for k, (_, values) in enumerate(self.frames):  # NaN padding compares false: never a vote
+            grid[k, :, : values.shape[1]] = values
+        grid = grid.transpose(1, 0, 2)  # (along, across, length, width) x frames x detections
+        earlier, later = np.array(pairs).T
+        (u0, a0, l0, w0), (u1, a1, l1, w1) = grid[:, earlier, :, None], grid[:, later, None, :]
+        gate = self.gate * (l0 + l1) / 2  # (frame pairs, detections of the earlier, detections of the later)
+        step = u1 - u0
+        near = (np.abs(a1 - a0) <= self.cross_gate * (w0 + w1) / 2) & (step >= -gate)
+        elapsed = np.broadcast_to((times[later] - times[earlier])[:, None, None], near.shape)
+        return step[near], elapsed[near], gate[near]
 
     def support(self, speeds) -> np.ndarray:
         """For each speed, how many pairs it explains (distance strictly within the tolerance of speed x elapsed: a
@@ -68,6 +76,19 @@ class SpeedVotes:
         if not len(distance):
             return np.zeros(len(speeds), int)
         return (np.abs(distance[None] - speeds[:, None] * elapsed[None]) < tolerance[None]).sum(axis=1)
+
+    def most_support(self) -> int:
+        """At least the support of any speed (exactly the most, but for rounding): pair k supports the speeds in the
+        interval ((distance - tolerance) / elapsed, (distance + tolerance) / elapsed), and the most intervals that
+        overlap at one point is found by sorting their ends. Much cheaper than `peak`, which only needs to run when
+        this says a speed could beat the current one."""
+        distance, elapsed, tolerance = self.votes()
+        if not len(distance):
+            return 0
+        slack = tolerance + 1e-9 * (np.abs(distance) + tolerance)  # widened and closed: an upper bound despite rounding
+        low, high = np.sort((distance - slack) / elapsed), np.sort((distance + slack) / elapsed)
+        # at each interval's start, the intervals started (low <= s) minus those already over (high < s)
+        return int(np.max(np.arange(1, len(low) + 1) - np.searchsorted(high, low, "left")))
 
     def speeds(self) -> np.ndarray:
         """The speed each pair proposes (>= 0): candidates for a vote."""

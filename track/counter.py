@@ -43,14 +43,19 @@ class _State:
     def __init__(self):
         self.side = 0  # -1 before, +1 past, 0 not yet known
         self.last_frame = -(2**62)
-        self.before: np.ndarray | None = None  # last anchor seen before the line
+        self.before: tuple[float, float] | None = None  # last anchor seen before the line
         self.counted = self.reversed = False
 
 
 def new_observations(track: Track, last_frame: int) -> list[Observation]:
     """The track's observations after frame `last_frame`, oldest first (read from the end: usually one)."""
+    history = track.history
+    if history[-1].frame <= last_frame:
+        return []
+    if len(history) == 1 or history[-2].frame <= last_frame:  # the usual case: this frame's observation alone
+        return [history[-1]]
     new = []
-    for observation in reversed(track.history):
+    for observation in reversed(history):
         if observation.frame <= last_frame:
             break
         new.append(observation)
@@ -98,7 +103,8 @@ class LineCounter:
                 side = -1 if distance < -self.hysteresis else 1 if distance > self.hysteresis else state.side
                 if side == 1 and state.side != 1 and not state.counted:
                     proven = state.side == 0
-                    crossed = self.proves_crossing(track) if proven else self._crosses(state.before, np.array(center))
+                    crossed = (self.proves_crossing(track) if proven
+                               else self._crosses(np.array(state.before), np.array(center)))  # fmt: skip
                     if crossed:
                         state.counted = True
                         self.count += 1
@@ -108,7 +114,7 @@ class LineCounter:
                     self.reversed += 1
                     crossings.append(Crossing("reverse", track, observation, self.reversed))
                 if side == -1:
-                    state.before = np.array(center)
+                    state.before = center  # an array only when it is needed (once per part)
                 state.side = side
         return crossings
 

@@ -43,11 +43,18 @@ def unit_direction(direction, what: str = "direction") -> np.ndarray:
 
 def box_ious(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """(len(a), len(b)) IoU of xyxy boxes."""
-    low = np.maximum(a[:, None, :2], b[None, :, :2])
-    high = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(high - low, 0, None), axis=2)
-    area = lambda r: (r[:, 2] - r[:, 0]) * (r[:, 3] - r[:, 1])  # noqa: E731
-    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
+    return paired_ious(a[:, None], b[None, :])
+
+
+def paired_ious(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of xyxy boxes (..., 4) paired by broadcasting: (n, 4) with (n, 4) -> (n,) for n chosen pairs, where box_ious
+    would compute every pair."""
+    low = np.maximum(a[..., :2], b[..., :2])
+    high = np.minimum(a[..., 2:], b[..., 2:])
+    overlap = np.maximum(high - low, 0.0)  # np.clip and np.prod: the same values, more overhead on small arrays
+    inter = overlap[..., 0] * overlap[..., 1]
+    area = lambda r: (r[..., 2] - r[..., 0]) * (r[..., 3] - r[..., 1])  # noqa: E731
+    return inter / np.maximum(area(a) + area(b) - inter, 1e-9)
 
 
 def _points(values, count: int, what: str) -> np.ndarray:
@@ -90,8 +97,8 @@ class Line:
         object.__setattr__(self, "_start", start)
         object.__setattr__(self, "_along", along)
         object.__setattr__(self, "_normal", normal)
-        object.__setattr__(self, "_nx", float(normal[0]))
-        object.__setattr__(self, "_ny", float(normal[1]))
+        for name, value in (("_x0", start[0]), ("_y0", start[1]), ("_nx", normal[0]), ("_ny", normal[1])):
+            object.__setattr__(self, name, float(value))  # plain floats for `distance`
         object.__setattr__(self, "length", length)
 
     @classmethod
@@ -115,7 +122,7 @@ class Line:
 
     def distance(self, point) -> float:
         """signed_distance of one (x, y), in plain floats (the per-observation hot path of counter and judge)."""
-        return (point[0] - self._start[0]) * self._nx + (point[1] - self._start[1]) * self._ny
+        return (point[0] - self._x0) * self._nx + (point[1] - self._y0) * self._ny
 
     def along(self, points) -> np.ndarray:
         """Position of each point's projection along the segment: 0 at (x1, y1), `length` at (x2, y2)."""

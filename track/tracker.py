@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -29,8 +30,10 @@ HISTORY = 64  # observations kept per track: a part crosses the camera's field i
 DUPLICATE_IOU = 0.5  # an unmatched detection overlapping a matched one this much is the same part: no new track
 
 
-@dataclass(frozen=True)
-class Observation:
+class Observation(NamedTuple):
+    """One detection of a track (immutable). A NamedTuple, not a frozen dataclass: made for every detection of every
+    frame, and a frozen dataclass's __init__ costs several times more (the 1 ms per frame budget of issue 30)."""
+
     frame: int
     t: float
     box: np.ndarray  # (4,) float32 xyxy
@@ -94,6 +97,7 @@ class Tracker:
         self.size: tuple[int, int] | None = None
         self._times: deque = deque(maxlen=max_misses + 1)  # the last frames' times, for lookback_t
         self._next_id = 1
+        self._rows_of: tuple = (None, None)  # (the frame's Detections, its _rows)
 
     @property
     def last_t(self) -> float | None:
@@ -117,25 +121,25 @@ class Tracker:
         self.frame = self.frame + 1 if frame is None else int(frame)
         matches, new = self._associate(detections, t)
         seen = []
-        matched = set()
         for track, j in matches:
             self._observe(track, detections, j, t)
-            matched.add(id(track))
             seen.append(track)
+        matched = {id(track) for track in seen}
         for track in self.tracks:
             if id(track) not in matched:
                 track.misses += 1
                 track.age += 1
         lookback = self._times[0] if self._times else None  # max_misses + 1 frames back, or the stream's first
-        taken = detections.boxes[[j for _, j in matches]]
         new = list(new)
-        if len(taken) and new:  # a new detection overlapping a matched one is the same part again: no track
+        if matches and new:  # a new detection overlapping a matched one is the same part again: no track
+            taken = detections.boxes[[j for _, j in matches]]
             duplicate = box_ious(detections.boxes[new], taken).max(axis=1) >= DUPLICATE_IOU
-            new = [j for j, same in zip(new, duplicate) if not same]
+            new = [j for j, same in zip(new, duplicate.tolist()) if not same]
         for j in new:
             seen.append(self._start(detections, j, t, lookback))
-        self.ended = [track for track in self.tracks if not self._alive(track)]
-        self.tracks = [track for track in self.tracks if self._alive(track)]
+        alive = [self._alive(track) for track in self.tracks]  # once per track: the belt's coasting takes some work
+        self.ended = [track for track, keep in zip(self.tracks, alive) if not keep]
+        self.tracks = [track for track, keep in zip(self.tracks, alive) if keep]
         self._times.append(t)
         return seen
 
@@ -157,14 +161,24 @@ class Tracker:
         self._observe(track, detections, j, t)
         return track
 
+    def _rows(self, detections: Detections) -> tuple:
+        """The frame's detections as Python lists (rows of boxes, box values, scores, defective, origin), converted
+        once per frame rather than element by element for each observation."""
+        if self._rows_of[0] is not detections:
+            n = len(detections)
+            defective = [None] * n if detections.defective is None else detections.defective.tolist()
+            origin = [-1] * n if detections.origin is None else detections.origin.tolist()
+            rows = (list(detections.boxes), detections.boxes.tolist(), detections.scores.tolist(), defective, origin)
+            self._rows_of = (detections, rows)
+        return self._rows_of[1]
+
     def _observe(self, track: Track, detections: Detections, j: int, t: float) -> None:
-        defective = None if detections.defective is None else bool(detections.defective[j])
-        origin = -1 if detections.origin is None else int(detections.origin[j])
-        box = detections.boxes[j]  # a row of the frame's array: Detections are not changed after they are made
-        x0, y0, x1, y1 = box.tolist()
-        score = float(detections.scores[j])
+        boxes, values, scores, defective, origin = self._rows(detections)
+        box = boxes[j]  # a row of the frame's array: Detections are not changed after they are made
+        x0, y0, x1, y1 = values[j]
+        score = scores[j]
         center = ((x0 + x1) / 2, (y0 + y1) / 2)
-        track.history.append(Observation(self.frame, t, box, score, defective, origin, center, j))
+        track.history.append(Observation(self.frame, t, box, score, defective[j], origin[j], center, j))
         track.box, track.score = box, score
         track.mask = None if detections.masks is None else detections.masks[j]
         track.hits += 1
