@@ -9,94 +9,22 @@ answer is compared with the local Runtime's on the same bundle: PyTriton with nu
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from cseg.errors import InvalidInputError
+from serving import NEEDS_SERVE_ENV, ROOT, Server, free_ports, rules, same  # noqa: F401 - rules: a fixture
 
-ROOT = Path(__file__).resolve().parents[1]
-SERVE_PYTHON = ROOT / ".venv-serve" / "bin" / "python"
-START_S = 120  # a loaded 2-core machine: Triton starts in ~3 s alone, the bundle loads in seconds more
-
-pytestmark = pytest.mark.skipif(not SERVE_PYTHON.exists(), reason="no serving environment: run `make serve-env` "
-                                "(.venv-serve, PyTriton with numpy<2); `make test` creates it")  # fmt: skip
+pytestmark = NEEDS_SERVE_ENV
 grpcclient = pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] (the test extra) is not installed")
 
 from cseg.serve import contract  # noqa: E402
-from cseg.serve.client import RemoteRuntime, ServerError  # noqa: E402
-
-
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
-class Server:
-    """`python -m cseg.serve` in .venv-serve, on free loopback ports; its log goes to a file for the failure message."""
-
-    def __init__(self, bundle, rules, log: Path, ports=None, launcher=("-m", "cseg.serve"), flags=()):
-        self.bundle, self.rules, self.log, self.launcher, self.flags = bundle, rules, log, list(launcher), list(flags)
-        self.http, self.grpc, self.metrics = ports or _free_ports(3)
-        self.url = f"127.0.0.1:{self.grpc}"
-        self.process = None
-
-    def start(self) -> "Server":
-        command = [str(SERVE_PYTHON), *self.launcher, str(self.bundle), "--rules", str(self.rules),
-                   "--port", str(self.http), "--grpc-port", str(self.grpc), "--metrics-port", str(self.metrics),
-                   "--max-batch", "8", "--max-delay-ms", "20", *self.flags]  # fmt: skip
-        env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                            start_new_session=True)  # fmt: skip
-        client = grpcclient.InferenceServerClient(self.url)
-        deadline = time.monotonic() + START_S
-        try:
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    pytest.fail(f"cseg serve exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
-                try:
-                    if all(client.is_model_ready(m) for m in contract.MODELS):
-                        return self
-                except Exception:  # not listening yet
-                    pass
-                time.sleep(0.25)
-        finally:
-            client.close()
-        self.stop()
-        pytest.fail(f"cseg serve not ready in {START_S} s:\n{self.log.read_text()[-3000:]}")
-
-    def stop(self, sig=signal.SIGTERM) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, sig)  # the session: PyTriton's tritonserver and stubs go with it
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
-
-
-@pytest.fixture(scope="module")
-def rules(runtime, photo, tmp_path_factory):
-    from skimage import data
-
-    rule = runtime.induce([(data.coffee(), [[120, 30, 420, 300]])], "the cup", image=photo, max_new_tokens=10)
-    folder = tmp_path_factory.mktemp("rules")
-    rule.save(folder / "cup.json")
-    return folder, rule
+from cseg.serve.client import RemoteRuntime  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -112,17 +40,6 @@ def remote(server):
         yield rt
 
 
-def _same(remote_result, local_result) -> None:
-    assert remote_result.mask.shape == local_result.mask.shape and remote_result.mask.any() == local_result.mask.any()
-    assert np.array_equal(remote_result.mask, local_result.mask)
-    assert np.array_equal(remote_result.instances.masks, local_result.instances.masks)
-    np.testing.assert_allclose(remote_result.instances.boxes, local_result.instances.boxes, atol=1e-3)
-    np.testing.assert_allclose(remote_result.instances.scores, local_result.instances.scores, atol=1e-5)
-    assert remote_result.presence == pytest.approx(local_result.presence, abs=1e-5)
-    assert (remote_result.route, remote_result.answer, remote_result.token_ids) == (
-        local_result.route, local_result.answer, local_result.token_ids)  # fmt: skip
-
-
 def test_segment_equals_the_local_runtime(remote, runtime, photo):
     frame = photo[:200, :300]
     remote_many = remote.segment_many(frame, ["astronaut", "the flag"], route="shortcut")
@@ -130,19 +47,19 @@ def test_segment_equals_the_local_runtime(remote, runtime, photo):
     assert len(remote_many) == 2
     for got, want in zip(remote_many, local_many):
         assert got.mask.size > 0 and len(got.instances) == len(want.instances)
-        _same(got, want)
+        same(got, want)
     full = remote.segment(frame, "where is the helmet?", route="full", max_new_tokens=8)
-    _same(full, runtime.segment(frame, "where is the helmet?", route="full", max_new_tokens=8))
+    same(full, runtime.segment(frame, "where is the helmet?", route="full", max_new_tokens=8))
     bgr = remote.segment(np.ascontiguousarray(frame[..., ::-1]), "astronaut", route="shortcut", bgr=True)
-    _same(bgr, local_many[0])
+    same(bgr, local_many[0])
 
 
 def test_apply_equals_the_local_runtime_and_carries_the_rule_version(remote, runtime, rules, photo):
     got = remote.apply("cup", photo)
-    _same(got, runtime.apply(rules[1], photo))
+    same(got, runtime.apply(rules[1], photo))
     assert got.route == "rule" and len(got.rule_version) == 16
     streamed = list(remote.stream([photo, photo[:1]], "cup"))  # as Runtime.stream: a bad frame is an error result
-    _same(streamed[0].result, got)
+    same(streamed[0].result, got)
     assert streamed[1].result is None and "between 2 and" in streamed[1].error
 
 
@@ -157,8 +74,8 @@ def test_induce_keeps_the_rule_for_apply_and_a_new_induction_is_a_new_version(se
     np.testing.assert_allclose(got.rule.concept_tokens, want.concept_tokens, atol=1e-5)
     applied = remote.apply(got, photo)  # the server keeps it: apply by the RemoteRule (or its id)
     assert applied.rule_version == got.version
-    _same(applied, runtime.apply(want, photo))
-    _same(runtime.apply(got.rule, photo), applied)  # the rule sent back is the rule: it applies locally the same
+    same(applied, runtime.apply(want, photo))
+    same(runtime.apply(got.rule, photo), applied)  # the rule sent back is the rule: it applies locally the same
     again = remote.induce([(data.coffee(), [[120, 30, 420, 300], [10, 10, 60, 60]])], "the mug", image=photo,
                           max_new_tokens=6, rule_id="cup-remote")  # fmt: skip
     assert again.version != got.version and remote.apply("cup-remote", photo).rule_version == again.version
@@ -250,7 +167,7 @@ def test_fan_in_all_answered_correctly_and_batched(server, runtime, rules, photo
         thread.join(timeout=120)
     assert not failures and len(results) == 12
     for (index, _), result in results.items():
-        _same(result, expected[index % len(frames)])
+        same(result, expected[index % len(frames)])
     grown = {size: count - before.get(size, 0) for size, count in _batches(server.url).items()}
     assert sum(size * count for size, count in grown.items()) == 12  # every request executed once, none lost
     assert any(size > 1 and count > 0 for size, count in grown.items()), f"no batch formed: {grown}"
@@ -305,60 +222,21 @@ def test_bad_input_gets_the_cseg_error_and_the_server_keeps_serving(server, remo
     assert remote.apply("cup", photo).route == "rule"  # still serving
 
 
-# `cseg serve` with PyTriton's instance start race forced once per start (the second model's bind fails as it does
-# when an instance misses instance 0's handshake socket): the server must restart Triton and serve
-RACE_ONCE = """
-import runpy, sys
-import pytriton.triton
-from tritonclient.utils import InferenceServerException
-real, calls = pytriton.triton.Triton.bind, []
-def bind(self, *args, **kwargs):
-    calls.append(kwargs["model_name"])
-    if len(calls) == 2:
-        raise InferenceServerException("[400] load failed for model 'cseg_apply': version 1 is at UNAVAILABLE state: "
-                                       "... in get_config_from_handshake_server ... ConnectionRefusedError")
-    return real(self, *args, **kwargs)
-pytriton.triton.Triton.bind = bind
-runpy.run_module("cseg.serve", run_name="__main__")
-"""
-
-
-def test_start_race_is_retried_server_down_is_a_clear_error_and_the_client_reconnects(
-        tiny_bundle, rules, photo, runtime, tmp_path):  # fmt: skip
-    log = tmp_path / "server.log"
-    server = Server(tiny_bundle, rules[0], log, launcher=("-c", RACE_ONCE), flags=["--no-shared-memory"]).start()
-    try:
-        assert log.read_text().count("missed PyTriton's start handshake (attempt 1 of 4)") == 1
-        rt = RemoteRuntime(server.url, timeout_s=30)
-        _same(rt.apply("cup", photo), runtime.apply(rules[1], photo))  # frames in the message: shared memory refused
-        assert "refused shared memory" in rt.shared_memory_off
-        server.stop(signal.SIGKILL)
-        with pytest.raises(ServerError, match=f"cseg server {server.url}"):
-            rt.apply("cup", photo)
-        failed = list(rt.stream([photo], "cup"))
-        assert failed[0].result is None and "cseg server" in failed[0].error
-        server.start()  # the same ports: the same client's next call connects afresh
-        _same(rt.apply("cup", photo), runtime.apply(rules[1], photo))
-        rt.close()
-    finally:
-        server.stop()
-
-
 def test_frames_go_through_shared_memory_one_region_per_thread_freed_at_close(server, runtime, rules, photo):
     big = np.ascontiguousarray(np.tile(photo, (3, 4, 1))[:1080, :1920])  # 1080p: the region grows
     rt = RemoteRuntime(server.url, timeout_s=60)
-    _same(rt.apply("cup", photo), runtime.apply(rules[1], photo))
+    same(rt.apply("cup", photo), runtime.apply(rules[1], photo))
     assert rt.shared_memory_off is None
     first = _regions(server.url, rt)
     assert len(first) == 1 and first[0]["byte_size"] >= photo.nbytes
-    _same(rt.apply("cup", big), runtime.apply(rules[1], big))
+    same(rt.apply("cup", big), runtime.apply(rules[1], big))
     second = _regions(server.url, rt)
     assert len(second) == 1 and second[0]["byte_size"] >= big.nbytes and second[0]["name"] != first[0]["name"]
     assert not Path("/dev/shm" + first[0]["key"]).exists()  # the outgrown region was unlinked, not leaked
     rt.close()
     assert _regions(server.url, rt) == [] and not Path("/dev/shm" + second[0]["key"]).exists()
     message = RemoteRuntime(server.url, timeout_s=60, shared_memory=False)
-    _same(message.apply("cup", photo), runtime.apply(rules[1], photo))
+    same(message.apply("cup", photo), runtime.apply(rules[1], photo))
     assert "not asked for" in message.shared_memory_off and _regions(server.url, message) == []
     message.close()
 
@@ -375,37 +253,12 @@ def _regions(url: str, rt: RemoteRuntime) -> list[dict]:
             if name.startswith(prefix)]  # fmt: skip
 
 
-def test_only_the_start_race_is_retried():
-    from cseg.serve.server import instance_start_race
-
-    race = "[400] load failed for model 'x': ... get_config_from_handshake_server(handshake_socket) ..."
-    assert instance_start_race(RuntimeError(race))
-    assert not instance_start_race(RuntimeError("[400] load failed for model 'x': model.py: ValueError: bad"))
-    assert not instance_start_race(RuntimeError("get_config_from_handshake_server"))  # not a load failure
-
-
-def test_nothing_listening_is_a_server_error():
-    (port,) = _free_ports(1)
-    with pytest.raises(ServerError, match="unavailable"):
-        RemoteRuntime(f"127.0.0.1:{port}", timeout_s=5).segment(np.zeros((8, 8, 3), np.uint8), "cat")
-
-
-def test_numpy_2_is_refused_with_a_clear_message(tmp_path, capsys):
-    from cseg.cli import main
-
-    if int(np.__version__.split(".")[0]) < 2:
-        pytest.skip("this environment has numpy<2: the refusal is for numpy 2")
-    assert main(["serve", str(tmp_path)]) == 2  # refused before the bundle is even read
-    assert "needs numpy<2" in capsys.readouterr().err
-    assert sys.modules.get("pytriton") is None  # refused before PyTriton is imported
-
-
 @pytest.mark.slow
 def test_eight_cameras_benchmark_loses_nothing_and_answers_as_the_local_runtime(tiny_bundle, rules, tmp_path):
     """benchmarks/serve_cameras.py end to end (README, "Many cameras on one server"): 8 cameras and one camera alone,
     every request answered and executed once, every answer the local Runtime's. Its throughput ratio is reported, not
     asserted: a test machine's load decides it (the README's table says under which conditions it was measured)."""
-    grpc_port = _free_ports(1)[0]  # the script's server takes it and the next one (HTTP)
+    grpc_port = free_ports(1)[0]  # the script's server takes it and the next one (HTTP)
     command = [sys.executable, str(ROOT / "benchmarks" / "serve_cameras.py"), str(tiny_bundle), str(rules[0]), "cup",
                "--cameras", "8", "--frames", "2", "--grpc-port", str(grpc_port), "--json", "report.json"]  # fmt: skip
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=1200)
