@@ -6,7 +6,7 @@ fail or time out), Triton's batch statistics of cseg_apply, and whether every an
 README, "Serving many cameras: Triton". Not part of the tests.
 
     .venv/bin/python benchmarks/serve_cameras.py BUNDLE RULES_DIR RULE_ID [--cameras 8] [--frames 12]
-        [--instances 2] [--concurrency 2] [--threads 0] [--max-batch 8] [--max-delay-ms 2] [--grpc-port 8011]
+        [--instances N] [--concurrency N] [--threads N] [--max-batch N] [--max-delay-ms MS] [--grpc-port 8011]
         [--url HOST:PORT] [--json FILE]
 
 Starts `python -m cseg.serve` in .venv-serve on loopback with the given serving settings (or measures --url, a
@@ -109,17 +109,19 @@ def main() -> None:
     parser.add_argument("rule_id")
     parser.add_argument("--cameras", type=int, default=8)
     parser.add_argument("--frames", type=int, default=12, help="frames per camera (and for the one camera alone)")
-    parser.add_argument("--instances", type=int, default=2)
-    parser.add_argument("--concurrency", type=int, default=2, help="the server's requests run at once")
-    parser.add_argument("--threads", type=int, default=0, help="the server's ONNX Runtime intra-op threads")
-    parser.add_argument("--max-batch", type=int, default=8)
-    parser.add_argument("--max-delay-ms", type=float, default=2.0)
+    # the server's settings: not given, the server's defaults (cseg serve --help)
+    parser.add_argument("--instances", type=int)
+    parser.add_argument("--concurrency", type=int, help="the server's requests run at once")
+    parser.add_argument("--threads", type=int, help="the server's ONNX Runtime intra-op threads per run")
+    parser.add_argument("--max-batch", type=int)
+    parser.add_argument("--max-delay-ms", type=float)
     parser.add_argument("--grpc-port", type=int, default=8011)
     parser.add_argument("--url", help="a running cseg serve (host:grpc_port); default: start one")
     parser.add_argument("--json", help="also write the numbers here")
     args = parser.parse_args()
     flags = ("instances", "concurrency", "threads", "max_batch", "max_delay_ms")
-    settings = [text for flag in flags for text in (f"--{flag.replace('_', '-')}", str(getattr(args, flag)))]
+    settings = [text for flag in flags if getattr(args, flag) is not None
+                for text in (f"--{flag.replace('_', '-')}", str(getattr(args, flag)))]  # fmt: skip
     server = None if args.url else start_server(args.bundle, args.rules, args.grpc_port, settings, "serve_cameras")
     url = args.url or f"127.0.0.1:{args.grpc_port}"
     try:

@@ -12,8 +12,8 @@ sam3_decoder with ONNX Runtime on 2 cores, within a loaded machine's noise), so 
 Throughput comes from overlap instead: each model has `instances` model instances (PyTriton serves each from its own
 thread, with its own Triton backend stub), so one batch's tensors move through Triton's and PyTriton's shared
 memory while another's graphs run, and a pool of `concurrency` threads, shared by all instances, runs that many
-requests at once (ONNX Runtime and the native pre- and postprocessing release the GIL). `threads` sets ONNX
-Runtime's intra-op threads per run (0: one per core).
+requests at once (ONNX Runtime and the native pre- and postprocessing release the GIL), each with its share of the
+cores as ONNX Runtime intra-op threads (`threads`; 0: one per core per run).
 
 PyTriton's own needs are checked first (`check_environment`): numpy < 2 (PyTriton with numpy 2 answers with empty
 tensors, silently) and the Python backend stub's libpython (LD_LIBRARY_PATH = this interpreter's LIBDIR).
@@ -208,9 +208,12 @@ _META = ("route_by", "route_score", "answer", "rule", "think", "bbox", "text", "
 
 
 # Two instances overlap one batch's transfers with another's graph runs, and a pool of two runs two requests' graphs
-# at once, one per core of a 2-core CPU. Measured while loaded only (README, "Many cameras on one server": 1.10x vs
-# 1.04x for 1 and 1, within noise): to be confirmed idle. TensorRT serialises its requests anyway (one device buffer).
-INSTANCES, CONCURRENCY, THREADS = 2, 2, 0
+# at once. Each run gets its share of the cores (THREADS None: cores // concurrency ONNX Runtime intra-op threads):
+# measured idle on a 2-core EPYC (README, "Many cameras on one server"), 8 cameras ran at 1.97x one camera's rate
+# with one thread per run, 1.03x with ONNX Runtime's default of one thread per core per run (two runs then fight for
+# the same cores); the price is a lone camera's latency (0.62 -> 1.02 s there): --threads 0 for that.
+# TensorRT serialises its requests anyway (one device buffer).
+INSTANCES, CONCURRENCY, THREADS = 2, 2, None
 # The batcher sends what is queued as soon as an instance is free: waiting for more requests cost every lone request
 # its full delay (Triton's queue time 2.1 ms per request at 2 ms, 0.1 ms at 0, measured on loopback), while under
 # load requests queue behind the busy instances and are batched anyway; on a CPU a batch gains little (above).
@@ -220,11 +223,12 @@ MAX_DELAY_MS = 0.0
 def serve(bundle, *, rules=None, host: str = "127.0.0.1", http_port: int = 8000, grpc_port: int = 8001,
           metrics_port: int = 8002, max_batch: int = 8, max_queue: int = 64, queue_timeout_s: float = 30.0,
           max_delay_ms: float = MAX_DELAY_MS, device: str = "auto", instances: int = INSTANCES,
-          concurrency: int = CONCURRENCY, threads: int = THREADS, shared_memory: bool | None = None,
+          concurrency: int = CONCURRENCY, threads: int | None = THREADS, shared_memory: bool | None = None,
           ready=None) -> None:  # fmt: skip
     """Serve `bundle` until interrupted (blocks). `ready(triton)` is called once the models are bound.
     instances: model instances per model (batches in flight at once); concurrency: requests run at once over all
-    instances; threads: ONNX Runtime intra-op threads per graph run (0: one per core); shared_memory: clients may
+    instances; threads: ONNX Runtime intra-op threads per graph run (None: the cores shared out among the concurrent
+    requests, 0: ONNX Runtime's default, one per core); shared_memory: clients may
     register system shared memory for their frames (cseg.serve.shm), None: when `host` is loopback."""
     check_environment()
     from pytriton.model_config import DynamicBatcher, ModelConfig, QueuePolicy, Tensor, TimeoutAction
@@ -234,6 +238,10 @@ def serve(bundle, *, rules=None, host: str = "127.0.0.1", http_port: int = 8000,
     from cseg.serve.induce import Inducer
     from cseg.serve.induce import bind as bind_induce
 
+    if threads is None:
+        threads = run_threads(concurrency)
+    log.info("%d model instances, %d requests at once, %s ONNX Runtime threads per run", instances, concurrency,
+             threads or "one per core")  # fmt: skip
     runtime = Runtime.open(bundle, device=device, session={"intra_op_num_threads": threads} if threads else None)
     handlers = Handlers(runtime, load_rules(rules, runtime.manifest), concurrency)
     log.info("bundle %s, rules %s", bundle, sorted(handlers.rules))
@@ -274,6 +282,15 @@ def serve(bundle, *, rules=None, host: str = "127.0.0.1", http_port: int = 8000,
                 ready(triton)
             triton.serve()
             return
+
+
+def run_threads(concurrency: int) -> int:
+    """ONNX Runtime intra-op threads per run when `concurrency` runs share this process's cores (at least 1)."""
+    try:
+        cores = len(os.sched_getaffinity(0))  # a container's or taskset's cores, not the host's
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, concurrency))
 
 
 # Triton's Python backend starts a model's instances in parallel; PyTriton has instance 0 open a Unix socket that the

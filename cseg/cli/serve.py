@@ -47,7 +47,8 @@ def register(sub) -> None:
     parser.add_argument("--concurrency", type=int, default=DEFAULTS["concurrency"],
                         help="requests run at once over all instances (each batch's requests share them)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=DEFAULTS["threads"],
-                        help="ONNX Runtime intra-op threads per graph run (0: one per core)")  # fmt: skip
+                        help="ONNX Runtime intra-op threads per graph run (default: the cores divided among "
+                        "--concurrency runs; 0: one per core each, the lowest latency for a lone camera)")  # fmt: skip
     parser.add_argument("--shared-memory", action=argparse.BooleanOptionalAction, default=None,
                         help="let clients on this host send frames through system shared memory (a client can then "
                         "have the server read any shared-memory object this user can open); default: on when "
