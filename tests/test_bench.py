@@ -55,9 +55,38 @@ def test_cli_bench(tiny_bundle, tmp_path, capsys):
     assert set(line["graphs"]) | set(line["cached"]) == set(bench.ROOFLINE_STAGES)
     for graph in line["graphs"].values():
         assert graph["gflop"] > 0 and 0 < graph["fraction_of_peak"] < 10  # above 1 only for noisy tiny timings
+        assert 0 < graph["fraction_of_best"] <= graph["fraction_of_peak"]
+    from cseg import cpu_backends
+
+    if cpu_backends.native_precision() == "bf16":  # an AVX512-BF16 / AMX CPU: measured through OpenVINO
+        assert line["peaks"]["bf16_gflop_s"] > 0
+    else:  # no bf16 peak where bf16 is emulated, and the line says so
+        assert line["peaks"]["bf16_gflop_s"] is None and "no native bf16" in printed
     assert 0 < line["decode"]["fraction_of_bound"] and line["decode"]["weight_mb"] > 0
     assert summary["host_path"]["cpu"]["preprocess_ms"] > 0 and summary["host_path"]["instances"] == 20
     assert main(["bench", "--bundle", str(tiny_bundle), "--repeat", "0"]) == 2
+
+
+def test_each_graph_is_put_against_the_peak_of_its_precision_and_the_best_one():
+    """A graph OpenVINO served in bf16 is measured against the bf16 peak, an int8 graph against int8's, and every graph
+    against the machine's best precision; an unmeasured peak (None, NaN) is never the best."""
+    from cseg.cpu_backends import Choice
+
+    graphs = {key: {"flops": {"count": 1e9}, "precision": "int8" if key == "sam3_decoder" else "fp32"}
+              for key in bench.ROOFLINE_STAGES}  # fmt: skip
+    manifest = {"graphs": {**graphs, "vlm_decoder": {"bytes": 1e6}}}
+    stages = {key: {"median": 10.0} for key in bench.ROOFLINE_STAGES}  # 100 GFLOP/s each
+    summary = {"backends": {"runtime": {"full": {"stages_ms": stages, "decode_tokens_per_s": 5.0}}}}
+    peaks = {"fp32_gflop_s": 200.0, "int8_gop_s": 1000.0, "bf16_gflop_s": 400.0, "bandwidth_gb_s": 10.0}
+    choices = {"vlm_vision": Choice("openvino", "bf16", "faster"), "sam3_text": Choice("openvino", "f32", "faster")}
+    line = bench.roofline(summary, manifest, peaks, choices)
+    got = {key: (g["precision"], g["fraction_of_peak"], g["fraction_of_best"]) for key, g in line["graphs"].items()}
+    assert line["best"] == "int8"
+    assert got == {"sam3_vision": ("fp32", 0.5, 0.1), "sam3_text": ("fp32", 0.5, 0.1),
+                   "vlm_vision": ("bf16", 0.25, 0.1), "sam3_decoder": ("int8", 0.1, 0.1)}  # fmt: skip
+    assert "25.0% of its bf16 peak,  10.0% of the best (int8)" in bench.roofline_table(line)
+    line = bench.roofline(summary, manifest, {**peaks, "int8_gop_s": float("nan"), "bf16_gflop_s": None})
+    assert line["best"] == "fp32" and line["graphs"]["vlm_vision"]["precision"] == "fp32"
 
 
 def test_a_graph_the_runtimes_cache_served_is_no_roofline_point(runtime, photo):

@@ -59,7 +59,8 @@ def run_bench(args) -> int:
         fps = bench.frame_loop(backends, (images * args.frames)[: args.frames], args.prompt)
         progress.update(len(backends) * args.frames)
     summary = bench.report(results, fps)
-    summary["roofline"] = bench.roofline(summary, backends["runtime"].manifest, bench.machine_peaks())
+    runtime = backends["runtime"]
+    summary["roofline"] = bench.roofline(summary, runtime.manifest, bench.machine_peaks(), runtime.cpu_choices)
     summary["host_path"] = host_path_bench.host_path()
     print(bench.table(summary))
     print(bench.roofline_table(summary["roofline"]))
