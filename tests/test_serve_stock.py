@@ -94,9 +94,10 @@ def test_stock_tritonserver_answers_as_the_local_runtime(stock, runtime, rules, 
         _same(applied, runtime.apply(want, photo))
 
 
-def test_stock_tritonserver_bad_request_is_the_cseg_error(stock, photo):
+def test_stock_tritonserver_bad_request_is_the_cseg_error(stock, rules, photo):
+    rules[1].save(rules[0] / "spare.json")  # never applied: cseg_apply has not loaded it, its error names it anyway
     with RemoteRuntime(stock, timeout_s=60) as rt:
-        with pytest.raises(InvalidInputError, match="unknown rule 'nope'"):
+        with pytest.raises(InvalidInputError, match=r"unknown rule 'nope': this server has \[.*'spare'\]"):
             rt.apply("nope", photo)
         image, options = np.ascontiguousarray(photo[:64, :64]), np.array([b"{}"], dtype=object)
         with pytest.raises(InvalidInputError, match="prompt is empty"):  # the server's own check, sent raw
