@@ -2,9 +2,11 @@
 1080p frame, interleaved (local, remote, local, ...) so a machine's drift hits both alike; medians and p90 (README,
 "Serving many cameras: Triton"). Not part of the tests.
 
-    .venv/bin/python benchmarks/serve_overhead.py BUNDLE RULES_DIR RULE_ID [--rounds 30] [--grpc-port 8001]
+    .venv/bin/python benchmarks/serve_overhead.py BUNDLE RULES_DIR RULE_ID [--rounds 30] [--grpc-port 8001] [--stock]
 
-Starts `python -m cseg.serve` in .venv-serve on loopback (or uses --url of a running server), then measures. The
+Starts `python -m cseg.serve` in .venv-serve on loopback (--stock: the bundle's `cseg export-triton` repository on
+the tritonserver binary PyTriton bundles, started directly by cseg.serve.stock; or uses --url of a running server),
+then measures. The
 difference of the medians is the serving overhead per request (gRPC, Triton's queue, the tensor copies); the
 model's own time is in both.
 """
@@ -40,6 +42,18 @@ def start_server(bundle: str, rules: str, grpc_port: int, settings=(), name: str
         return subprocess.Popen(command, start_new_session=True, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
+def start_stock_server(bundle: str, rules: str, grpc_port: int, name: str = "serve_overhead"):
+    """The bundle's export-triton repository (in NAME.stock/) on the bundled stock tritonserver, on loopback."""
+    from cseg.serve.stock import stock_command
+    from cseg.serve.triton_repo import export_repository
+
+    work = Path(f"{name}.stock").absolute()
+    export_repository(bundle, work / "repo", rules=rules, force=True)
+    argv, env = stock_command(ROOT / ".venv-serve", work / "repo", work, grpc_port=grpc_port, http_port=grpc_port + 1)
+    with open(f"{name}.server.log", "wb") as log:
+        return subprocess.Popen(argv, start_new_session=True, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
 def stop_server(server: subprocess.Popen | None) -> None:
     if server is not None and server.poll() is None:
         os.killpg(server.pid, signal.SIGTERM)  # the session: PyTriton's tritonserver and stubs go with it
@@ -51,7 +65,7 @@ def wait_ready(url: str, server: subprocess.Popen | None, timeout_s: float = 180
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if server is not None and server.poll() is not None:
-            sys.exit(f"cseg serve exited with {server.returncode}: see {log}")
+            sys.exit(f"the server exited with {server.returncode}: see {log}")
         try:
             with RemoteRuntime(url) as rt:
                 if rt.ready():
@@ -70,8 +84,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--url", help="a running cseg serve (host:grpc_port); default: start one")
+    parser.add_argument("--stock", action="store_true", help="start a stock tritonserver on the bundle's export-triton "
+                        "repository (its Python-backend models) instead of cseg serve")  # fmt: skip
     args = parser.parse_args()
-    server = None if args.url else start_server(args.bundle, args.rules, args.grpc_port)
+    start = start_stock_server if args.stock else start_server
+    server = None if args.url else start(args.bundle, args.rules, args.grpc_port)
     url = args.url or f"127.0.0.1:{args.grpc_port}"
     try:
         wait_ready(url, server)

@@ -5,7 +5,10 @@ the tensors are cseg.serve.contract's and RemoteRuntime is the client.
 
 Under Triton the models are separate processes: cseg_induce saves each rule into the repository's rules folder and
 cseg_apply reads that folder again when a rule file changes (FolderRules), which is how an induced rule reaches it.
-Not run on a stock tritonserver here: the tests drive this class with a stand-in for triton_python_backend_utils.
+Run on a stock tritonserver (the 2.51 binary PyTriton's wheel bundles, started by cseg.serve.stock:
+tests/test_serve_stock.py); tests/test_serve_triton.py also drives this class with a stand-in for
+triton_python_backend_utils. cseg and its runtime's dependencies (numpy<2 with the bundled Python backend, ONNX
+Runtime) must be importable by the backend stub's Python: the environment whose `python` comes first on PATH.
 """
 
 from __future__ import annotations
@@ -50,6 +53,12 @@ class FolderRules(dict):
     def __getitem__(self, rule_id):
         self._refresh(rule_id)
         return super().__getitem__(rule_id)
+
+    def __iter__(self):  # the folder's rules, loaded here yet or not: what an unknown rule's error lists
+        return iter(sorted(path.stem for path in self.folder.glob("*.json")))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 class TritonPythonModel:

@@ -16,8 +16,10 @@ What it writes:
   cseg (with its runtime's dependencies) must be importable by Triton's Python backend.
 
 Every config is written from Triton's own ModelConfig protobuf (tritonclient ships it) and checked after writing:
-parsed back with protobuf's text_format and compared with the ONNX graph (check_repository). A stock tritonserver
-has not loaded these repositories here (PyTriton, the Triton this project runs, has only the Python backend).
+parsed back with protobuf's text_format and compared with the ONNX graph (check_repository). The Python-backend
+models load and serve on a stock tritonserver, the 2.51 binary PyTriton's wheel bundles (cseg.serve.stock starts it;
+tests/test_serve_stock.py); the graph models have not been loaded by one here (that binary has only the Python
+backend: no onnxruntime or tensorrt backend).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from cseg.serve import contract
 
 MARKER = "cseg-triton-repository.json"  # says a folder is a repository this command wrote: --force replaces only those
 SHIM = '''"""Triton Python-backend model written by `cseg export-triton`: the request flow is cseg's (cseg must be
-installed in this backend's Python environment)."""
+importable by the backend stub's Python: the environment whose `python` is first on tritonserver's PATH)."""
 
 from cseg.serve.triton_python import TritonPythonModel  # noqa: F401
 '''
