@@ -18,7 +18,7 @@ from cseg.cli import main
 from cseg.errors import InvalidInputError
 
 # the serving environment's checks, ports, the rules fixture and the comparison of tests/test_serve.py
-from test_serve import SERVE_PYTHON, START_S, _free_ports, _same, rules  # noqa: F401 (rules: a fixture)
+from serving import SERVE_PYTHON, START_S, free_ports, rules, same  # noqa: F401 (rules: a fixture)
 
 pytestmark = pytest.mark.skipif(not SERVE_PYTHON.exists(), reason="no serving environment (.venv-serve, which bundles "
                                 "the tritonserver binary): run `make serve-env`; `make test` creates it")  # fmt: skip
@@ -34,7 +34,7 @@ def stock(tiny_bundle, rules, tmp_path_factory):
     """The bundled tritonserver on the tiny bundle's repository, on free loopback ports; its log in a file."""
     work = tmp_path_factory.mktemp("stock")
     assert main(["export-triton", str(tiny_bundle), str(work / "repo"), "--rules", str(rules[0])]) == 0
-    http, grpc = _free_ports(2)
+    http, grpc = free_ports(2)
     argv, env = stock_command(SERVE_PYTHON.parents[1], work / "repo", work, grpc_port=grpc, http_port=http)
     log = work / "tritonserver.log"
     with open(log, "wb") as out:
@@ -77,13 +77,13 @@ def test_stock_tritonserver_answers_as_the_local_runtime(stock, runtime, rules, 
     with RemoteRuntime(stock, timeout_s=60) as rt:
         applied = rt.apply("cup", photo)  # 512x512x3: 786 KB, through shared memory
         assert rt.shared_memory_off is None, rt.shared_memory_off
-        _same(applied, runtime.apply(rules[1], photo))
+        same(applied, runtime.apply(rules[1], photo))
         assert applied.route == "rule" and len(applied.rule_version) == 16 and applied.timings["runtime"] > 0
         frame = photo[:200, :300]
         for got, want in zip(rt.segment_many(frame, ["astronaut", "the flag"], route="shortcut"),
                              runtime.segment_many(frame, ["astronaut", "the flag"], route="shortcut")):  # fmt: skip
             assert got.mask.size > 0
-            _same(got, want)
+            same(got, want)
         # cseg_induce saves the rule into the rules folder; cseg_apply (another stub process) reads it from there
         demos = [(data.coffee(), [[120, 30, 420, 300]])]
         induced = rt.induce(demos, "the cup", image=photo, max_new_tokens=10, rule_id="cup-stock")
@@ -91,7 +91,7 @@ def test_stock_tritonserver_answers_as_the_local_runtime(stock, runtime, rules, 
         assert (induced.rule.answer, induced.rule.token_ids) == (want.answer, want.token_ids)
         applied = rt.apply(induced, photo)
         assert applied.rule_version == induced.version
-        _same(applied, runtime.apply(want, photo))
+        same(applied, runtime.apply(want, photo))
 
 
 def test_stock_tritonserver_bad_request_is_the_cseg_error(stock, rules, photo):
