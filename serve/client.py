@@ -253,16 +253,28 @@ class RemoteRuntime:
         wanted = [grpcclient.InferRequestedOutput(spec.name) for spec in outputs]
 
         def request(client):
-            inputs = []
-            for name, value in arrays.items():
-                tensor = grpcclient.InferInput(name, list(value.shape), specs[name].triton_dtype)
-                placed = self._frames.place(client, value) if name == "image" and self._frames is not None else None
-                if placed is not None:
-                    tensor.set_shared_memory(*placed)
-                else:
-                    tensor.set_data_from_numpy(value)
-                inputs.append(tensor)
-            return client.infer(model, inputs, outputs=wanted, client_timeout=self.timeout_s)
+            from tritonclient.utils import InferenceServerException
+
+            for attempt in (1, 2):
+                inputs, placed = [], False
+                for name, value in arrays.items():
+                    tensor = grpcclient.InferInput(name, list(value.shape), specs[name].triton_dtype)
+                    shared = name == "image" and self._frames is not None
+                    region = self._frames.place(client, value) if shared else None
+                    if region is not None:
+                        tensor.set_shared_memory(*region)
+                        placed = True
+                    else:
+                        tensor.set_data_from_numpy(value)
+                    inputs.append(tensor)
+                try:
+                    return client.infer(model, inputs, outputs=wanted, client_timeout=self.timeout_s)
+                except InferenceServerException as exc:
+                    # a server restarted between two calls (the channel reconnected without an error) no longer
+                    # has the region: register it again and send once more
+                    if attempt == 2 or not placed or "shared memory" not in str(exc.message()).lower():
+                        raise
+                    self._frames.forget()
 
         return self._call(request)
 

@@ -77,7 +77,7 @@ class FrameRegions:
             self._registered.clear()
 
     def close(self, client=None) -> None:
-        """Unregister (best effort: the server may be gone) and free every region."""
+        """Unregister (best effort: the server may be gone) and free every region; a later call makes a new one."""
         if client is not None:
             for name in list(self._registered):
                 try:
@@ -85,10 +85,13 @@ class FrameRegions:
                 except Exception:  # a server that is down has forgotten it anyway
                     pass
         self.forget()
-        self._finalizer()
+        with self._lock:
+            _destroy(self._regions)
 
     def _region(self, client, shm, nbytes: int) -> str:
         name = getattr(self._local, "name", None)
+        if name not in self._regions:  # none yet in this thread, or freed by close()
+            name = None
         if name is not None and self._regions[name][1] >= nbytes:
             return name
         if name is not None:  # outgrown: the server lets go of it before it is unlinked

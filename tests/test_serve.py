@@ -229,6 +229,11 @@ def test_frames_go_through_shared_memory_one_region_per_thread_freed_at_close(se
     assert rt.shared_memory_off is None
     first = _regions(server.url, rt)
     assert len(first) == 1 and first[0]["byte_size"] >= photo.nbytes
+    raw = grpcclient.InferenceServerClient(server.url)
+    raw.unregister_system_shared_memory(first[0]["name"])  # what a restart between two calls does to the server
+    raw.close()
+    same(rt.apply("cup", photo), runtime.apply(rules[1], photo))  # registered again, sent again
+    assert rt.shared_memory_off is None and _regions(server.url, rt) == first
     same(rt.apply("cup", big), runtime.apply(rules[1], big))
     second = _regions(server.url, rt)
     assert len(second) == 1 and second[0]["byte_size"] >= big.nbytes and second[0]["name"] != first[0]["name"]
