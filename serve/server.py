@@ -209,9 +209,9 @@ _META = ("route_by", "route_score", "answer", "rule", "think", "bbox", "text", "
 
 # Two instances overlap one batch's transfers with another's graph runs, and a pool of two runs two requests' graphs
 # at once. Each run gets its share of the cores (THREADS None: cores // concurrency ONNX Runtime intra-op threads):
-# measured idle on a 2-core EPYC (README, "Many cameras on one server"), 8 cameras ran at 1.97x one camera's rate
-# with one thread per run, 1.03x with ONNX Runtime's default of one thread per core per run (two runs then fight for
-# the same cores); the price is a lone camera's latency (0.62 -> 1.02 s there): --threads 0 for that.
+# measured idle on a 2-core EPYC (README, "Many cameras on one server"), 8 cameras ran at 1.96x one camera's rate
+# with one thread per run, 1.05x with ONNX Runtime's default of one thread per core per run (two runs then fight for
+# the same cores); the price is a lone camera's latency (0.61 -> 0.98 s there): --threads 0 for that.
 # TensorRT serialises its requests anyway (one device buffer).
 INSTANCES, CONCURRENCY, THREADS = 2, 2, None
 # The batcher sends what is queued as soon as an instance is free: waiting for more requests cost every lone request
@@ -228,8 +228,8 @@ def serve(bundle, *, rules=None, host: str = "127.0.0.1", http_port: int = 8000,
     """Serve `bundle` until interrupted (blocks). `ready(triton)` is called once the models are bound.
     instances: model instances per model (batches in flight at once); concurrency: requests run at once over all
     instances; threads: ONNX Runtime intra-op threads per graph run (None: the cores shared out among the concurrent
-    requests, 0: ONNX Runtime's default, one per core); shared_memory: clients may
-    register system shared memory for their frames (cseg.serve.shm), None: when `host` is loopback."""
+    requests, 0: ONNX Runtime's default, one per core); shared_memory: clients may register system shared memory for
+    their frames (cseg.serve.shm), None: when `host` is loopback."""
     check_environment()
     from pytriton.model_config import DynamicBatcher, ModelConfig, QueuePolicy, Tensor, TimeoutAction
     from pytriton.triton import DEFAULT_PROTECTED_ENDPOINTS, Triton, TritonConfig, TritonSecurityConfig
