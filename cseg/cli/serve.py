@@ -101,5 +101,7 @@ def export_triton(args) -> int:
     for name, model in summary.items():
         print(f"{name}: {model['backend']}, max_batch_size {model['max_batch_size']}, {model['instance_kind']}")
     print(f"wrote {args.repo} ({len(summary)} models; every config.pbtxt parsed as Triton's ModelConfig and checked "
-          "against its ONNX graph); serve it with: tritonserver --model-repository " + str(args.repo))
+          "against its ONNX graph); serve it with: tritonserver --model-repository " + str(args.repo) + " (a full "
+          "tritonserver; the one PyTriton bundles has only the Python backend: cseg.serve.stock.stock_command loads "
+          "the Python-backend models alone)")  # fmt: skip
     return 0
