@@ -108,6 +108,17 @@ def count_event(seq: int) -> tuple[Event, dict]:
     return Event("count", seq, "st", seq, float(seq), track_id=seq, count=seq), {"parts": seq, "frames": seq}
 
 
+def send_and_receive(sink, subscriber, count: int, timeout: float, what: str) -> None:
+    """Once sink and subscriber are connected, `count` count events through the broker: each arrives, once."""
+    sink.wait_connected(10)
+    wait_for(subscriber.subscribed.is_set, 10, f"the {what} subscription")
+    for seq in range(1, count + 1):
+        sink.send(*count_event(seq))
+    wait_for(lambda: len(subscriber.events) >= count, timeout, f"{count} {what} events at the subscriber")
+    time.sleep(0.2)  # a duplicate would arrive now
+    assert sorted(subscriber.events) == list(range(1, count + 1))
+
+
 def test_mqtt_every_event_arrives_once_and_the_count_is_retained(broker):
     from cseg.track.sinks import open_sink
 
@@ -115,13 +126,7 @@ def test_mqtt_every_event_arrives_once_and_the_count_is_retained(broker):
     subscriber = Subscriber(broker.port, "plant/line1/st")
     sink = open_sink(url, station="st", queue_size=1000)
     try:
-        sink.wait_connected(10)
-        wait_for(subscriber.subscribed.is_set, 10, "the subscription")
-        for seq in range(1, 501):
-            sink.send(*count_event(seq))
-        wait_for(lambda: len(subscriber.events) >= 500, 20, "500 events at the subscriber")
-        time.sleep(0.2)  # a duplicate would arrive now
-        assert sorted(subscriber.events) == list(range(1, 501))
+        send_and_receive(sink, subscriber, 500, 20, "MQTT")
         late = Subscriber(broker.port, "plant/line1/st")  # subscribes after the fact: gets the retained total
         wait_for(lambda: late.counts, 10, "the retained count")
         assert late.counts[-1]["parts"] == 500
@@ -196,12 +201,7 @@ def test_mqtts_events_arrive_over_tls_and_a_wrong_ca_is_refused_by_name(tmp_path
         subscriber = Subscriber(broker.port, "plant/st", ca=ca)
         sink = MqttSink(url, station="st", queue_size=100)
         try:
-            sink.wait_connected(10)
-            wait_for(subscriber.subscribed.is_set, 10, "the TLS subscription")
-            for seq in range(1, 51):
-                sink.send(*count_event(seq))
-            wait_for(lambda: len(subscriber.events) >= 50, 10, "50 events over TLS")
-            assert sorted(subscriber.events) == list(range(1, 51))
+            send_and_receive(sink, subscriber, 50, 10, "TLS")
             assert sink.close()["dropped"] == 0
         finally:
             subscriber.close()
