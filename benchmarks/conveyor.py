@@ -1,6 +1,7 @@
 """The synthetic conveyor sweep of issue 30 (not part of the test suite).
 
-    .venv/bin/python benchmarks/conveyor.py [--seeds 3] [--parts 40] [--ratios 0.1,0.25,0.5,0.75,1,1.25,1.5]
+    .venv/bin/python benchmarks/conveyor.py [--seeds 3] [--first-seed 0] [--parts 40]
+                                            [--ratios 0.1,0.25,0.5,0.75,1,1.25,1.5] [--trackers belt,bytetrack,ocsort]
                                             [--out docs/conveyor] [--sinks 10000]
 
 For the belt tracker and for Roboflow trackers' ByteTrack and OC-SORT alone (same counter, same defect judge), over
@@ -101,7 +102,7 @@ def timing(kind: str, frames: int = 200, runs: int = 5) -> dict:
 
 def aggregate(rows: list[dict]) -> list[dict]:
     table = []
-    for kind in TRACKERS:
+    for kind in [kind for kind in TRACKERS if any(r["tracker"] == kind for r in rows)]:
         for ratio in sorted({r["ratio"] for r in rows}):
             noisy = [r for r in rows if r["tracker"] == kind and r["ratio"] == ratio and r["noisy"]]
             clean = [r for r in rows if r["tracker"] == kind and r["ratio"] == ratio and not r["noisy"]]
@@ -146,7 +147,7 @@ def plot(table: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    for kind in TRACKERS:
+    for kind in [kind for kind in TRACKERS if any(r["tracker"] == kind for r in table)]:
         rows = [r for r in table if r["tracker"] == kind]
         ratios = [r["ratio"] for r in rows]
         left.plot(ratios, [r["idf1"] for r in rows], marker="o", label=kind)
@@ -164,6 +165,8 @@ def plot(table: list[dict], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed ... first-seed + seeds - 1")
+    parser.add_argument("--trackers", default=",".join(TRACKERS))
     parser.add_argument("--parts", type=int, default=40)
     parser.add_argument("--ratios", default="0.1,0.25,0.5,0.75,1,1.25,1.5")
     parser.add_argument("--out", default="docs/conveyor")
@@ -172,14 +175,17 @@ def main() -> None:
     args = parser.parse_args()
 
     ratios = [float(r) for r in args.ratios.split(",")]
+    kinds = args.trackers.split(",")
+    if not set(kinds) <= set(TRACKERS):
+        parser.error(f"--trackers: choose among {', '.join(TRACKERS)}")
     rows = []
-    for kind in TRACKERS:
+    for kind in kinds:
         for ratio in ratios:
-            for seed in range(args.seeds):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 for noisy in (False, True):
                     rows.append(run_one(kind, ratio, seed, args.parts, noisy))
             print(f"{kind} {ratio:g} done", flush=True)
-    timings = [timing(kind) for kind in TRACKERS]
+    timings = [timing(kind) for kind in kinds]
     table = aggregate(rows)
     report = {"machine": args.machine, "noise": NOISE, "table": table, "timings": timings, "runs": rows}
     if args.sinks:
