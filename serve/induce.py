@@ -124,10 +124,12 @@ def decode_demos(images, sizes, boxes, owners) -> list:
     return demos
 
 
-def bind(triton, inducer: Inducer, tensors) -> None:
+def bind(triton, inducer: Inducer, tensors, watch=lambda infer: infer) -> None:
     """Bind cseg_induce on a PyTriton `triton`: not batched (a generation per request; demonstrations differ in
-    shape, so Triton could not group them anyway). `tensors(specs)` -> PyTriton Tensors, as for the other models."""
+    shape, so Triton could not group them anyway). `tensors(specs)` -> PyTriton Tensors, as for the other models;
+    `watch(infer)` wraps the infer function (the server's idle tracking)."""
     from pytriton.model_config import ModelConfig
 
-    triton.bind(model_name=contract.INDUCE, infer_func=inducer.induce, inputs=tensors(contract.INPUTS[contract.INDUCE]),
+    triton.bind(model_name=contract.INDUCE, infer_func=watch(inducer.induce),
+                inputs=tensors(contract.INPUTS[contract.INDUCE]),
                 outputs=tensors(contract.INDUCE_OUTPUTS), config=ModelConfig(batching=False), strict=True)  # fmt: skip
