@@ -34,7 +34,7 @@ import numpy as np
 
 from cseg.errors import CsegError, InvalidInputError
 from cseg.serve import contract
-from cseg.serve.memory import IdleTrim
+from cseg.serve.memory import IdleTrim, bound_child_heaps
 from cseg.serve.shm import LOCAL_HOSTS
 
 log = logging.getLogger("cseg.serve")
@@ -232,6 +232,7 @@ def serve(bundle, *, rules=None, host: str = "127.0.0.1", http_port: int = 8000,
     requests, 0: ONNX Runtime's default, one per core); shared_memory: clients may register system shared memory for
     their frames (cseg.serve.shm), None: when `host` is loopback."""
     check_environment()
+    bound_child_heaps()  # cseg.serve.memory: before Triton starts (its processes inherit it)
     from pytriton.model_config import DynamicBatcher, ModelConfig, QueuePolicy, Tensor, TimeoutAction
     from pytriton.triton import DEFAULT_PROTECTED_ENDPOINTS, Triton, TritonConfig, TritonSecurityConfig
 

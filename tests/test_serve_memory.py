@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -59,3 +60,14 @@ def test_an_infer_that_raises_still_ends_its_busy_spell():
     with pytest.raises(RuntimeError):
         idle.watch(infer)([1])
     assert wait_for(lambda: idle.trims == 2)
+
+
+def test_triton_processes_get_a_fixed_mmap_threshold_unless_one_is_set(monkeypatch):
+    from cseg.serve.memory import MMAP_THRESHOLD, bound_child_heaps
+
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    bound_child_heaps()
+    assert os.environ["MALLOC_MMAP_THRESHOLD_"] == str(MMAP_THRESHOLD)
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "4194304")  # the operator's choice wins
+    bound_child_heaps()
+    assert os.environ["MALLOC_MMAP_THRESHOLD_"] == "4194304"
