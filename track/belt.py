@@ -31,12 +31,14 @@ coast 2.5 against 1.0 halved the ID switches at 0.5 part lengths per frame (seed
 removed the rest at 0.75 (seeds 0-7: 5 -> 0): there the bar hides a part for 2-3 frames and one miss more ended the
 track at 2.5 lengths.
 
-Three more measured fixes (seeds 0-7; 16 more seeds checked, see the README): a box the frame cuts (a part entering
+Four more measured fixes (seeds 0-7, and 8-23 checked after, see the README): a box the frame cuts (a part entering
 or leaving the view) moves by its uncut edge, not its center (belt_speed.cut_by_frame); an unconfirmed track pays
 `_TENTATIVE` on its pairs, so a false positive's fresh track beside a confirmed part does not take the part's
-detection when its track missed a frame (the two would then alternate and both be counted); a speed chosen in the last
-2 x WINDOW frames gives way to a window peak with less margin (a first speed picked on a touching pair at one part
-length per frame held for 5 frames and cost 4 switches).
+detection when its track missed a frame (the two would then alternate and both be counted); a confirmed track's pairs
+pay `_SIZE` x |log(area ratio)| (a part keeps its size on a belt: a false positive of another size in the gate of a
+part missed on the line was taken, counted crossing, and the part counted again under a new track); a speed chosen in
+the last 2 x WINDOW frames gives way to a window peak with less margin (a first speed picked on a touching pair at
+one part length per frame held for 5 frames and cost 4 switches).
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ _UNMATCHED = 0.75
 WINDOW = 6  # frames of detections the speed vote weighs
 _SHAPE = 0.25  # weight of the box overlap in a pair's cost (see _cost)
 _TENTATIVE = 0.25  # added to an unconfirmed track's pairs (see _cost)
+_SIZE = 0.3  # weight of |log(area ratio)| in a confirmed track's pairs (see _cost)
 
 
 class _Offsets(NamedTuple):
@@ -77,6 +80,7 @@ class _Offsets(NamedTuple):
     error_across: np.ndarray  # (tracks, detections) across offset in gate units (speed-independent)
     in_lane: np.ndarray  # error_across <= 1
     tentative: np.ndarray  # (tracks,) _TENTATIVE for an unconfirmed track, else 0
+    log_area: np.ndarray  # (tracks + detections,) log of each box's area, NaN where the frame cuts it
 
 
 class BeltTracker(Tracker):
@@ -163,8 +167,10 @@ class BeltTracker(Tracker):
         if cut.any():  # see cut_by_frame: the edge the frame does not cut carries the motion
             half = extent_along * 0.5
             along += (cut[:n, None] | cut[None, n:]) * (half[None, n:] - half[:n, None])
+        log_area = np.log(np.maximum(extent_along * extent_across, 1.0))
+        log_area[cut != 0] = np.nan  # a cut box's size is not its part's
         return _Offsets(along, elapsed, both[:n], both[n:], last, reach_along, error_across, error_across <= 1,
-                        tentative)  # fmt: skip
+                        tentative, log_area)  # fmt: skip
 
     def _cost(self, offsets, speed: float) -> np.ndarray:
         """The distance of each detection from each track's predicted position in gate units, plus `_SHAPE` x (1 -
@@ -172,8 +178,10 @@ class BeltTracker(Tracker):
         false positive lying on it (a fragment near its center, closer to the prediction than the part's jittered
         box); the overlap of the whole box can. An unconfirmed track's pairs cost `_TENTATIVE` more: where it and a
         confirmed track both reach a detection (a false positive's track on a part whose own track missed a frame),
-        the confirmed one takes it. Pairs outside the gate cost `_FAR`, so the rest (the overlap, the distance) is
-        computed for the pairs inside only: a few per track, not tracks x detections."""
+        the confirmed one takes it. A confirmed track's pairs cost `_SIZE` x |log of the ratio of the boxes' areas|
+        more (not where the frame cuts either box: its size is not the part's). Pairs outside the gate cost `_FAR`, so
+        the rest (the overlap, the distance) is computed for the pairs inside only: a few per track, not tracks x
+        detections."""
         error_along = np.abs(offsets.along - speed * offsets.elapsed[:, None]) / offsets.reach_along
         rows, cols = np.nonzero((error_along <= 1) & offsets.in_lane)
         cost = np.full(error_along.shape, _FAR)
@@ -181,7 +189,10 @@ class BeltTracker(Tracker):
             shift = (speed * offsets.elapsed[rows])[:, None] * self._direction4  # (pairs, 4): x0 y0 x1 y1
             overlap = paired_ious(offsets.track_boxes[rows] + shift, offsets.boxes[cols])
             distance = np.hypot(error_along[rows, cols], offsets.error_across[rows, cols])
-            cost[rows, cols] = distance + _SHAPE * (1 - overlap) + offsets.tentative[rows]
+            resized = np.abs(offsets.log_area[len(offsets.last) + cols] - offsets.log_area[rows])
+            confirmed = offsets.tentative[rows] == 0
+            resized = np.where(confirmed & ~np.isnan(resized), resized, 0.0)
+            cost[rows, cols] = distance + _SHAPE * (1 - overlap) + offsets.tentative[rows] + _SIZE * resized
         return cost
 
     def _assign(self, cost: np.ndarray) -> list[tuple[int, int]]:
