@@ -26,6 +26,7 @@ import numpy as np
 
 from cseg.runtime import Rule, Runtime
 from cseg.serve.client import RemoteRuntime, ServerError
+from cseg.serve.stock import serving_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,9 +38,9 @@ def start_server(bundle: str, rules: str, grpc_port: int, settings=(), name: str
         sys.exit("no .venv-serve: run make serve-env")
     command = [str(python), "-m", "cseg.serve", bundle, "--rules", rules, "--grpc-port", str(grpc_port),
                "--port", str(grpc_port + 1), "--metrics-port", "0", *settings]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}  # .venv-serve's own
     with open(f"{name}.server.log", "wb") as log:  # why a server did not come up
-        return subprocess.Popen(command, start_new_session=True, stdout=log, stderr=subprocess.STDOUT, env=env)
+        return subprocess.Popen(command, start_new_session=True, stdout=log, stderr=subprocess.STDOUT,
+                                env=serving_environment())  # .venv-serve finds its own packages
 
 
 def start_stock_server(bundle: str, rules: str, grpc_port: int, name: str = "serve_overhead"):

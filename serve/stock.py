@@ -56,7 +56,7 @@ def stock_command(serve_env, repo, workdir, *, grpc_port: int, http_port: int, m
     if not python.exists():
         raise CsegError(f"no serving environment at {serve_env}: make serve-env (PyTriton bundles the tritonserver)")
     probe = subprocess.run([str(python), "-c", _PROBE], capture_output=True, text=True, timeout=60,
-                           env=_clean(os.environ))  # fmt: skip
+                           env=serving_environment())  # fmt: skip
     if probe.returncode != 0:
         raise CsegError(f"{python} failed to describe itself: {probe.stderr.strip()[-500:]}")
     found = json.loads(probe.stdout)
@@ -73,7 +73,7 @@ def stock_command(serve_env, repo, workdir, *, grpc_port: int, http_port: int, m
         if link.is_symlink() or link.exists():
             link.unlink()
         link.symlink_to(source)
-    env = _clean(os.environ)
+    env = serving_environment()
     libs = [found["libdir"], str(Path(found["pytriton"]).parent / "nvidia_pytriton.libs")]
     env["LD_LIBRARY_PATH"] = os.pathsep.join([*libs, *filter(None, env.get("LD_LIBRARY_PATH", "").split(os.pathsep))])
     env["PATH"] = os.pathsep.join([str(python.parent), env.get("PATH", "")])
@@ -87,6 +87,9 @@ def stock_command(serve_env, repo, workdir, *, grpc_port: int, http_port: int, m
     return argv, env
 
 
-def _clean(environ) -> dict:
-    """The environment without another Python's settings: the serving environment's interpreter must find its own."""
+def serving_environment(environ=None) -> dict:
+    """`environ` (default: this process's) without another Python's settings, for a process of the serving
+    environment (.venv-serve) started from another interpreter: it must find its own packages (tests/serving.py and
+    the serving benchmarks start `cseg serve` with it too)."""
+    environ = os.environ if environ is None else environ
     return {k: v for k, v in environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}

@@ -43,9 +43,10 @@ class Server:
         command = [str(SERVE_PYTHON), *self.launcher, str(self.bundle), "--rules", str(self.rules),
                    "--port", str(self.http), "--grpc-port", str(self.grpc), "--metrics-port", str(self.metrics),
                    "--max-batch", "8", "--max-delay-ms", "20", *self.flags]  # fmt: skip
-        env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+        from cseg.serve.stock import serving_environment
+
         with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=serving_environment(),
                                             start_new_session=True)  # fmt: skip
         import tritonclient.grpc as grpcclient
 
