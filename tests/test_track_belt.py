@@ -117,3 +117,57 @@ def test_a_confirmed_track_does_not_take_a_false_positive_of_another_size(monkey
     assert replay() == 1
     monkeypatch.setattr(belt_module, "_SIZE", 0.0)
     assert replay() == 0  # without the size term the track takes it: the case it was found on
+
+
+def test_speed_votes_weigh_each_pair_by_how_well_it_lines_up():
+    """Pairs lined up by a speed within jitter weigh nearly 1 each; pairs a wrong speed catches by coincidence land
+    anywhere inside the tolerance and weigh about half on average: the counts can favor the wrong speed, the weights
+    do not."""
+    from cseg.track.belt_speed import SpeedVotes
+
+    votes = SpeedVotes(np.array([1.0, 0.0]), gate=0.5, cross_gate=0.5)
+    rng = np.random.default_rng(0)
+    exact = 60 + rng.normal(0, 1, 10)  # 10 pairs at 60 px/s, within 1 px
+    loose = rng.uniform(-29, 29, 14)  # 14 pairs a stopped belt catches anywhere inside its 30 px tolerance
+    distance = np.concatenate([exact, loose])
+    votes._votes = (distance, np.ones(len(distance)), np.full(len(distance), 30.0))
+    assert votes.support([60.0, 0.0]).tolist() == [10, 14]  # by count, the stopped belt
+    weighted = votes.support([60.0, 0.0], weighted=True)
+    assert weighted[0] > 9 and weighted[1] < 10
+    assert votes.peak(200.0, weighted=True)[0] == pytest.approx(60, abs=2)
+
+
+def test_a_stopped_belt_alias_does_not_hold_at_one_part_length_per_frame(monkeypatch):
+    """Replayed from held-out seeds (1 part length per frame, seed 28, with detector noise): parts about one length
+    apart land where the one before them was, so a stopped belt lines up many pairs. Counted, its votes (12-20 in the
+    window) stayed under the 1.5 x + 3 the true speed's (21-28) needed to replace it: the tracker held speed ~0 for 30
+    frames and 16 parts were never counted. Weighted by how well they line up, the stopped belt's coincidences do not
+    outvote the true speed's pairs, which line up within jitter."""
+    from cseg.track import DefectRule, LineMonitor
+    from cseg.track.belt_speed import SpeedVotes
+    from cseg.track.synthetic import Conveyor, ConveyorSpec, replay
+
+    noise = dict(miss=0.1, false_positives=0.5, box_jitter=0.03, score_noise=0.05, defect_flip=0.05, occluder_frames=2)
+
+    def run() -> tuple[int, int, float]:
+        spec = ConveyorSpec(ratio=1.0, parts=40, seed=28, **noise)
+        conveyor, tracker = Conveyor(spec), BeltTracker("right")
+        monitor = LineMonitor(conveyor.line, tracker=tracker, defects=DefectRule(2, 3, near=spec.part_length))
+        slow = []
+        original = tracker.update
+
+        def update(detections, t, frame=None):  # frames after the first 12 at less than half the belt's speed
+            result = original(detections, t, frame)
+            if t >= 12 and tracker.speed is not None:
+                slow.append(tracker.speed < spec.speed / 2)
+            return result
+
+        tracker.update = update
+        missed, double = replay(conveyor, monitor).count_errors(conveyor)
+        return missed, double, float(np.mean(slow))
+
+    assert run() == (0, 0, 0.0)
+    support = SpeedVotes.support
+    monkeypatch.setattr(SpeedVotes, "support", lambda self, speeds, weighted=False: support(self, speeds))
+    missed, double, slow = run()  # counted, not weighted: the case it was found on
+    assert missed >= 10 and slow > 0.1

@@ -99,14 +99,17 @@ class SpeedVotes:
         elapsed = np.broadcast_to((times[later] - times[earlier])[:, None, None], near.shape)
         return step[near], elapsed[near], gate[near]
 
-    def support(self, speeds) -> np.ndarray:
+    def support(self, speeds, weighted: bool = False) -> np.ndarray:
         """For each speed, how many pairs it explains (distance strictly within the tolerance of speed x elapsed: a
-        speed halfway between two others must not collect both sets of votes)."""
+        speed halfway between two others must not collect both sets of votes). `weighted`: each pair counts 1 - its
+        error / its tolerance instead of 1 (a triangular kernel: the true speed's pairs are off by jitter, a wrong
+        speed's coincidences anywhere inside the tolerance; see BeltTracker._contradicted)."""
         distance, elapsed, tolerance = self.votes()
         speeds = np.atleast_1d(np.asarray(speeds, np.float64))
         if not len(distance):
-            return np.zeros(len(speeds), int)
-        return (np.abs(distance[None] - speeds[:, None] * elapsed[None]) < tolerance[None]).sum(axis=1)
+            return np.zeros(len(speeds), float if weighted else int)
+        error = np.abs(distance[None] - speeds[:, None] * elapsed[None]) / tolerance[None]
+        return np.maximum(1 - error, 0).sum(axis=1) if weighted else (error < 1).sum(axis=1)
 
     def most_support(self) -> int:
         """At least the support of any speed (exactly the most, but for rounding): pair k supports the speeds in the
@@ -126,9 +129,10 @@ class SpeedVotes:
         distance, elapsed, _ = self.votes()
         return np.round(np.clip(distance / np.maximum(elapsed, 1e-9), 0, None), 3)
 
-    def peak(self, fastest: float) -> tuple[float | None, int]:
-        """The best-supported speed up to `fastest` and its support: a histogram of the proposed speeds (bins of a
-        quarter of the typical tolerance) finds the densest region, its own proposals decide (ties: the slowest)."""
+    def peak(self, fastest: float, weighted: bool = False) -> tuple[float | None, float]:
+        """The best-supported speed up to `fastest` and its support (`weighted`: see `support`): a histogram of the
+        proposed speeds (bins of a quarter of the typical tolerance) finds the densest region, its own proposals decide
+        (ties: the slowest)."""
         distance, elapsed, tolerance = self.votes()
         proposed = self.speeds()
         keep = proposed <= fastest
@@ -142,6 +146,6 @@ class SpeedVotes:
         region = proposed[np.abs(bins - best_bin) <= 4]
         # its proposals decide; 33 quantiles of them stand for all (hundreds on a full belt, each a pass over all votes)
         candidates = np.unique(np.round(np.quantile(region, np.linspace(0, 1, 33), method="nearest"), 3))
-        support = self.support(candidates)
+        support = self.support(candidates, weighted)
         best = int(np.argmax(support))  # first maximum: the slowest of the best
-        return float(candidates[best]), int(support[best])
+        return float(candidates[best]), support[best].item()
