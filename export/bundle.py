@@ -194,14 +194,14 @@ def _export_into(staging, model_dir, sam3_dir, sam3_given, target, profile, prec
         settings = {**settings, "queries": vlm.num_queries,
                     "vlm_grid": vlm.image_processor(images=[image])["image_grid_thw"][0].tolist()}  # fmt: skip
     keys = GRAPH_KEYS if vlm is not None else RULE_ONLY_GRAPH_KEYS
-    graphs, parity = {}, {}
+    graphs, parity, cached = {}, {}, []
     builders = [(key, build) for key, build in GRAPHS.items() if key in keys]
     stages = tqdm(builders, desc="export", unit="graph", disable=not progress, leave=False)
     for key, build in stages:
         stages.set_postfix_str(key)
         began = time.perf_counter()
         spec = build(vlm, sam3, settings)
-        files = export_graph(spec, staging / "graphs" / f"{key}.onnx")
+        files = export_graph(spec, staging / "graphs" / f"{key}.onnx", cached)
         fused = fuse_attention(files[0]) if key in profile.get("fused_attention", ()) else 0
         exported = time.perf_counter() - began
         counted = {}
@@ -215,7 +215,7 @@ def _export_into(staging, model_dir, sam3_dir, sam3_given, target, profile, prec
                                          spec.manifest_entry())  # fmt: skip
         worst = max(parity[key].values(), key=lambda e: e["max_abs"] / e["tolerance"])
         report(
-            f"  {key:<13} exported in {exported:5.1f} s, {size:8.1f} MB, "
+            f"  {key:<13} exported in {exported:5.1f} s{' (trace cached)' if key in cached else ''}, {size:8.1f} MB, "
             + (f"{fused} attention blocks fused, " if fused else "") + "parity ok "
             f"(worst max-abs {worst['max_abs']:.2e} <= {worst['tolerance']:.1e})"
         )

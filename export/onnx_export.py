@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from cseg.errors import ExportError
+from cseg.export import graph_cache
 from cseg.export.graph_spec import GraphSpec
 
 # The exporter logs a warning per torchvision operator it cannot register; cseg exports none of them.
@@ -70,9 +71,24 @@ def _named_positional_count(module: torch.nn.Module) -> int:
     return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in parameters)
 
 
-def export_graph(spec: GraphSpec, path: Path) -> list[Path]:
-    """Export `spec` to `path`; returns the files written (the graph, plus external data when large)."""
+def export_graph(spec: GraphSpec, path: Path, cached: list | None = None) -> list[Path]:
+    """Export `spec` to `path`; returns the files written (the graph, plus external data when large). With
+    CSEG_EXPORT_CACHE set, a graph traced before from the same module is copied instead (export/graph_cache.py) and
+    its key appended to `cached` (what the exporter reports)."""
     args = example_args(spec, spec.export_sizes, EXPORT_SEED)
+    key = graph_cache.entry_key(spec, args, path.name) if graph_cache.folder() is not None else None
+    files = graph_cache.fetch(key, path) if key is not None else None
+    if files is not None:
+        if cached is not None:
+            cached.append(spec.key)
+        return files
+    files = _trace(spec, path, args)
+    if key is not None:
+        graph_cache.store(key, files)
+    return files
+
+
+def _trace(spec: GraphSpec, path: Path, args: tuple) -> list[Path]:
     input_names = [t.name for t in spec.inputs]
     output_names = [t.name for t in spec.outputs]
     large = parameter_bytes(spec.module) > EXTERNAL_DATA_BYTES

@@ -23,6 +23,7 @@ import json
 import math
 import os
 import re
+import threading
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -232,9 +233,21 @@ def _check_meta(meta, where: str) -> None:
         raise InvalidInputError(f"{where}: 'arrays' must name its npz file and sha256")
 
 
+# numpy reads an .npy header with ast.literal_eval, and CPython 3.11's AST construction keeps its recursion depth in
+# state shared by the threads (gh-106905): seen here once as "SystemError: AST constructor recursion depth mismatch
+# (before=57, after=56)" with 10 RuleFeeds of one process decoding the same MQTT message at once (tests/test_rule_feed
+# .py), a good rule reported corrupt. A rule's arrays are a few kB: one decode at a time costs nothing.
+_NPY_LOCK = threading.Lock()
+
+
 def _read_arrays(blob: bytes, where: str) -> dict[str, np.ndarray]:
     """The npz's arrays, after checking the members' declared sizes, dtypes and shapes: np.load allocates what a
     header declares before reading, so a small file could otherwise ask for gigabytes."""
+    with _NPY_LOCK:
+        return _read_npz(blob, where)
+
+
+def _read_npz(blob: bytes, where: str) -> dict[str, np.ndarray]:
     try:
         with zipfile.ZipFile(io.BytesIO(blob)) as archive:
             members = {info.filename: info for info in archive.infolist()}

@@ -160,20 +160,6 @@ class ZoneCounter:
     def occupancy(self) -> int:
         return sum(self._inside.values())
 
-    def shadowed(self, track: Track) -> bool:
-        """Whether a counted track's box lay on `track`'s first box in that frame (see the module's docstring); the
-        counted tracks still alive, seen this frame or not (the one that took the false positive may be missing)."""
-        first = track.history[0]
-        for state in self._states.values():
-            if state.track is None or state.track is track:
-                continue
-            for observation in reversed(state.track.history):  # the frame is recent: a few steps back at most
-                if observation.frame <= first.frame:
-                    if observation.frame == first.frame and paired_ious(observation.box, first.box) >= SHADOW_IOU:
-                        return True
-                    break
-        return False
-
     def update(self, tracks: list[Track]) -> list[Crossing]:
         crossings = []
         for track in tracks:
