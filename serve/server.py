@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import sysconfig
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -232,6 +233,7 @@ def serve(bundle, *, rules=None, host: str = "127.0.0.1", http_port: int = 8000,
     requests, 0: ONNX Runtime's default, one per core); shared_memory: clients may register system shared memory for
     their frames (cseg.serve.shm), None: when `host` is loopback."""
     check_environment()
+    claim_ports(host, {"--port": http_port, "--grpc-port": grpc_port, "--metrics-port": metrics_port})
     bound_child_heaps()  # cseg.serve.memory: before Triton starts (its processes inherit it)
     from pytriton.model_config import DynamicBatcher, ModelConfig, QueuePolicy, Tensor, TimeoutAction
     from pytriton.triton import DEFAULT_PROTECTED_ENDPOINTS, Triton, TritonConfig, TritonSecurityConfig
@@ -290,6 +292,42 @@ def serve(bundle, *, rules=None, host: str = "127.0.0.1", http_port: int = 8000,
                 ready(triton)
             triton.serve()
             return
+
+
+PORT_WAIT_S = 30.0  # Triton's own exit_timeout: a server stopping on these ports may hold them this long
+
+
+def claim_ports(host: str, ports: dict[str, int], wait_s: float = PORT_WAIT_S) -> None:
+    """Refuse, naming the flag, a port another process listens on, after waiting up to `wait_s` for one a stopping
+    server still holds. Without this tritonserver fails to bind ("Socket '127.0.0.1:8001' already in use", in its log
+    only) and PyTriton waits out its start timeout, minutes, before a traceback of its own: seen here when `cseg
+    serve` was started again within seconds of the last one's stop (its tritonserver was still exiting)."""
+    deadline = time.monotonic() + wait_s
+    for flag, port in ports.items():
+        if not port:
+            continue
+        waiting = False
+        while not _can_bind(host, port):
+            if time.monotonic() >= deadline:
+                raise CsegError(f"port {port} on {host} ({flag}) is in use by another process (another cseg serve or "
+                                f"tritonserver?): stop it, or give this server another {flag}")  # fmt: skip
+            if not waiting:
+                log.info("port %d on %s (%s) is in use: waiting up to %g s for it (a server still stopping?)", port,
+                         host, flag, wait_s)  # fmt: skip
+                waiting = True
+            time.sleep(0.25)
+
+
+def _can_bind(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # as servers bind: the TIME_WAIT of a closed connection does not hold the port, a listener does
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def run_threads(concurrency: int) -> int:
