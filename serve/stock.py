@@ -87,9 +87,8 @@ def stock_command(serve_env, repo, workdir, *, grpc_port: int, http_port: int, m
     return argv, env
 
 
-def serving_environment(environ=None) -> dict:
-    """`environ` (default: this process's) without another Python's settings, for a process of the serving
-    environment (.venv-serve) started from another interpreter: it must find its own packages (tests/serving.py and
-    the serving benchmarks start `cseg serve` with it too)."""
-    environ = os.environ if environ is None else environ
-    return {k: v for k, v in environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
+def serving_environment() -> dict:
+    """This process's environment without another Python's settings, for a process of the serving environment
+    (.venv-serve) started from another interpreter: it must find its own packages (tests/serving.py and the serving
+    benchmarks start `cseg serve` with it too)."""
+    return {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
