@@ -243,6 +243,10 @@ def test_cli_watch_track_to_a_file_and_mosquitto(tiny_bundle, runtime, broker, t
     (["--track", "--line", "5,0,5,9", "--events", "a.jsonl", "--events", "a.jsonl"], "the same sink twice"),
     (["--track", "--line", "5,0,5,9", "--tracker", "sort"], "--tracker 'sort'"),
     (["--track", "--line", "5,0,5,9", "--fps", "0"], "--fps must be a positive"),
+    (["--track", "--line", "5,0,5,9", "--belt-speed", "-3"], "speed must be None or a belt speed >= 0"),
+    (["--track", "--line", "5,0,5,9", "--belt-speed", "nan"], "speed must be None or a belt speed >= 0"),
+    (["--track", "--line", "5,0,5,9", "--belt-speed", "30", "--tracker", "bytetrack"], "--belt-speed is for"),
+    (["--belt-speed", "30"], "--belt-speed needs --track"),
     (["--track", "--line", "5,0,5,9", "--defect-near", "4"], "--defect-near needs --defect-rule"),
     (["--track", "--line", "5,0,5,9", "--defect-rule", "d.json", "--defect-votes", "3/2"], "k=3 of n=2"),
     (["--track", "--line", "5,0,5,9", "--defect-rule", "d.json", "--defect-votes", "2"], "--defect-votes must be"),
@@ -317,3 +321,18 @@ def test_cli_watch_track_with_a_defect_rule(tiny_bundle, runtime, tmp_path, monk
     defects = [e.track_id for e in events if e.kind == "defect"]
     assert len(defects) == len(set(defects)) == len(conveyor.defective_ids) > 0
     assert f"defects {len(defects)}," in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, speed, starting", [([], None, True), (["--belt-speed", "30"], 30.0, False)])
+def test_cli_belt_speed_is_the_trackers_prior(flags, speed, starting):
+    """--belt-speed (an encoder's px/s) is the belt tracker's speed: no start-up (track/belt_startup.py)."""
+    import argparse
+
+    from cseg.cli.track_args import TrackArgs
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--source", default="cam")
+    TrackArgs().add_parser_args(parser)
+    setup = TrackArgs().parse(parser.parse_args(["--track", "--line", "5,0,5,9", *flags]))
+    tracker = setup.monitor.tracker
+    assert tracker.speed == speed and (tracker._startup is not None) == starting

@@ -119,7 +119,8 @@ class LineMonitor:
 
     def finish(self) -> list[Event]:
         """The stream ended: decide the defect verdicts still open (parts still on screen)."""
-        events = self._step([], self.tracker.finish(), self.source)
+        ended = self.tracker.finish()  # a track confirmed only now (the belt tracker's start-up) is counted here
+        events = self._step([track for track in ended if track.confirmed], ended, self.source)
         self._send(events)
         return events
 

@@ -235,6 +235,14 @@ def replay(conveyor: Conveyor, monitor) -> Replay:
 
     votes: dict[int, Counter] = defaultdict(Counter)
     events, seen, update_s, confirmed = [], [], [], set()
+
+    def unseen(ended) -> None:
+        """Votes for tracks that ended before any frame showed them (the belt tracker's start-up builds tracks again
+        from kept frames; one that ended meanwhile is confirmed at the end of the start-up): their history's."""
+        for track in ended:
+            if track.id not in votes:
+                votes[track.id].update(observation.origin for observation in track.history)
+
     for frame in conveyor:
         start = time.perf_counter()
         events += monitor.update(frame.detections, frame.t)
@@ -252,7 +260,9 @@ def replay(conveyor: Conveyor, monitor) -> Replay:
                 if 0 <= x <= conveyor.spec.width and 0 <= y <= conveyor.spec.height:
                     rows.append((track.id, box))
         seen.append(rows)
+        unseen(monitor.tracker.ended)
     events += monitor.finish()
+    unseen(monitor.tracker.ended)
     origin = {track_id: counter.most_common(1)[0][0] for track_id, counter in votes.items()}
     outputs = []
     for rows in seen:

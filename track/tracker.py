@@ -59,6 +59,7 @@ class Track:
     score: float = 0.0
     velocity: np.ndarray = field(default_factory=lambda: np.zeros(2))  # px/s, image coordinates
     history: deque = field(default_factory=lambda: deque(maxlen=HISTORY))
+    anchor: tuple | None = None  # the belt tracker's (frame, box) it predicts from, if not the last box (belt.py)
 
     @property
     def center(self) -> np.ndarray:
@@ -98,6 +99,7 @@ class Tracker:
         self._times: deque = deque(maxlen=max_misses + 1)  # the last frames' times, for lookback_t
         self._next_id = 1
         self._rows_of: tuple = (None, None)  # (the frame's Detections, its _rows)
+        self._holding = False  # no track is confirmed while True (the belt tracker's start-up)
 
     @property
     def last_t(self) -> float | None:
@@ -184,7 +186,7 @@ class Tracker:
         track.hits += 1
         track.age += 1
         track.misses = 0
-        track.confirmed = track.confirmed or track.hits >= self.min_hits
+        track.confirmed = track.confirmed or (track.hits >= self.min_hits and not self._holding)
         track.velocity = self._velocity(track)
 
     def _velocity(self, track: Track) -> np.ndarray:

@@ -72,6 +72,9 @@ class TrackArgs:
         group.add_argument("--station", default="station", help="the station's name in events and topics")
         group.add_argument("--tracker", default="belt",
                            help=f"association: {', '.join(TRACKERS)} (bytetrack/ocsort need Roboflow's trackers)")
+        group.add_argument("--belt-speed", type=float, default=None, metavar="PX_PER_S",
+                           help="the belt's speed in frame pixels per second, e.g. from its encoder (belt tracker; "
+                                "default: found from the frames, no part reported before it has held ~12 frames)")
         group.add_argument("--fps", type=float, default=None,
                            help="frame i is at i/FPS seconds for the tracker (default: a video's own rate, a folder's "
                                 "files 1 s apart, a camera's arrival time)")  # fmt: skip
@@ -88,7 +91,8 @@ class TrackArgs:
 
         if not args.track:
             given = [flag for flag, value in (("--line", args.line), ("--events", args.events or None),
-                                              ("--defect-rule", args.defect_rule), ("--fps", args.fps))
+                                              ("--defect-rule", args.defect_rule), ("--fps", args.fps),
+                                              ("--belt-speed", args.belt_speed))
                      if value is not None]  # fmt: skip
             if given:
                 raise InvalidInputError(f"{', '.join(given)} {'needs' if len(given) == 1 else 'need'} --track")
@@ -100,8 +104,11 @@ class TrackArgs:
             raise InvalidInputError(f"--fps must be a positive number of frames per second, got {args.fps}")
         if args.tracker not in TRACKERS:
             raise InvalidInputError(f"--tracker {args.tracker!r} is not one of {', '.join(TRACKERS)}")
-        try:
-            tracker = BeltTracker(line.direction) if args.tracker == "belt" else TrackersAdapter(args.tracker)
+        if args.belt_speed is not None and args.tracker != "belt":
+            raise InvalidInputError(f"--belt-speed is for --tracker belt, not {args.tracker}")
+        try:  # BeltTracker checks the speed itself (a number >= 0)
+            tracker = (BeltTracker(line.direction, speed=args.belt_speed) if args.tracker == "belt"
+                       else TrackersAdapter(args.tracker))  # fmt: skip
         except ImportError as exc:  # trackers is installed apart (see the README): say so in one line
             raise InvalidInputError(f"--tracker {args.tracker}: {exc}") from None
         if args.defect_near is not None and not args.defect_rule:
