@@ -10,10 +10,10 @@ was fixed, see SpeedVotes.peak), nearly all of them in those frames; 0 with the 
 
 So while the first speed is young (`StartUp.settled`), tracks are built but none is confirmed (nothing is counted,
 judged or reported), the frames are kept (boxes and scores, no masks), and each time the speed is chosen again the
-kept frames are tracked again from scratch at the new speed (`BeltTracker._replay`): the tracks built at the wrong
+kept frames are tracked again from scratch at the new speed (`replay` below): the tracks built at the wrong
 speed are dropped unseen. Once the speed has held `SETTLE` frames (or `LONGEST` frames after the first choice, when
 the belt keeps changing its mind), the tracks with `min_hits` observations are confirmed at once and handed on with
-their whole history, those that ended meanwhile too: the counter proves their crossings and the defect judge decides
+their whole history, those that ended meanwhile too: the counter finds their crossings and the defect judge decides
 on what they showed, as for any track confirmed late. With a `speed` prior (the belt's encoder) there is no start-up.
 """
 
