@@ -175,14 +175,9 @@ def test_a_decoder_one_percent_wrong_fails_the_gate_on_boxes_and_masks(exported_
 
 def _sweep():
     """benchmarks/parity_sweep.py, the one place that exports a seed's checkpoint and runs the gate on it."""
-    import importlib.util
-    from pathlib import Path
+    from benchmark_scripts import load_benchmark
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "parity_sweep.py"
-    spec = importlib.util.spec_from_file_location("parity_sweep", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("parity_sweep")
 
 
 def _assert_passed(results):

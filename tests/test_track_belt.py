@@ -109,14 +109,9 @@ def test_one_false_positive_taken_does_not_move_the_track():
 def conveyor_errors(ratio: float, seed: int) -> tuple[int, int, int]:
     """(missed, double, ID switches) of the belt tracker on one noisy synthetic sequence of 40 parts, as
     benchmarks/conveyor.py scores it."""
-    import importlib.util
-    from pathlib import Path
+    from benchmark_scripts import load_benchmark
 
-    spec = importlib.util.spec_from_file_location("conveyor", Path(__file__).resolve().parents[1] / "benchmarks" /
-                                                  "conveyor.py")  # fmt: skip
-    conveyor = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(conveyor)
-    row = conveyor.run_one("belt", ratio, seed, 40, True)
+    row = load_benchmark("conveyor").run_one("belt", ratio, seed, 40, True)
     return row["missed"], row["double"], row["switches"]
 
 
