@@ -43,3 +43,9 @@ class ParityError(ExportError):
 
 class ProfileError(EngineError):
     """A tensor shape outside the range an engine's optimization profile was built for, or a binding TensorRT refused."""
+
+
+class SharedFrameError(InvalidInputError):
+    """A frame sent by reference (a shared-memory region named in `image_ref`, cseg.serve.shm) that the server cannot
+    read: not on its host, gone, too small, or the server does not take frames so. RemoteRuntime sends it again in the
+    message and keeps doing so."""

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cseg import errors, prompting
-from cseg.errors import CsegError, InvalidInputError
+from cseg.errors import CsegError, InvalidInputError, SharedFrameError
 from cseg.images import Episode, check_demos, load_frame
 from cseg.options import SegmentOptions, check_bgr, check_options
 from cseg.segmentation import Instances, Segmentation
@@ -55,9 +55,9 @@ class RemoteRuntime:
     """A `cseg serve` server as a Runtime. Thread-safe: calls from many threads share one gRPC channel (HTTP/2
     multiplexes them), which lets the server's batcher group them.
 
-    shared_memory: frames go through Triton's system shared memory (cseg.serve.shm: one copy instead of the gRPC
-    message's several); None: where the url is this host's loopback. Where the server refuses it, frames go in the
-    message and `shared_memory_off` says why."""
+    shared_memory: frames go by reference to a shared-memory region of this process (cseg.serve.shm: one copy, the
+    client's, instead of the gRPC message's several); None: where the url is this host's loopback. Where the server
+    cannot read it or refuses it, frames go in the message and `shared_memory_off` says why."""
 
     def __init__(self, url: str = "127.0.0.1:8001", *, timeout_s: float = 30.0, shared_memory: bool | None = None):
         from cseg.serve.shm import FrameRegions, is_local
@@ -195,7 +195,7 @@ class RemoteRuntime:
         with self._lock:
             client, self._client = self._client, None
         if self._frames is not None:
-            self._frames.close(client)
+            self._frames.close()
         if client is not None:
             client.close()
 
@@ -234,14 +234,25 @@ class RemoteRuntime:
         with self._lock:
             if self._client is client:
                 self._client = None
-        if self._frames is not None:
-            self._frames.forget()
         try:
             client.close()
         except Exception:  # closing a broken channel may fail too; the channel is discarded either way
             pass
 
     def _infer(self, model: str, arrays: dict[str, np.ndarray]) -> list[Segmentation]:
+        ref = None
+        if self._frames is not None and "image_ref" in {spec.name for spec in contract.INPUTS[model]}:
+            ref = self._frames.place(arrays["image"])  # None: frames go in the message
+        if ref is not None:
+            by_reference = {**{k: v for k, v in arrays.items() if k != "image"}, "image_ref": np.array([ref], object)}
+            try:
+                return decode(self._send(model, by_reference, contract.OUTPUTS).as_numpy)
+            except SharedFrameError as exc:  # not the server's host, or refused there: the message from now on
+                self._frames.disable(f"the server cannot read frames by reference: {exc}")
+            except InvalidInputError as exc:  # a server whose contract has no image_ref (an older cseg serve)
+                if "image_ref" not in str(exc):
+                    raise
+                self._frames.disable(f"the server does not take frames by reference: {exc}")
         return decode(self._send(model, arrays, contract.OUTPUTS).as_numpy)
 
     def _send(self, model: str, arrays: dict[str, np.ndarray], outputs, *, batched: bool = True):
@@ -249,34 +260,13 @@ class RemoteRuntime:
         import tritonclient.grpc as grpcclient
 
         specs = {spec.name: spec for spec in contract.INPUTS[model]}
-        arrays = {name: value[None] if batched else value for name, value in arrays.items()}
         wanted = [grpcclient.InferRequestedOutput(spec.name) for spec in outputs]
-
-        def request(client):
-            from tritonclient.utils import InferenceServerException
-
-            for attempt in (1, 2):
-                inputs, placed = [], False
-                for name, value in arrays.items():
-                    tensor = grpcclient.InferInput(name, list(value.shape), specs[name].triton_dtype)
-                    shared = name == "image" and self._frames is not None
-                    region = self._frames.place(client, value) if shared else None
-                    if region is not None:
-                        tensor.set_shared_memory(*region)
-                        placed = True
-                    else:
-                        tensor.set_data_from_numpy(value)
-                    inputs.append(tensor)
-                try:
-                    return client.infer(model, inputs, outputs=wanted, client_timeout=self.timeout_s)
-                except InferenceServerException as exc:
-                    # a server restarted between two calls (the channel reconnected without an error) no longer
-                    # has the region: register it again and send once more
-                    if attempt == 2 or not placed or "shared memory" not in str(exc.message()).lower():
-                        raise
-                    self._frames.forget()
-
-        return self._call(request)
+        inputs = []
+        for name, value in arrays.items():
+            value = value[None] if batched else value
+            inputs.append(grpcclient.InferInput(name, list(value.shape), specs[name].triton_dtype))
+            inputs[-1].set_data_from_numpy(value)
+        return self._call(lambda client: client.infer(model, inputs, outputs=wanted, client_timeout=self.timeout_s))
 
 
 def _pixels(image, bgr: bool) -> np.ndarray:

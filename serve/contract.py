@@ -7,12 +7,18 @@ shapes here are without it). A request answers for itself: an error in one reque
 `error` output, the others are served.
 
 cseg_segment  (Runtime.segment / segment_many: P prompts on one image, one image-encoder pass)
-  in   image            UINT8  [H, W, 3]   RGB pixels (the client turns BGR, paths and PIL images into this)
+  in   image            UINT8  [H, W, 3]   RGB pixels (the client turns BGR, paths and PIL images into this);
+                                           optional: a request carries exactly one of image and image_ref
+  in   image_ref        BYTES  [1]         optional, same host only: JSON {"region": NAME, "shape": [H, W, 3]}, the
+                                           frame's RGB pixels at the start of the POSIX shared-memory object
+                                           /dev/shm/NAME (NAME: cseg-[A-Za-z0-9_-]+), which the server maps
+                                           read-only (cseg.serve.shm): the frame is never copied on the way
   in   prompt           BYTES  [P]         UTF-8 prompts, 1 <= P <= MAX_PROMPTS, each <= MAX_PROMPT_BYTES bytes
   in   options          BYTES  [1]         JSON object of SegmentOptions fields (route, max_new_tokens, mask_size,
                                            mask_interpolation, max_length); "{}" for the defaults
 cseg_apply    (Runtime.apply with a rule the server loaded from its --rules folder)
-  in   image            UINT8  [H, W, 3]
+  in   image            UINT8  [H, W, 3]   or image_ref, as above
+  in   image_ref        BYTES  [1]
   in   rule_id          BYTES  [1]         the rule file's name without .json
 outputs of both (P = 1 for cseg_apply; N instances over all prompts)
   out  mask             UINT8  [P, h, w8]  semantic masks, 8 pixels per byte along a row (numpy.packbits, first
@@ -89,6 +95,7 @@ class TensorSpec:
     name: str
     dtype: type  # numpy dtype; bytes tensors are np.bytes_ (Triton BYTES)
     shape: tuple[int, ...]  # without the batch dimension; -1: any size
+    optional: bool = False  # a request may leave it out (image / image_ref: one of the two)
 
     @property
     def triton_dtype(self) -> str:
@@ -98,9 +105,10 @@ class TensorSpec:
 
 
 IMAGE = TensorSpec("image", np.uint8, (-1, -1, 3))
+FRAME = (TensorSpec("image", np.uint8, (-1, -1, 3), optional=True), TensorSpec("image_ref", np.bytes_, (1,), True))
 INPUTS = {
-    SEGMENT: (IMAGE, TensorSpec("prompt", np.bytes_, (-1,)), TensorSpec("options", np.bytes_, (1,))),
-    APPLY: (IMAGE, TensorSpec("rule_id", np.bytes_, (1,))),
+    SEGMENT: (*FRAME, TensorSpec("prompt", np.bytes_, (-1,)), TensorSpec("options", np.bytes_, (1,))),
+    APPLY: (*FRAME, TensorSpec("rule_id", np.bytes_, (1,))),
     INDUCE: (IMAGE, TensorSpec("question", np.bytes_, (1,)), TensorSpec("demo_images", np.bytes_, (-1,)),
              TensorSpec("demo_sizes", np.int32, (-1, 2)), TensorSpec("demo_boxes", np.float32, (-1, 4)),
              TensorSpec("demo_box_index", np.int32, (-1,)), TensorSpec("options", np.bytes_, (1,))),

@@ -49,13 +49,16 @@ def bound_child_heaps() -> None:
 
 
 class IdleTrim:
-    def __init__(self, after_s: float = 5.0):
+    """`release`: callables run on every tick (after_s / 4), busy or not, that let go of what no request holds any
+    more (SharedFrames.sweep: the mapping of a region its client has unlinked)."""
+
+    def __init__(self, after_s: float = 5.0, release=()):
         self.after_s = float(after_s)
         self.trims = 0  # how many times the heap was trimmed (tests, logs)
-        self._trim = _malloc_trim()
+        self._trim, self._release = _malloc_trim(), tuple(release)
         self._lock = threading.Lock()
         self._active, self._last, self._dirty = 0, time.monotonic(), True
-        if self._trim is not None:
+        if self._trim is not None or self._release:
             threading.Thread(target=self._run, name="cseg-idle-trim", daemon=True).start()
 
     def watch(self, infer):
@@ -77,11 +80,13 @@ class IdleTrim:
     def _run(self) -> None:
         while True:
             time.sleep(self.after_s / 4)
+            for release in self._release:
+                release()
             with self._lock:
                 due = self._dirty and self._active == 0 and time.monotonic() - self._last >= self.after_s
                 if due:
                     self._dirty = False
-            if due:
+            if due and self._trim is not None:
                 self._trim(0)
                 self.trims += 1
                 log.debug("idle: freed C heap returned to the system (malloc_trim)")

@@ -33,10 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cseg.errors import CsegError, InvalidInputError
+from cseg.errors import CsegError, InvalidInputError, SharedFrameError
 from cseg.serve import contract
 from cseg.serve.memory import IdleTrim, bound_child_heaps
-from cseg.serve.shm import LOCAL_HOSTS
+from cseg.serve.shm import LOCAL_HOSTS, SharedFrames
 
 log = logging.getLogger("cseg.serve")
 
@@ -92,8 +92,9 @@ class Handlers:
     `concurrency` requests run at once (a pool shared by every model instance, so the cores are never asked for more
     graph runs than that in all); a batch of one runs on the calling thread."""
 
-    def __init__(self, runtime, rules: dict, concurrency: int = 1):
+    def __init__(self, runtime, rules: dict, concurrency: int = 1, frames=None):
         self.runtime, self.rules = runtime, rules
+        self.frames = frames  # cseg.serve.shm.SharedFrames: requests may send frames by reference; None: refused
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="cseg-request") if concurrency > 1 else None
 
     def segment(self, requests) -> list[dict]:
@@ -120,7 +121,7 @@ class Handlers:
     def _segment(self, request) -> dict:
         from cseg.options import SegmentOptions
 
-        image = _image(request)
+        image = self._image(request)
         prompts = [_text(value, "prompt", contract.MAX_PROMPT_BYTES) for value in request["prompt"][0]]
         if not 1 <= len(prompts) <= contract.MAX_PROMPTS:
             raise InvalidInputError(f"a request takes 1 to {contract.MAX_PROMPTS} prompts, got {len(prompts)}")
@@ -135,22 +136,31 @@ class Handlers:
 
     def _apply(self, request) -> dict:
         rule_id = _text(request["rule_id"][0][0], "rule_id", 256)
-        if rule_id not in self.rules:
+        found = self.rules.get(rule_id)  # one lookup: FolderRules checks the rule's files on each
+        if found is None:
             raise InvalidInputError(f"unknown rule {rule_id!r}: this server has {sorted(self.rules) or 'no rules'} "
                                     "(cseg serve --rules DIR loads DIR/*.json)")  # fmt: skip
-        rule, version = self.rules[rule_id]
-        image = _image(request)
+        rule, version = found
+        image = self._image(request)
         start = time.perf_counter()
         return _outputs([self.runtime.apply(rule, image)], version, start=start)
 
 
-def _image(request) -> np.ndarray:
-    """The request's image (batch dimension dropped); Triton has checked dtype and the channel count already, the
-    runtime checks size and content."""
-    image = request["image"]
-    if image.ndim != 4 or image.shape[0] != 1:
-        raise InvalidInputError(f"image must be one HxWx3 uint8 image per request, got shape {image.shape[1:]}")
-    return image[0]
+    def _image(self, request) -> np.ndarray:
+        """The request's image (batch dimension dropped), from `image` or by reference (`image_ref`, read where the
+        client wrote it); Triton has checked dtypes and the channel count already, the runtime checks size and
+        content."""
+        image, ref = (request[name] if name in request.keys() else None for name in ("image", "image_ref"))
+        if (image is None) == (ref is None):
+            raise InvalidInputError("a request carries its frame in exactly one of image and image_ref, got "
+                                    f"{'both' if image is not None else 'neither'}")  # fmt: skip
+        if ref is not None:
+            if self.frames is None:
+                raise SharedFrameError("this server does not take frames by reference (cseg serve --shared-memory)")
+            return self.frames.frame(ref.reshape(-1)[0])
+        if image.ndim != 4 or image.shape[0] != 1:
+            raise InvalidInputError(f"image must be one HxWx3 uint8 image per request, got shape {image.shape[1:]}")
+        return image[0]
 
 
 def _text(value, name: str, limit: int) -> str:
@@ -184,12 +194,13 @@ def _outputs(results, version: str | None = None, *, start: float | None = None)
     masks = [i.masks for i in instances]
     boxes, scores = [i.boxes for i in instances], [i.scores for i in instances]
     owner = [np.full(len(i), k, np.int32) for k, i in enumerate(instances)]
-    if not any(len(i) for i in instances):  # PyTriton cannot send zero-sized tensors: one padding row (contract)
-        masks, boxes = [np.zeros((1, height, width), bool)], [np.zeros((1, 4), np.float32)]
+    packed = contract.pack_masks(_join(masks)) if any(len(i) for i in instances) else None
+    if packed is None:  # PyTriton cannot send zero-sized tensors: one padding row (contract), zeros packed as such
+        packed, boxes = np.zeros((1, height, -(-width // 8)), np.uint8), [np.zeros((1, 4), np.float32)]
         scores, owner = [np.zeros(1, np.float32)], [np.full(1, -1, np.int32)]
     out = {
         "mask": contract.pack_masks(_join([r.mask[None] for r in results])),
-        "instance_masks": contract.pack_masks(_join(masks)),
+        "instance_masks": packed,
         "boxes": _join(boxes).astype(np.float32, copy=False),
         "scores": _join(scores).astype(np.float32, copy=False),
         "instance_prompt": _join(owner),
@@ -230,8 +241,9 @@ def serve(bundle, *, rules=None, host: str = "127.0.0.1", http_port: int = 8000,
     """Serve `bundle` until interrupted (blocks). `ready(triton)` is called once the models are bound.
     instances: model instances per model (batches in flight at once); concurrency: requests run at once over all
     instances; threads: ONNX Runtime intra-op threads per graph run (None: the cores shared out among the concurrent
-    requests, 0: ONNX Runtime's default, one per core); shared_memory: clients may register system shared memory for
-    their frames (cseg.serve.shm), None: when `host` is loopback."""
+    requests, 0: ONNX Runtime's default, one per core); shared_memory: clients on this host may send frames by
+    reference (`image_ref`, cseg.serve.shm) or through Triton's system shared memory, None: when `host` is
+    loopback."""
     check_environment()
     claim_ports(host, {"--port": http_port, "--grpc-port": grpc_port, "--metrics-port": metrics_port})
     bound_child_heaps()  # cseg.serve.memory: before Triton starts (its processes inherit it)
@@ -251,8 +263,11 @@ def serve(bundle, *, rules=None, host: str = "127.0.0.1", http_port: int = 8000,
     # 1.3% of a frame's time (959 vs 947 ms, one thread, interleaved, idle EPYC)
     session = {"enable_cpu_mem_arena": False, **({"intra_op_num_threads": threads} if threads else {})}
     runtime = Runtime.open(bundle, device=device, session=session)
-    handlers = Handlers(runtime, load_rules(rules, runtime.manifest), concurrency)
-    idle = IdleTrim()  # cseg.serve.memory: freed heap back to the system when idle
+    if shared_memory is None:
+        shared_memory = host in LOCAL_HOSTS
+    frames = SharedFrames() if shared_memory else None
+    handlers = Handlers(runtime, load_rules(rules, runtime.manifest), concurrency, frames)
+    idle = IdleTrim(release=[frames.sweep] if frames else [])  # cseg.serve.memory: freed heap back when idle
     log.info("bundle %s, rules %s", bundle, sorted(handlers.rules))
     policy = QueuePolicy(timeout_action=TimeoutAction.REJECT, default_timeout_microseconds=int(queue_timeout_s * 1e6),
                          allow_timeout_override=True, max_queue_size=max_queue)  # fmt: skip
@@ -262,15 +277,13 @@ def serve(bundle, *, rules=None, host: str = "127.0.0.1", http_port: int = 8000,
 
     # PyTriton guards Triton's management endpoints with a token it generates; statistics (request and batch counts,
     # what a fleet's monitoring reads) are opened, and shared memory where clients share this host's /dev/shm (a
-    # client that registers a region names a shared-memory object the server then reads: on loopback unless asked);
-    # the rest (model repository, ...) stay guarded
-    if shared_memory is None:
-        shared_memory = host in LOCAL_HOSTS
+    # client that registers a region, or sends an image_ref, names a shared-memory object the server then reads: on
+    # loopback unless asked); the rest (model repository, ...) stay guarded
     opened = {"statistics", "shared-memory"} if shared_memory else {"statistics"}
     security = TritonSecurityConfig(restricted_endpoints=[e for e in DEFAULT_PROTECTED_ENDPOINTS if e not in opened])
 
     def tensors(specs):
-        return [Tensor(name=s.name, dtype=s.dtype, shape=s.shape) for s in specs]
+        return [Tensor(name=s.name, dtype=s.dtype, shape=s.shape, optional=s.optional) for s in specs]
 
     for attempt in range(1, START_ATTEMPTS + 1):
         with Triton(config=config, security_config=security) as triton:

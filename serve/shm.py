@@ -1,24 +1,40 @@
-"""Frames to a `cseg serve` on the same host through Triton's system shared memory instead of inside the gRPC message.
+"""Frames to a `cseg serve` (or an export-triton tritonserver) on the same host by reference: the client writes the
+frame into a POSIX shared-memory object of its own and the request carries only its name and shape (`image_ref`,
+cseg.serve.contract); the server maps the object read-only and the Runtime reads the pixels where the client wrote
+them.
 
 Why: a 1080p frame is 6.2 MB; carried in the gRPC message it is copied by the client's serialisation, by gRPC on both
-sides and by Triton's request parsing, and those copies were most of what serving added to a call (on the 2-core
-EPYC, loaded: an empty model answered a 1080p frame in 33 ms by gRPC bytes, 13 ms from shared memory, 8.5 ms for an
-8x8 frame). With shared memory the client writes the frame once into a region the server has mapped (Triton's
-`register_system_shared_memory`) and the request carries only the region's name.
+sides and by Triton's request parsing (an empty model answered a 1080p frame in 33 ms so on the 2-core EPYC, loaded).
+Triton's own system shared memory (register the region, point the input at it) saves the wire copies but not
+Triton's copy of the input into the model's process: a Python-backend model with cseg's outputs answered a 1080p frame
+from a registered region in 5.7 ms, by reference in 3.7 ms, an 8x8 frame in 2.1 ms (idle EPYC, stock tritonserver
+2.51, medians of 40); PyTriton copies the input twice more on its relay to the serving process.
 
-Each calling thread has its own region (a request is synchronous: the region is free again when it returns), grown
-when a larger frame comes. The server must allow it (`cseg serve` does on loopback; elsewhere --shared-memory) and
-must see this host's /dev/shm: where it does not (a remote host, a container with its own /dev/shm, an older server),
-registration fails once, the reason is kept in `disabled` and frames go in the message as before.
+Client (FrameRegions): each calling thread has its own region (a request is synchronous: the region is free again
+when it returns), grown when a larger frame comes, unlinked when outgrown and at close. Where the server cannot read
+it (another host or a container with its own /dev/shm, a server that does not take frames so), it answers a
+SharedFrameError once, the reason is kept in `disabled` and frames go in the message from then on.
+
+Server (SharedFrames): maps each named object once and keeps the mapping while the object exists (a camera's region
+is mapped once, not per frame: its pages are faulted in once); a mapping whose object was unlinked or replaced is let
+go at the next request, so a client that went away pins no memory beyond that. Only objects named cseg-... are read,
+and nothing is ever written.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import mmap
 import os
+import re
 import threading
 import uuid
 import weakref
+
+import numpy as np
+
+from cseg.errors import SharedFrameError
 
 log = logging.getLogger("cseg.serve")
 
@@ -26,6 +42,8 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 # below this the message copies cost less than the region write + its bookkeeping: prompts, rule ids, small frames
 MIN_BYTES = 1 << 18
 _ROUND = 1 << 20  # regions grow in whole MiB: frames of one camera vary little, a region is not remade per frame
+NAME = re.compile(r"cseg-[A-Za-z0-9_-]{1,120}")
+SHM_DIR = "/dev/shm"  # where POSIX shared-memory objects live on Linux (shm_open's namespace)
 
 
 def is_local(url: str) -> bool:
@@ -35,118 +53,135 @@ def is_local(url: str) -> bool:
 
 
 class FrameRegions:
-    """Per-thread shared-memory regions for frames, registered with the server lazily (again after a reconnect)."""
+    """The client's per-thread shared-memory regions for frames."""
 
     def __init__(self):
         self._prefix = f"cseg-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._regions: dict[str, tuple] = {}  # name -> (tritonclient handle, size)
-        self._registered: set[str] = set()  # names the server has, as far as this channel knows
-        self.disabled: str | None = None  # why frames go in the message (None: they go through shared memory)
+        self._regions: dict[str, object] = {}  # name -> multiprocessing.shared_memory.SharedMemory
+        self.disabled: str | None = None  # why frames go in the message (None: they go by reference)
         self._finalizer = weakref.finalize(self, _destroy, self._regions)  # a dropped RemoteRuntime frees /dev/shm
 
-    def place(self, client, value):
-        """`value` (a contiguous array) written into this thread's region, registered with `client`'s server ->
-        (region name, byte size) for InferInput.set_shared_memory; None where frames go in the message. A transport
-        failure (server down) is raised as it is: the caller reports it like any other."""
-        from tritonclient.utils import InferenceServerException
-
+    def place(self, value: np.ndarray) -> bytes | None:
+        """`value` (a contiguous HxWx3 uint8 frame) written into this thread's region -> the `image_ref` that names
+        it; None where frames go in the message (disabled, or a frame too small to be worth it)."""
         if self.disabled is not None or value.nbytes < MIN_BYTES:
             return None
         try:
-            import tritonclient.utils.shared_memory as shm
-
-            name = self._region(client, shm, value.nbytes)
-            if name not in self._registered:
-                self._register(client, name)
-            shm.set_shared_memory_region(self._regions[name][0], [value])
-        except InferenceServerException as exc:
-            if _transport(exc):
-                raise
-            self._disable(f"the server refused shared memory: {exc.message()}")
+            region = self._region(value.nbytes)
+            np.ndarray(value.shape, np.uint8, buffer=region.buf)[...] = value  # the one copy of the frame
+        except Exception as exc:  # no /dev/shm, out of space: the message path still works
+            self.disable(f"shared memory is not available here: {exc!r}")
             return None
-        except Exception as exc:  # no /dev/shm, no libcshm, out of space: the message path still works
-            self._disable(f"shared memory is not available here: {exc!r}")
-            return None
-        return name, value.nbytes
+        return json.dumps({"region": region.name.lstrip("/"), "shape": list(value.shape)}).encode()
 
-    def forget(self) -> None:
-        """The channel was dropped: the server (maybe restarted) is asked again before a region is used."""
-        with self._lock:
-            self._registered.clear()
-
-    def close(self, client=None) -> None:
-        """Unregister (best effort: the server may be gone) and free every region; a later call makes a new one."""
-        if client is not None:
-            for name in list(self._registered):
-                try:
-                    client.unregister_system_shared_memory(name)
-                except Exception:  # a server that is down has forgotten it anyway
-                    pass
-        self.forget()
-        with self._lock:
-            _destroy(self._regions)
-
-    def _region(self, client, shm, nbytes: int) -> str:
-        name = getattr(self._local, "name", None)
-        if name not in self._regions:  # none yet in this thread, or freed by close()
-            name = None
-        if name is not None and self._regions[name][1] >= nbytes:
-            return name
-        if name is not None:  # outgrown: the server lets go of it before it is unlinked
-            self._release(client, shm, name)
-        name = f"{self._prefix}-{threading.get_ident()}-{uuid.uuid4().hex[:6]}"
-        size = -(-nbytes // _ROUND) * _ROUND
-        handle = shm.create_shared_memory_region(name, "/" + name, size, create_only=True)
-        with self._lock:
-            self._regions[name] = (handle, size)
-        self._local.name = name
-        return name
-
-    def _release(self, client, shm, name: str) -> None:
-        from tritonclient.utils import InferenceServerException
-
-        with self._lock:
-            handle, _ = self._regions.pop(name)
-            registered = name in self._registered
-            self._registered.discard(name)
-        if registered:
-            try:
-                client.unregister_system_shared_memory(name)
-            except InferenceServerException:  # a restarted server never had it
-                pass
-        shm.destroy_shared_memory_region(handle)
-
-    def _register(self, client, name: str) -> None:
-        from tritonclient.utils import InferenceServerException
-
-        try:
-            client.register_system_shared_memory(name, "/" + name, self._regions[name][1])
-        except InferenceServerException as exc:
-            if "already" not in str(exc):  # registered before a dropped channel: the server still has it
-                raise
-        with self._lock:
-            self._registered.add(name)
-
-    def _disable(self, reason: str) -> None:
+    def disable(self, reason: str) -> None:
         if self.disabled is None:
             log.info("frames go in the gRPC message: %s", reason)
         self.disabled = reason
+        self.close()
 
+    def names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._regions)
 
-def _transport(exc) -> bool:
-    """Whether an InferenceServerException is the server being unreachable (not a refusal of shared memory)."""
-    status = str(exc.status() or "")
-    return ("UNAVAILABLE" in status or "DEADLINE_EXCEEDED" in status) and "restricted" not in str(exc.message())
+    def close(self) -> None:
+        """Free every region (the server lets go of its mapping at its next request); a later call makes a new one."""
+        with self._lock:
+            _destroy(self._regions)
+
+    def _region(self, nbytes: int):
+        from multiprocessing import shared_memory
+
+        name = getattr(self._local, "name", None)
+        with self._lock:
+            region = self._regions.get(name)
+        if region is not None and region.size >= nbytes:
+            return region
+        if region is not None:  # outgrown: unlinked now, the server drops its mapping at its next request
+            with self._lock:
+                _destroy({name: self._regions.pop(name)})
+        name = f"{self._prefix}-{threading.get_ident()}-{uuid.uuid4().hex[:6]}"
+        region = shared_memory.SharedMemory(name, create=True, size=-(-nbytes // _ROUND) * _ROUND)
+        with self._lock:
+            self._regions[name] = region
+        self._local.name = name
+        return region
 
 
 def _destroy(regions: dict) -> None:
-    import tritonclient.utils.shared_memory as shm
-
-    for handle, _ in list(regions.values()):
+    for region in list(regions.values()):
         try:
-            shm.destroy_shared_memory_region(handle)
-        except Exception:  # already unlinked
+            region.unlink()  # first: the name goes even where a view still holds the mapping
+        except FileNotFoundError:
+            pass
+        try:
+            region.close()
+        except BufferError:  # another thread's write still holds a view: unmapped when that is freed
             pass
     regions.clear()
+
+
+class SharedFrames:
+    """The server's read-only mappings of clients' regions: `frame(image_ref)` -> the frame (a read-only view)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._maps: dict[str, tuple[int, mmap.mmap]] = {}  # name -> (inode, mapping)
+
+    def frame(self, image_ref) -> np.ndarray:
+        try:
+            ref = json.loads(bytes(image_ref))
+            name, shape = ref["region"], tuple(int(n) for n in ref["shape"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SharedFrameError(f'image_ref must be JSON {{"region": NAME, "shape": [H, W, 3]}}: {exc}') from None
+        if not isinstance(name, str) or not NAME.fullmatch(name):
+            raise SharedFrameError(f"image_ref names region {name!r}: not a cseg frame region (cseg-[A-Za-z0-9_-]+)")
+        if len(shape) != 3 or shape[2] != 3 or min(shape) < 1:
+            raise SharedFrameError(f"image_ref's shape must be [H, W, 3], got {list(shape)}")
+        mapping = self._mapping(name)
+        if int(np.prod(shape, dtype=np.int64)) > len(mapping):
+            raise SharedFrameError(f"image_ref's region {name} holds {len(mapping)} bytes, less than a "
+                                   f"{shape[0]}x{shape[1]}x3 frame")  # fmt: skip
+        return np.ndarray(shape, np.uint8, buffer=mapping)  # read-only: the mapping is
+
+    def _mapping(self, name: str) -> mmap.mmap:
+        path = os.path.join(SHM_DIR, name)
+        with self._lock:
+            self._sweep_locked()
+            held = self._maps.get(name)
+            if held is not None:
+                return held[1]
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            except OSError as exc:
+                raise SharedFrameError(f"no shared-memory region {name} on the server's host ({exc.strerror}): "
+                                       "the client is on another host or in another /dev/shm") from None  # fmt: skip
+            try:
+                inode = os.fstat(fd).st_ino
+                mapping = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
+            except (OSError, ValueError) as exc:  # an empty object cannot be mapped
+                raise SharedFrameError(f"shared-memory region {name} cannot be mapped: {exc}") from None
+            finally:
+                os.close(fd)
+            self._maps[name] = (inode, mapping)
+            return mapping
+
+    def sweep(self) -> None:
+        """Let go of mappings whose object is gone or replaced (the pages go once the last view of them is freed):
+        at every request, and from `cseg serve`'s idle thread (a client that left pins nothing for long)."""
+        with self._lock:
+            self._sweep_locked()
+
+    def _sweep_locked(self) -> None:
+        for name, (inode, _) in list(self._maps.items()):
+            try:
+                gone = os.stat(os.path.join(SHM_DIR, name)).st_ino != inode
+            except OSError:
+                gone = True
+            if gone:
+                del self._maps[name]  # not closed: a request may still read a view of it; unmapped when unreferenced
+
+    def __len__(self) -> int:
+        return len(self._maps)

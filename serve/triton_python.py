@@ -54,6 +54,10 @@ class FolderRules(dict):
         self._refresh(rule_id)
         return super().__getitem__(rule_id)
 
+    def get(self, rule_id, default=None):
+        self._refresh(rule_id)
+        return super().get(rule_id, default)
+
     def __iter__(self):  # the folder's rules, loaded here yet or not: what an unknown rule's error lists
         return iter(sorted(path.stem for path in self.folder.glob("*.json")))
 
@@ -66,6 +70,7 @@ class TritonPythonModel:
         from cseg.runtime import Runtime
         from cseg.serve.induce import Inducer
         from cseg.serve.server import Handlers
+        from cseg.serve.shm import SharedFrames
 
         config = json.loads(args["model_config"])
         parameters = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
@@ -73,7 +78,8 @@ class TritonPythonModel:
         runtime = Runtime.open(parameters["bundle"], device=parameters.get("device") or "auto")
         folder = parameters.get("rules") or None
         rules = FolderRules(folder, runtime.manifest) if folder else {}
-        handlers = Handlers(runtime, rules)
+        by_reference = parameters.get("shared_memory", "true").lower() != "false"
+        handlers = Handlers(runtime, rules, frames=SharedFrames() if by_reference else None)
         self.infer = {contract.SEGMENT: handlers.segment, contract.APPLY: handlers.apply,
                       contract.INDUCE: Inducer(runtime, rules, folder).induce}[self.model]  # fmt: skip
         self.inputs = contract.INPUTS[self.model]

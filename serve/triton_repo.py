@@ -125,13 +125,18 @@ def flow_config(model: str, bundle: Path, rules: Path | None, device: str, max_b
     outputs = contract.INDUCE_OUTPUTS if model == contract.INDUCE else contract.OUTPUTS
     for specs, field in ((contract.INPUTS[model], config.input), (outputs, config.output)):
         for spec in specs:
-            field.add(name=spec.name, data_type=getattr(pb, "TYPE_STRING" if spec.triton_dtype == "BYTES" else
-                      f"TYPE_{spec.triton_dtype}"), dims=list(spec.shape))  # fmt: skip
+            tensor = field.add(name=spec.name, data_type=getattr(pb, "TYPE_STRING" if spec.triton_dtype == "BYTES"
+                               else f"TYPE_{spec.triton_dtype}"), dims=list(spec.shape))  # fmt: skip
+            if spec.optional:  # inputs only (ModelOutput has no such field)
+                tensor.optional = True
     if batched:
         config.dynamic_batching.SetInParent()
     # the Runtime picks its own device (device=): Triton's GPU assignment would not reach it
     config.instance_group.add(count=1, kind=pb.ModelInstanceGroup.KIND_CPU)
-    for key, value in (("bundle", str(bundle)), ("rules", str(rules or "")), ("device", device)):
+    # shared_memory: frames by reference (cseg.serve.shm) from clients on the server's host; "false" refuses them
+    # (a stock tritonserver's own shared-memory endpoint is open unless restricted: the same exposure)
+    for key, value in (("bundle", str(bundle)), ("rules", str(rules or "")), ("device", device),
+                       ("shared_memory", "true")):  # fmt: skip
         config.parameters[key].string_value = value
     return config
 

@@ -222,53 +222,64 @@ def test_bad_input_gets_the_cseg_error_and_the_server_keeps_serving(server, remo
     assert remote.apply("cup", photo).route == "rule"  # still serving
 
 
-def test_frames_go_through_shared_memory_one_region_per_thread_freed_at_close(server, runtime, rules, photo):
+def test_frames_go_by_reference_one_region_per_thread_freed_at_close(server, runtime, rules, photo):
     big = np.ascontiguousarray(np.tile(photo, (3, 4, 1))[:1080, :1920])  # 1080p: the region grows
     rt = RemoteRuntime(server.url, timeout_s=60)
     same(rt.apply("cup", photo), runtime.apply(rules[1], photo))
     assert rt.shared_memory_off is None
-    first = _regions(server.url, rt)
-    assert len(first) == 1 and first[0]["byte_size"] >= photo.nbytes
-    raw = grpcclient.InferenceServerClient(server.url)
-    raw.unregister_system_shared_memory(first[0]["name"])  # what a restart between two calls does to the server
-    raw.close()
-    same(rt.apply("cup", photo), runtime.apply(rules[1], photo))  # registered again, sent again
-    assert rt.shared_memory_off is None and _regions(server.url, rt) == first
+    first = rt._frames.names()
+    assert len(first) == 1 and Path("/dev/shm", first[0]).stat().st_size >= photo.nbytes
+    assert _registered(server.url, rt) == []  # by reference: nothing registered with Triton
     same(rt.apply("cup", big), runtime.apply(rules[1], big))
-    second = _regions(server.url, rt)
-    assert len(second) == 1 and second[0]["byte_size"] >= big.nbytes and second[0]["name"] != first[0]["name"]
-    assert not Path("/dev/shm" + first[0]["key"]).exists()  # the outgrown region was unlinked, not leaked
+    second = rt._frames.names()
+    assert len(second) == 1 and second != first and Path("/dev/shm", second[0]).stat().st_size >= big.nbytes
+    assert not Path("/dev/shm", first[0]).exists()  # the outgrown region was unlinked, not leaked
     rt.close()
-    assert _regions(server.url, rt) == [] and not Path("/dev/shm" + second[0]["key"]).exists()
+    assert not Path("/dev/shm", second[0]).exists()
+    same(rt.apply("cup", photo), runtime.apply(rules[1], photo))  # a closed client makes a new region
+    rt.close()
     message = RemoteRuntime(server.url, timeout_s=60, shared_memory=False)
     same(message.apply("cup", photo), runtime.apply(rules[1], photo))
-    assert "not asked for" in message.shared_memory_off and _regions(server.url, message) == []
+    assert "not asked for" in message.shared_memory_off and message._frames is None
     message.close()
 
 
-def _regions(url: str, rt: RemoteRuntime) -> list[dict]:
-    """The system shared-memory regions the server has registered for `rt`."""
+def test_a_forged_or_missing_frame_reference_is_a_clear_error_and_the_server_goes_on(server, remote, photo):
+    from multiprocessing import shared_memory
+
+    raw = grpcclient.InferenceServerClient(server.url)
+    region = shared_memory.SharedMemory(f"cseg-test-{id(raw)}", create=True, size=1 << 16)  # smaller than the frame
+    try:
+        cases = {  # image_ref -> what the answer's error says
+            b'{"region": "../../etc/passwd", "shape": [8, 8, 3]}': "not a cseg frame region",
+            b'{"region": "cseg-nobody-here", "shape": [8, 8, 3]}': "no shared-memory region cseg-nobody-here",
+            f'{{"region": "{region.name}", "shape": [512, 512, 3]}}'.encode(): "less than a 512x512x3 frame",
+            f'{{"region": "{region.name}", "shape": [8, 8]}}'.encode(): "shape must be [H, W, 3]",
+            b"not json": "must be JSON",
+        }
+        for ref, message in cases.items():
+            tensor = grpcclient.InferInput("image_ref", [1, 1], "BYTES")
+            tensor.set_data_from_numpy(np.array([[ref]], dtype=object))
+            rule_id = grpcclient.InferInput("rule_id", [1, 1], "BYTES")
+            rule_id.set_data_from_numpy(np.array([[b"cup"]], dtype=object))
+            error = json.loads(bytes(raw.infer(contract.APPLY, [tensor, rule_id]).as_numpy("error")[0][0]))
+            assert error["type"] == "SharedFrameError" and message in error["message"], (ref, error)
+        both = [grpcclient.InferInput("image", [1, 8, 8, 3], "UINT8"), tensor, rule_id]
+        both[0].set_data_from_numpy(np.zeros((1, 8, 8, 3), np.uint8))
+        error = json.loads(bytes(raw.infer(contract.APPLY, both).as_numpy("error")[0][0]))
+        assert error["type"] == "InvalidInputError" and "exactly one of image and image_ref" in error["message"]
+    finally:
+        raw.close()
+        region.close()
+        region.unlink()
+    assert remote.apply("cup", photo).route == "rule"  # still serving
+
+
+def _registered(url: str, rt: RemoteRuntime) -> list[str]:
+    """The system shared-memory regions Triton has registered for `rt` (its own shared-memory API)."""
     raw = grpcclient.InferenceServerClient(url)
     try:
         status = raw.get_system_shared_memory_status(as_json=True).get("regions", {})
     finally:
         raw.close()
-    prefix = rt._frames._prefix if rt._frames is not None else "cseg-none"
-    return [{**region, "byte_size": int(region["byte_size"])} for name, region in status.items()
-            if name.startswith(prefix)]  # fmt: skip
-
-
-@pytest.mark.slow
-def test_eight_cameras_benchmark_loses_nothing_and_answers_as_the_local_runtime(tiny_bundle, rules, tmp_path):
-    """benchmarks/serve_cameras.py end to end (README, "Many cameras on one server"): 8 cameras and one camera alone,
-    every request answered and executed once, every answer the local Runtime's. Its throughput ratio is reported, not
-    asserted: a test machine's load decides it (the README's table says under which conditions it was measured)."""
-    grpc_port = free_ports(1)[0]  # the script's server takes it and the next one (HTTP)
-    command = [sys.executable, str(ROOT / "benchmarks" / "serve_cameras.py"), str(tiny_bundle), str(rules[0]), "cup",
-               "--cameras", "8", "--frames", "2", "--grpc-port", str(grpc_port), "--json", "report.json"]  # fmt: skip
-    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=1200)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    report = json.loads((tmp_path / "report.json").read_text())
-    assert report["lost"] == 0 and report["mismatches"] == 0, report
-    assert report["executed"] == report["sent"] == 18 and len(report["per_camera"]) == 8
-    assert all(camera["answered"] == 2 for camera in report["per_camera"]) and report["ratio"] > 0
+    return [name for name in status if name.startswith(rt._frames._prefix)]

@@ -82,3 +82,26 @@ def test_a_batch_runs_its_requests_concurrently_in_order_and_each_answers_for_it
     assert b"bad frame" in bytes(answers[2]["error"][0][0]) and answers[0]["version"] == "v1"
     serial = Handlers(Runtime(), {"cup": ("the rule", "v1")}, concurrency=1)
     assert serial._pool is None  # concurrency 1: the batch loops on the calling thread, as before
+
+
+def test_a_frame_by_reference_is_read_in_place_and_let_go_when_its_region_goes():
+    from cseg.errors import SharedFrameError
+    from cseg.serve.shm import MIN_BYTES, FrameRegions, SharedFrames
+
+    frame = np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    regions, frames = FrameRegions(), SharedFrames()
+    ref = regions.place(frame)
+    got = frames.frame(ref)
+    assert np.array_equal(got, frame) and not got.flags.writeable and len(frames) == 1
+    frame[0, 0] = 255 - frame[0, 0]
+    assert frames.frame(regions.place(frame))[0, 0].tolist() == frame[0, 0].tolist()  # the same region, mapped once
+    assert len(frames) == 1 and regions.place(np.zeros((8, 8, 3), np.uint8)) is None  # small: in the message
+    assert MIN_BYTES > 8 * 8 * 3
+    name = regions.names()[0]
+    regions.close()  # the client unlinks its region: the server lets go of its mapping at the next sweep
+    frames.sweep()
+    assert len(frames) == 0
+    with pytest.raises(SharedFrameError, match=f"no shared-memory region {name}"):
+        frames.frame(ref)
+    regions.disable("test")
+    assert regions.place(frame) is None and regions.disabled == "test"
