@@ -6,9 +6,10 @@
 
 Starts `python -m cseg.serve` in .venv-serve on loopback (--stock: the bundle's `cseg export-triton` repository on
 the tritonserver binary PyTriton bundles, started directly by cseg.serve.stock; or uses --url of a running server),
-then measures. The
-difference of the medians is the serving overhead per request (gRPC, Triton's queue, the tensor copies); the
-model's own time is in both.
+then measures: local, remote with frames by reference (the client copies each into its shared memory), remote with
+the frame written into RemoteRuntime.frame_buffer beforehand (as a camera would: no client copy), remote with frames
+in the gRPC message. Per request, the wall time minus the server's own Runtime call (the answer's timings["runtime"])
+is the serving overhead (gRPC, Triton's queue, the copies); the difference of medians is printed beside it.
 """
 
 from __future__ import annotations
@@ -96,11 +97,14 @@ def main() -> None:
         local = Runtime.open(args.bundle)
         rule = Rule.load(Path(args.rules) / f"{args.rule_id}.json")
         frame = np.random.default_rng(0).integers(0, 256, (1080, 1920, 3), dtype=np.uint8)
-        times: dict[str, list[float]] = {"local": [], "remote": [], "message": []}
-        added: dict[str, list[float]] = {"remote": [], "message": []}  # per request: wall - the server's Runtime call
+        times: dict[str, list[float]] = {"local": [], "remote": [], "buffer": [], "message": []}
+        added: dict[str, list[float]] = {"remote": [], "buffer": [], "message": []}  # wall - the server's Runtime call
         with RemoteRuntime(url, timeout_s=120) as remote, RemoteRuntime(url, timeout_s=120,
                                                                         shared_memory=False) as message:  # fmt: skip
+            buffer = remote.frame_buffer(*frame.shape[:2])  # where a camera would write: the same region as remote's
+            buffer[...] = frame
             calls = {"local": lambda: local.apply(rule, frame), "remote": lambda: remote.apply(args.rule_id, frame),
+                     "buffer": lambda: remote.apply(args.rule_id, buffer),
                      "message": lambda: message.apply(args.rule_id, frame)}  # fmt: skip
             for name, call in calls.items():  # warm-up: sessions, channel, shared memory, Triton's first request
                 call()
@@ -118,7 +122,9 @@ def main() -> None:
                   f"  ({len(values)} calls)")  # fmt: skip
         if off:
             print(f"remote: frames went in the gRPC message ({off})")
-        for name, how in (("remote", "frames through shared memory"), ("message", "frames in the gRPC message")):
+        for name, how in (("remote", "frames by reference (the client copies each into shared memory)"),
+                          ("buffer", "frames by reference, written into RemoteRuntime.frame_buffer (no client copy)"),
+                          ("message", "frames in the gRPC message")):  # fmt: skip
             overhead = statistics.median(times[name]) - statistics.median(times["local"])
             direct = sorted(added[name])
             print(f"serving overhead, {how}: per request (wall - the server's Runtime call) median "

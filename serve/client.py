@@ -99,12 +99,13 @@ class RemoteRuntime:
             raise InvalidInputError(f"a request takes 1 to {contract.MAX_PROMPTS} prompts, got {len(prompts)}")
         prompts = [prompting.check_prompt(p).encode() for p in prompts]
         fields = {name: getattr(options, name) for name in contract.OPTION_FIELDS}
+        pixels, bgr = self._frame(image, options.bgr)
         inputs = {
-            "image": _pixels(image, options.bgr),
+            "image": pixels,
             "prompt": np.array(prompts, dtype=object),
             "options": np.array([json.dumps(fields).encode()], dtype=object),
         }
-        return self._infer(contract.SEGMENT, inputs)
+        return self._infer(contract.SEGMENT, inputs, bgr)
 
     def induce(self, demos, question: str, image=None, *, max_new_tokens: int | None = None, bgr: bool = False,
                rule_id: str | None = None) -> RemoteRule:  # fmt: skip
@@ -141,8 +142,9 @@ class RemoteRuntime:
         """Apply the server's rule `rule` (a RemoteRule, or its id: the rule file's name without .json) to `frame`."""
         rule = _rule_id(rule)
         check_bgr(bgr)
-        inputs = {"image": _pixels(frame, bgr), "rule_id": np.array([rule.encode()], dtype=object)}
-        return self._infer(contract.APPLY, inputs)[0]
+        pixels, bgr = self._frame(frame, bgr)
+        inputs = {"image": pixels, "rule_id": np.array([rule.encode()], dtype=object)}
+        return self._infer(contract.APPLY, inputs, bgr)[0]
 
     def track(self, frames, rule, monitor=None, *, line=None, defect_rule=None, min_overlap: float = 0.02, times=None,
               budget_ms: float | None = None, drop: str | None = None, bgr: bool | None = None):  # fmt: skip
@@ -239,10 +241,32 @@ class RemoteRuntime:
         except Exception:  # closing a broken channel may fail too; the channel is discarded either way
             pass
 
-    def _infer(self, model: str, arrays: dict[str, np.ndarray]) -> list[Segmentation]:
+    def frame_buffer(self, height: int, width: int) -> np.ndarray:
+        """A writable HxWx3 uint8 array for the calling thread's next frame: where frames go by reference (a server
+        on this host) it lies in the shared memory the server reads, so a frame written into it (OpenCV's
+        `cap.read(buf)`, `buf[...] = pixels`) and passed to apply/segment/segment_many/track/stream from this thread
+        is not copied here, BGR included (bgr=True: the server reads it reversed). Elsewhere a plain array. Valid
+        until this thread asks for a larger one or the client closes."""
+        from cseg.images import _check_size
+
+        if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in (height, width)):
+            raise InvalidInputError(f"frame_buffer takes a positive int height and width, got {height!r}, {width!r}")
+        _check_size(width, height, "frame_buffer")
+        if self._frames is None or self._frames.disabled is not None:
+            return np.zeros((height, width, 3), np.uint8)
+        return self._frames.buffer(height, width)
+
+    def _frame(self, image, bgr: bool) -> tuple[np.ndarray, bool]:
+        """The frame to send and whether the server is to read it as BGR (a frame_buffer() is sent as it is)."""
+        if self._frames is not None and self._frames.holds(image):
+            load_frame(image, bgr=bgr)  # the local Runtime's checks (size, dtype)
+            return image, bool(bgr)
+        return _pixels(image, bgr), False
+
+    def _infer(self, model: str, arrays: dict[str, np.ndarray], bgr: bool = False) -> list[Segmentation]:
         ref = None
         if self._frames is not None and "image_ref" in {spec.name for spec in contract.INPUTS[model]}:
-            ref = self._frames.place(arrays["image"])  # None: frames go in the message
+            ref = self._frames.place(arrays["image"], bgr)  # None: frames go in the message
         if ref is not None:
             by_reference = {**{k: v for k, v in arrays.items() if k != "image"}, "image_ref": np.array([ref], object)}
             try:
@@ -253,6 +277,8 @@ class RemoteRuntime:
                 if "image_ref" not in str(exc):
                     raise
                 self._frames.disable(f"the server does not take frames by reference: {exc}")
+        if bgr:  # a BGR frame_buffer() that did not go by reference: RGB, as the contract's image is
+            arrays = {**arrays, "image": np.ascontiguousarray(arrays["image"][..., ::-1])}
         return decode(self._send(model, arrays, contract.OUTPUTS).as_numpy)
 
     def _send(self, model: str, arrays: dict[str, np.ndarray], outputs, *, batched: bool = True):

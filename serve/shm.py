@@ -35,6 +35,7 @@ import weakref
 import numpy as np
 
 from cseg.errors import SharedFrameError
+from cseg.images import Frame
 
 log = logging.getLogger("cseg.serve")
 
@@ -63,18 +64,38 @@ class FrameRegions:
         self.disabled: str | None = None  # why frames go in the message (None: they go by reference)
         self._finalizer = weakref.finalize(self, _destroy, self._regions)  # a dropped RemoteRuntime frees /dev/shm
 
-    def place(self, value: np.ndarray) -> bytes | None:
+    def place(self, value: np.ndarray, bgr: bool = False) -> bytes | None:
         """`value` (a contiguous HxWx3 uint8 frame) written into this thread's region -> the `image_ref` that names
-        it; None where frames go in the message (disabled, or a frame too small to be worth it)."""
+        it (`bgr`: the server reads the channels reversed); None where frames go in the message (disabled, or a frame
+        too small to be worth it). A frame that is this thread's `buffer()` is not copied: it is there already."""
         if self.disabled is not None or value.nbytes < MIN_BYTES:
             return None
         try:
             region = self._region(value.nbytes)
-            np.ndarray(value.shape, np.uint8, buffer=region.buf)[...] = value  # the one copy of the frame
+            if not self.holds(value):
+                np.ndarray(value.shape, np.uint8, buffer=region.buf)[...] = value  # the one copy of the frame
         except Exception as exc:  # no /dev/shm, out of space: the message path still works
             self.disable(f"shared memory is not available here: {exc!r}")
             return None
-        return json.dumps({"region": region.name.lstrip("/"), "shape": list(value.shape)}).encode()
+        ref = {"region": region.name.lstrip("/"), "shape": list(value.shape), **({"bgr": True} if bgr else {})}
+        return json.dumps(ref).encode()
+
+    def buffer(self, height: int, width: int) -> np.ndarray:
+        """A writable HxWx3 uint8 array at the start of this thread's region (grown to hold it): a frame written into
+        it goes to the server without a copy here."""
+        region = self._region(height * width * 3)
+        return np.ndarray((height, width, 3), np.uint8, buffer=region.buf)
+
+    def holds(self, value) -> bool:
+        """Whether `value` is this thread's buffer(): a C-contiguous uint8 frame at the start of its region."""
+        name = getattr(self._local, "name", None)
+        with self._lock:
+            region = self._regions.get(name)
+        if region is None or not isinstance(value, np.ndarray) or value.dtype != np.uint8:
+            return False
+        start = np.frombuffer(region.buf, np.uint8, count=1).__array_interface__["data"][0]
+        return (value.flags.c_contiguous and value.__array_interface__["data"][0] == start
+                and value.nbytes <= region.size)  # fmt: skip
 
     def disable(self, reason: str) -> None:
         if self.disabled is None:
@@ -124,13 +145,14 @@ def _destroy(regions: dict) -> None:
 
 
 class SharedFrames:
-    """The server's read-only mappings of clients' regions: `frame(image_ref)` -> the frame (a read-only view)."""
+    """The server's read-only mappings of clients' regions: `frame(image_ref)` -> the frame (a read-only view; a
+    cseg Frame marked BGR where the reference says so)."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self._maps: dict[str, tuple[int, mmap.mmap]] = {}  # name -> (inode, mapping)
 
-    def frame(self, image_ref) -> np.ndarray:
+    def frame(self, image_ref):
         try:
             ref = json.loads(bytes(image_ref))
             name, shape = ref["region"], tuple(int(n) for n in ref["shape"])
@@ -144,7 +166,8 @@ class SharedFrames:
         if int(np.prod(shape, dtype=np.int64)) > len(mapping):
             raise SharedFrameError(f"image_ref's region {name} holds {len(mapping)} bytes, less than a "
                                    f"{shape[0]}x{shape[1]}x3 frame")  # fmt: skip
-        return np.ndarray(shape, np.uint8, buffer=mapping)  # read-only: the mapping is
+        pixels = np.ndarray(shape, np.uint8, buffer=mapping)  # read-only: the mapping is
+        return Frame(pixels, True) if ref.get("bgr") is True else pixels  # as a local Runtime takes bgr=True
 
     def _mapping(self, name: str) -> mmap.mmap:
         path = os.path.join(SHM_DIR, name)

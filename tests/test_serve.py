@@ -230,6 +230,10 @@ def test_frames_go_by_reference_one_region_per_thread_freed_at_close(server, run
     first = rt._frames.names()
     assert len(first) == 1 and Path("/dev/shm", first[0]).stat().st_size >= photo.nbytes
     assert _registered(server.url, rt) == []  # by reference: nothing registered with Triton
+    buffer = rt.frame_buffer(*photo.shape[:2])  # a camera writes its BGR frame here: the client copies nothing
+    buffer[...] = photo[..., ::-1]
+    same(rt.apply("cup", buffer, bgr=True), runtime.apply(rules[1], buffer.copy(), bgr=True))
+    assert rt._frames.names() == first and rt._frames.holds(buffer)
     same(rt.apply("cup", big), runtime.apply(rules[1], big))
     second = rt._frames.names()
     assert len(second) == 1 and second != first and Path("/dev/shm", second[0]).stat().st_size >= big.nbytes

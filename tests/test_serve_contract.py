@@ -86,6 +86,7 @@ def test_a_batch_runs_its_requests_concurrently_in_order_and_each_answers_for_it
 
 def test_a_frame_by_reference_is_read_in_place_and_let_go_when_its_region_goes():
     from cseg.errors import SharedFrameError
+    from cseg.images import Frame
     from cseg.serve.shm import MIN_BYTES, FrameRegions, SharedFrames
 
     frame = np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)
@@ -97,6 +98,11 @@ def test_a_frame_by_reference_is_read_in_place_and_let_go_when_its_region_goes()
     assert frames.frame(regions.place(frame))[0, 0].tolist() == frame[0, 0].tolist()  # the same region, mapped once
     assert len(frames) == 1 and regions.place(np.zeros((8, 8, 3), np.uint8)) is None  # small: in the message
     assert MIN_BYTES > 8 * 8 * 3
+    buffer = regions.buffer(300, 400)  # a frame written straight into the region (a camera's BGR), not copied
+    buffer[...] = frame[..., ::-1]
+    assert regions.holds(buffer) and not regions.holds(frame) and not regions.holds(buffer[1:])
+    got = frames.frame(regions.place(buffer, bgr=True))
+    assert isinstance(got, Frame) and got.bgr and np.array_equal(got.pixels, frame[..., ::-1])
     name = regions.names()[0]
     regions.close()  # the client unlinks its region: the server lets go of its mapping at the next sweep
     frames.sweep()
