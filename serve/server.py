@@ -146,10 +146,10 @@ class Handlers:
         return _outputs([self.runtime.apply(rule, image)], version, start=start)
 
 
-    def _image(self, request) -> np.ndarray:
+    def _image(self, request):
         """The request's image (batch dimension dropped), from `image` or by reference (`image_ref`, read where the
-        client wrote it); Triton has checked dtypes and the channel count already, the runtime checks size and
-        content."""
+        client wrote it: a cseg Frame where it is BGR); Triton has checked dtypes and the channel count already, the
+        runtime checks size and content."""
         image, ref = (request[name] if name in request.keys() else None for name in ("image", "image_ref"))
         if (image is None) == (ref is None):
             raise InvalidInputError("a request carries its frame in exactly one of image and image_ref, got "

@@ -50,9 +50,9 @@ def register(sub) -> None:
                         help="ONNX Runtime intra-op threads per graph run (default: the cores divided among "
                         "--concurrency runs; 0: one per core each, the lowest latency for a lone camera)")  # fmt: skip
     parser.add_argument("--shared-memory", action=argparse.BooleanOptionalAction, default=None,
-                        help="let clients on this host send frames through shared memory (by reference or Triton's; a client can then "
-                        "have the server read any shared-memory object this user can open); default: on when "
-                        "--host is loopback")  # fmt: skip
+                        help="let clients on this host send frames through shared memory (by reference or "
+                        "Triton's; a client can then have the server read any cseg-... shared-memory object, or with "
+                        "Triton's any this user can open); default: on when --host is loopback")  # fmt: skip
     parser.set_defaults(run=serve)
 
     repo = sub.add_parser("export-triton", help="write a Triton model repository (stock tritonserver, DeepStream)")
