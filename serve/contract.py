@@ -76,7 +76,7 @@ This module imports numpy only: the client side needs neither PyTriton nor the r
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -105,7 +105,7 @@ class TensorSpec:
 
 
 IMAGE = TensorSpec("image", np.uint8, (-1, -1, 3))
-FRAME = (TensorSpec("image", np.uint8, (-1, -1, 3), optional=True), TensorSpec("image_ref", np.bytes_, (1,), True))
+FRAME = (replace(IMAGE, optional=True), TensorSpec("image_ref", np.bytes_, (1,), optional=True))  # one of the two
 INPUTS = {
     SEGMENT: (*FRAME, TensorSpec("prompt", np.bytes_, (-1,)), TensorSpec("options", np.bytes_, (1,))),
     APPLY: (*FRAME, TensorSpec("rule_id", np.bytes_, (1,))),
